@@ -1,0 +1,109 @@
+"""The running plugin: wires log, views, providers and the command surface together.
+
+`Plugin.start` ensures the stream, starts the read side (found through the
+`llm_es.views` entry point, so `llm_es` never imports `projections`), waits
+until the views include the whole log, closes turns a crash left open, and
+only then subscribes the command subjects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib.metadata import entry_points
+
+from nats.aio.client import Client as NATS
+
+from llm_es.command_surface import CommandSurface
+from llm_es.config import Config
+from llm_es.errors import ConfigError
+from llm_es.logs import log_kv
+from llm_es.providers.base import LLMProvider
+from llm_es.providers.ollama import OllamaProvider
+from llm_es.service import ChatService
+from llm_es.store import EventStore
+from llm_es.views import ViewRunner, ViewRunnerFactory
+
+logger = logging.getLogger("llm_es.app")
+
+VIEWS_ENTRY_POINT_GROUP = "llm_es.views"
+STARTUP_CATCH_UP_SECONDS = 300.0
+
+
+def load_view_runner_factory(name: str = "default") -> ViewRunnerFactory:
+    """The read side registered under the `llm_es.views` entry point group."""
+    for entry_point in entry_points(group=VIEWS_ENTRY_POINT_GROUP):
+        if entry_point.name == name:
+            factory: ViewRunnerFactory = entry_point.load()
+            return factory
+    raise RuntimeError(
+        f"no '{name}' view runner registered under entry point group "
+        f"'{VIEWS_ENTRY_POINT_GROUP}': is llm-es installed (pip install -e .)?"
+    )
+
+
+def build_providers(config: Config) -> dict[str, LLMProvider]:
+    """The configured providers; Ollama is the one this version speaks."""
+    if config.default_provider != "ollama":
+        raise ConfigError(
+            "default_provider",
+            f"'{config.default_provider}' is not available in this version; use 'ollama'",
+        )
+    return {"ollama": OllamaProvider(config.providers.ollama)}
+
+
+class Plugin:
+    """One llm-es instance on a NATS connection."""
+
+    def __init__(
+        self,
+        config: Config,
+        nc: NATS,
+        *,
+        view_runner_factory: ViewRunnerFactory | None = None,
+        providers: dict[str, LLMProvider] | None = None,
+    ) -> None:
+        self.config = config
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.store = EventStore(nc, self.js)
+        self._factory = view_runner_factory
+        self._providers = providers
+        self.views: ViewRunner | None = None
+        self.service: ChatService | None = None
+        self._surface: CommandSurface | None = None
+
+    async def start(self) -> None:
+        await self.store.ensure_stream()
+        factory = self._factory or load_view_runner_factory()
+        self.views = factory(self.nc, self.js, self.store, self.config)
+        await self.views.start()
+        async with asyncio.timeout(STARTUP_CATCH_UP_SECONDS):
+            position = await self.views.catch_up()
+        providers = self._providers if self._providers is not None else build_providers(self.config)
+        self._providers = providers
+        self.service = ChatService(self.config, self.store, self.views, providers)
+        await self.service.close_abandoned_turns()
+        provider = providers[self.config.default_provider]
+        if not await provider.is_available():
+            log_kv(
+                logger,
+                "provider_unavailable",
+                level=logging.WARNING,
+                provider=provider.name,
+                note="chat turns will fail until it answers",
+            )
+        self._surface = CommandSurface(self.nc, self.service, self.config)
+        await self._surface.start()
+        log_kv(logger, "plugin_started", log_position=position, provider=provider.name)
+
+    async def stop(self) -> None:
+        if self._surface is not None:
+            await self._surface.stop()
+            self._surface = None
+        if self.views is not None:
+            await self.views.stop()
+            self.views = None
+        for provider in (self._providers or {}).values():
+            await provider.aclose()
+        log_kv(logger, "plugin_stopped")

@@ -1,0 +1,152 @@
+"""The `!chat` command surface: `rosey.command.chat` and `.remember|recall|forget` on NATS.
+
+Each message is handled in its own task (bounded), so one slow model call
+never holds up other channels. Replies go to the message's reply subject, or
+else to the payload's `reply_to`: `{"success": true, "result": {"message": ...}}`
+or `{"success": false, "error": ...}`. Nothing a caller sends can kill a handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import nats.errors
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from llm_es import replies
+from llm_es.commands import SUBCOMMANDS, ChatCommand, parse_chat_args
+from llm_es.config import Config
+from llm_es.errors import LLMESError, OperationalError, ValidationError
+from llm_es.logs import log_kv
+from llm_es.requests import CommandRequest, decode_object, parse_command, reply_subject
+from llm_es.service import ChatService, Outcome
+
+logger = logging.getLogger("llm_es.commands")
+
+COMMAND_SUBJECT = "rosey.command.chat"
+QUEUE_GROUP = "llm-es"
+MAX_IN_FLIGHT = 512
+
+
+def success_reply(outcome: Outcome) -> dict[str, Any]:
+    return {"success": True, "result": {"message": outcome.message, **outcome.data}}
+
+
+def error_reply(error: str, **data: Any) -> dict[str, Any]:
+    return {"success": False, "error": error, **data}
+
+
+class CommandSurface:
+    """Subscribes the command subjects and answers each command exactly once."""
+
+    def __init__(self, nc: NATS, service: ChatService, config: Config) -> None:
+        self._nc = nc
+        self._service = service
+        self._config = config
+        self._subscriptions: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def start(self) -> None:
+        self._subscriptions.append(
+            await self._nc.subscribe(COMMAND_SUBJECT, queue=QUEUE_GROUP, cb=self._dispatch)
+        )
+        for name in SUBCOMMANDS:
+            self._subscriptions.append(
+                await self._nc.subscribe(
+                    f"{COMMAND_SUBJECT}.{name}", queue=QUEUE_GROUP, cb=self._dispatch
+                )
+            )
+
+    async def stop(self, grace_seconds: float = 30.0) -> None:
+        """Stop taking commands, then let the ones in flight finish (bounded)."""
+        for subscription in self._subscriptions:
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+        self._subscriptions.clear()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _dispatch(self, msg: Msg) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _handle(self, msg: Msg) -> None:
+        reply_to = msg.reply or None
+        try:
+            request = parse_command(msg.data, self._config.service)
+            reply_to = reply_to or request.reply_to
+            subcommand = msg.subject[len(COMMAND_SUBJECT) + 1 :] or None
+            answer = await self._run(request, subcommand)
+        except ValidationError as exc:
+            if reply_to is None:
+                reply_to = _reply_to_of(msg.data)
+            answer = error_reply(str(exc))
+            log_kv(logger, "command_invalid", level=logging.WARNING, error=str(exc))
+        except OperationalError as exc:
+            answer = error_reply(f"The chat service is busy or degraded: {exc}")
+            log_kv(logger, "command_failed", level=logging.WARNING, error=str(exc))
+        except (LLMESError, TimeoutError) as exc:
+            answer = error_reply("The chat service failed to handle this command; try again")
+            log_kv(logger, "command_failed", level=logging.ERROR, error=repr(exc))
+        except Exception as exc:  # a bug must not kill the handler; it is logged in full
+            logger.exception("command_crashed subject=%s", msg.subject)
+            answer = error_reply(f"Internal error ({type(exc).__name__}); try again")
+        await self._reply(reply_to, answer)
+
+    async def _run(self, request: CommandRequest, subcommand: str | None) -> dict[str, Any]:
+        command = (
+            ChatCommand(subcommand, request.args.strip())
+            if subcommand in SUBCOMMANDS
+            else parse_chat_args(request.args)
+        )
+        service = self._service
+        channel, user = request.channel, request.user
+        if command.name == "help":
+            outcome = Outcome.ok(replies.HELP)
+        elif command.name == "reset":
+            outcome = await service.reset(channel=channel, user=user)
+        elif command.name == "persona":
+            outcome = await service.persona(channel=channel, user=user, name=command.argument)
+        elif command.name == "remember":
+            outcome = await service.remember(channel=channel, user=user, content=command.argument)
+        elif command.name == "recall":
+            outcome = await service.recall(channel=channel, user=user, query=command.argument)
+        elif command.name == "forget":
+            outcome = await service.forget(channel=channel, user=user, memory_id=command.argument)
+        else:
+            outcome = await service.chat(channel=channel, user=user, message=command.argument)
+        if outcome.success:
+            return success_reply(outcome)
+        return error_reply(outcome.message)
+
+    async def _reply(self, subject: str | None, answer: dict[str, Any]) -> None:
+        if subject is None:
+            log_kv(logger, "reply_dropped", level=logging.WARNING, reason="no reply subject")
+            return
+        try:
+            await self._nc.publish(subject, orjson.dumps(answer))
+        except nats.errors.Error as exc:
+            log_kv(logger, "reply_failed", level=logging.WARNING, error=repr(exc))
+
+
+def _reply_to_of(data: bytes) -> str | None:
+    try:
+        return reply_subject(decode_object(data))
+    except ValidationError:
+        return None

@@ -1,0 +1,174 @@
+"""Memory deciders: remember, recall (keyword ranking) and forget, without I/O."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+
+from llm_es.errors import ValidationError
+from llm_es.events import MemoryAdded, MemoryForgotten, MemoryRecalled
+from llm_es.views import MemoryView
+
+MEMORY_ID = re.compile(r"[0-9a-f]{8}")
+DEFAULT_IMPORTANCE = 3
+_WORD = re.compile(r"\w+")
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "do",
+        "for",
+        "from",
+        "has",
+        "have",
+        "he",
+        "her",
+        "his",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "our",
+        "she",
+        "so",
+        "that",
+        "the",
+        "their",
+        "them",
+        "they",
+        "this",
+        "to",
+        "us",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+    ]
+)
+
+
+def new_memory_id(existing: Iterable[str], random_hex: Callable[[], str] | None = None) -> str:
+    """A fresh 8-hex id that no memory of the channel uses."""
+    taken = set(existing)
+    draw = random_hex or (lambda: secrets.token_hex(4))
+    for _ in range(64):
+        candidate = draw()
+        if candidate not in taken:
+            return candidate
+    raise RuntimeError("could not find a free memory id")  # 2^32 ids: unreachable in practice
+
+
+def normalize_memory_id(raw: str) -> str:
+    """Memory ids are 8 hex digits, compared case-insensitively."""
+    memory_id = raw.strip().lower()
+    if not MEMORY_ID.fullmatch(memory_id):
+        raise ValidationError(f"Invalid memory ID: {raw.strip()!r} (expected 8 hex digits)", "args")
+    return memory_id
+
+
+def keywords(text: str) -> set[str]:
+    """Lower-case words that carry meaning (stopwords dropped)."""
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
+
+
+def relevance(query_words: set[str], memory: MemoryView) -> int:
+    """How many query words a memory contains (whole word or word prefix)."""
+    content = memory["content"].lower()
+    memory_words = keywords(content)
+    score = 0
+    for word in query_words:
+        if word in memory_words or (len(word) >= 3 and word in content):
+            score += 1
+    return score
+
+
+def rank_memories(query: str, memories: Sequence[MemoryView], limit: int) -> list[MemoryView]:
+    """Memories matching the query: most matching words, then importance, then newest."""
+    query_words = keywords(query)
+    if not query_words or limit <= 0:
+        return []
+    scored = [(relevance(query_words, m), m) for m in memories]
+    matches = [(score, m) for score, m in scored if score > 0]
+    matches.sort(key=lambda pair: (pair[0], pair[1]["importance"], pair[1]["seq"]), reverse=True)
+    return [m for _, m in matches[:limit]]
+
+
+def decide_remember(
+    *,
+    channel: str,
+    user: str | None,
+    content: str,
+    category: str,
+    importance: int,
+    existing_ids: Iterable[str],
+    now: datetime,
+) -> MemoryAdded:
+    """Remember a fact in a channel under a fresh id."""
+    content = content.strip()
+    if not content:
+        raise ValidationError("Nothing to remember. Usage: !chat remember <fact>", "args")
+    return MemoryAdded(
+        at=now,
+        memory_id=new_memory_id(existing_ids),
+        channel=channel,
+        user_id=user,
+        content=content,
+        category=category,
+        importance=importance,
+    )
+
+
+def decide_recall(
+    *,
+    channel: str,
+    user: str | None,
+    query: str,
+    memories: Sequence[MemoryView],
+    limit: int,
+    now: datetime,
+) -> tuple[list[MemoryView], MemoryRecalled | None]:
+    """The matching memories, and the event recording the lookup (None when none match)."""
+    found = rank_memories(query, memories, limit)
+    if not found:
+        return [], None
+    event = MemoryRecalled(
+        at=now,
+        channel=channel,
+        user=user,
+        query=query,
+        memory_ids=tuple(m["id"] for m in found),
+    )
+    return found, event
+
+
+def decide_forget(
+    *, channel: str, user: str | None, memory_id: str, exists: bool, now: datetime
+) -> MemoryForgotten | None:
+    """Forget a memory of the channel; None when the channel has no such memory."""
+    if not exists:
+        return None
+    return MemoryForgotten(at=now, channel=channel, user=user, memory_id=memory_id)

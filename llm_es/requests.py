@@ -1,0 +1,133 @@
+"""Validation of JSON payloads from NATS into typed requests (wire dicts stop here).
+
+Every error is a ValidationError whose text names the field and is safe to
+send back as `{"success": false, "error": ...}`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from llm_es.config import ServiceConfig
+from llm_es.errors import ValidationError
+
+_REPLY_SUBJECT = re.compile(r"[^\s*>.]+(\.[^\s*>.]+)*")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRequest:
+    """A `!chat` command relayed by the bot."""
+
+    channel: str
+    user: str
+    args: str
+    reply_to: str | None
+
+
+def decode_object(data: bytes) -> dict[str, Any]:
+    """The payload as a JSON object, or a ValidationError saying why not."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(f"Invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValidationError(f"Payload must be a JSON object, got {_json_kind(body)}")
+    return body
+
+
+def reply_subject(body: dict[str, Any]) -> str | None:
+    """A usable `reply_to` from a payload, or None (invalid ones are ignored)."""
+    value = body.get("reply_to")
+    if isinstance(value, str) and _REPLY_SUBJECT.fullmatch(value):
+        return value
+    return None
+
+
+def name_field(body: dict[str, Any], field: str, limits: ServiceConfig) -> str:
+    """A channel or user name: a non-empty string within the configured length."""
+    if field not in body or body[field] is None:
+        raise ValidationError(f"Missing field '{field}'", field)
+    value = body[field]
+    if not isinstance(value, str):
+        raise ValidationError(f"Field '{field}' must be a string, got {_json_kind(value)}", field)
+    if not value.strip():
+        raise ValidationError(f"Field '{field}' must not be empty", field)
+    if len(value) > limits.max_name_length:
+        raise ValidationError(
+            f"Field '{field}' is too long: {len(value)} characters "
+            f"(limit {limits.max_name_length})",
+            field,
+        )
+    return value
+
+
+def text_field(
+    body: dict[str, Any], field: str, limits: ServiceConfig, *, required: bool = True
+) -> str:
+    """A message-like string within `max_message_length`."""
+    if field not in body or body[field] is None:
+        if required:
+            raise ValidationError(f"Missing field '{field}'", field)
+        return ""
+    value = body[field]
+    if not isinstance(value, str):
+        raise ValidationError(f"Field '{field}' must be a string, got {_json_kind(value)}", field)
+    check_length(value, field, limits)
+    return value
+
+
+def check_length(value: str, field: str, limits: ServiceConfig) -> None:
+    if len(value) > limits.max_message_length:
+        raise ValidationError(
+            f"Message too long: {len(value)} characters (limit {limits.max_message_length})",
+            field,
+        )
+
+
+def parse_command(data: bytes, limits: ServiceConfig) -> CommandRequest:
+    """Both payload shapes of `rosey.command.chat*` (DESIGN.md).
+
+    Current: `{"channel", "user", "args": str, "reply_to"?}`.
+    Older:   `{"command", "args": [str, ...], "channel_id", "username"}`.
+    """
+    body = decode_object(data)
+    older = "channel_id" in body or "username" in body
+    channel_field, user_field = ("channel_id", "username") if older else ("channel", "user")
+    channel = name_field(body, channel_field, limits)
+    user = name_field(body, user_field, limits)
+    raw_args = body.get("args", "")
+    if raw_args is None:
+        raw_args = ""
+    if isinstance(raw_args, list):
+        if not all(isinstance(a, str) for a in raw_args):
+            raise ValidationError("Field 'args' must be a string or a list of strings", "args")
+        args = " ".join(raw_args)
+    elif isinstance(raw_args, str):
+        args = raw_args
+    else:
+        raise ValidationError(
+            f"Field 'args' must be a string or a list of strings, got {_json_kind(raw_args)}",
+            "args",
+        )
+    check_length(args, "args", limits)
+    return CommandRequest(channel=channel, user=user, args=args, reply_to=reply_subject(body))
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -1,0 +1,407 @@
+"""The application layer: one method per user-facing command, each a decide-append-wait cycle.
+
+Every state change is an event appended to the log; a method returns only
+after the views include its events (read-your-writes), so the next command in
+the channel, on any instance, sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from llm_es import replies
+from llm_es.config import Config
+from llm_es.errors import (
+    IntegrityError,
+    OperationalError,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    ValidationError,
+)
+from llm_es.events import (
+    ContextReset,
+    Event,
+    PersonaSwitched,
+    TokensSpent,
+    TurnAdmitted,
+    TurnCompleted,
+    TurnFailed,
+    TurnRejected,
+)
+from llm_es.limits import TurnRequest, decide_admission, estimate_tokens
+from llm_es.logs import log_kv
+from llm_es.memories import (
+    DEFAULT_IMPORTANCE,
+    decide_forget,
+    decide_recall,
+    decide_remember,
+    normalize_memory_id,
+    rank_memories,
+)
+from llm_es.prompt import build_chat_prompt, prompt_length
+from llm_es.providers.base import LLMProvider
+from llm_es.store import EventStore
+from llm_es.views import (
+    ContextView,
+    MemoryView,
+    SettingsView,
+    UsageView,
+    ViewReader,
+    context_key,
+    memories_group,
+    memory_key,
+    settings_key,
+    usage_key,
+)
+
+logger = logging.getLogger("llm_es.service")
+
+VIEW_WAIT_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A command's answer: the text for the channel, or an error, plus data for callers."""
+
+    success: bool
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def ok(cls, message: str, **data: Any) -> Outcome:
+        return cls(True, message, data)
+
+    @classmethod
+    def error(cls, message: str, **data: Any) -> Outcome:
+        return cls(False, message, data)
+
+
+class ChatService:
+    """Chat turns, context, personas and memories on top of the log and the views."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: EventStore,
+        views: ViewReader,
+        providers: Mapping[str, LLMProvider],
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        from llm_es.events import utc_now
+
+        self._config = config
+        self._store = store
+        self._views = views
+        self._providers = providers
+        self._clock = clock or utc_now
+        # Serializes admissions per user inside this process; the conditional
+        # append keeps them exact across processes.
+        self._user_locks: dict[str, asyncio.Lock] = {}
+
+    # ---------------------------------------------------------------- reads
+
+    def persona_of(self, channel: str) -> str:
+        settings = cast(SettingsView | None, self._views.get(settings_key(channel)))
+        persona = settings["persona"] if settings else self._config.service.default_persona
+        return persona if persona in self._config.personas else self._config.service.default_persona
+
+    def memories_of(self, channel: str) -> list[MemoryView]:
+        return cast(list[MemoryView], self._views.values_under(memories_group(channel)))
+
+    def usage_of(self, user: str) -> UsageView | None:
+        return cast(UsageView | None, self._views.get(usage_key(user)))
+
+    # ---------------------------------------------------------------- chat
+
+    async def chat(
+        self,
+        *,
+        channel: str,
+        user: str,
+        message: str,
+        source: str = "command",
+        persona: str | None = None,
+    ) -> Outcome:
+        """One chat turn: admit (or reject), ask the provider, record the answer."""
+        provider = self._providers[self._config.default_provider]
+        persona_name = persona or self.persona_of(channel)
+        if persona_name not in self._config.personas:
+            return Outcome.error(replies.unknown_persona(persona_name, self._config.personas))
+        context = cast(ContextView | None, self._views.get(context_key(channel)))
+        prompt = build_chat_prompt(
+            persona_prompt=self._config.personas[persona_name],
+            summary=context["summary"] if context else None,
+            memories=rank_memories(
+                message, self.memories_of(channel), self._config.service.max_memories_in_prompt
+            ),
+            recent=context["messages"] if context else [],
+            user=user,
+            message=message,
+        )
+        request = TurnRequest(
+            turn_id=uuid.uuid4().hex,
+            channel=channel,
+            user=user,
+            source=source,
+            persona=persona_name,
+            provider=provider.name,
+            model=provider.default_model,
+            message=message,
+        )
+        decision = await self._admit(request, estimate_tokens(prompt_length(prompt)))
+        if not isinstance(decision, TurnAdmitted):
+            log_kv(logger, "turn_rejected", channel=channel, user=user, window=decision.window)
+            return Outcome.error(decision.detail, turn_id=request.turn_id, reason=decision.reason)
+
+        started = time.perf_counter()
+        try:
+            result = await provider.chat(prompt, max_tokens=decision.max_tokens)
+        except ProviderError as exc:
+            error_type = (
+                "timeout"
+                if isinstance(exc, ProviderTimeout)
+                else "unavailable"
+                if isinstance(exc, ProviderUnavailable)
+                else "provider_error"
+            )
+            await self._record(
+                TurnFailed(
+                    at=self._clock(),
+                    turn_id=request.turn_id,
+                    channel=channel,
+                    user=user,
+                    error_type=error_type,
+                    error=str(exc),
+                )
+            )
+            log_kv(logger, "turn_failed", channel=channel, user=user, error_type=error_type)
+            return Outcome.error(str(exc), turn_id=request.turn_id, provider=provider.name)
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+
+        estimated = result.prompt_tokens is None or result.completion_tokens is None
+        prompt_tokens = (
+            result.prompt_tokens
+            if result.prompt_tokens is not None
+            else estimate_tokens(prompt_length(prompt))
+        )
+        completion_tokens = (
+            result.completion_tokens
+            if result.completion_tokens is not None
+            else estimate_tokens(len(result.content))
+        )
+        now = self._clock()
+        await self._record(
+            TokensSpent(
+                at=now,
+                turn_id=request.turn_id,
+                channel=channel,
+                user=user,
+                purpose="chat",
+                provider=provider.name,
+                model=result.model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                estimated=estimated,
+                cost=result.cost,
+            ),
+            TurnCompleted(
+                at=now,
+                turn_id=request.turn_id,
+                channel=channel,
+                user=user,
+                content=result.content,
+                provider=provider.name,
+                model=result.model,
+                latency_ms=latency_ms,
+                finish_reason=result.finish_reason,
+            ),
+        )
+        tokens_used = prompt_tokens + completion_tokens
+        log_kv(
+            logger,
+            "turn_completed",
+            channel=channel,
+            user=user,
+            provider=provider.name,
+            model=result.model,
+            tokens=tokens_used,
+            latency_ms=latency_ms,
+        )
+        return Outcome.ok(
+            result.content,
+            content=result.content,
+            turn_id=request.turn_id,
+            tokens_used=tokens_used,
+            provider=provider.name,
+            model=result.model,
+        )
+
+    async def _admit(
+        self, request: TurnRequest, prompt_estimate: int
+    ) -> TurnAdmitted | TurnRejected:
+        """Decide and append admission with the per-user conditional append; retry on races."""
+        lock = self._user_locks.setdefault(request.user, asyncio.Lock())
+        async with lock:
+            try:
+                for _ in range(self._config.service.admit_retries):
+                    usage = self.usage_of(request.user)
+                    decision: TurnAdmitted | TurnRejected = decide_admission(
+                        request,
+                        usage,
+                        self._config.rate_limits,
+                        now=self._clock(),
+                        prompt_tokens_estimate=prompt_estimate,
+                        max_tokens=self._config.service.max_tokens,
+                    )
+                    try:
+                        seq = await self._store.append(
+                            decision,
+                            expected_last_seq=usage["seq"] if usage else 0,
+                            boundary=self._store.user_boundary(request.user),
+                        )
+                    except IntegrityError:
+                        # Another writer got there first: fold its events, decide again.
+                        await self._catch_up()
+                        continue
+                    await self._wait_for(seq)
+                    return decision
+                raise OperationalError("too many concurrent requests for this user; try again")
+            finally:
+                if not lock.locked() or len(self._user_locks) > 10_000:
+                    self._user_locks.pop(request.user, None)
+
+    async def _wait_for(self, seq: int) -> None:
+        async with asyncio.timeout(VIEW_WAIT_SECONDS):
+            await self._views.wait_for(seq)
+
+    async def _catch_up(self) -> None:
+        async with asyncio.timeout(VIEW_WAIT_SECONDS):
+            await self._views.catch_up()
+
+    async def _record(self, *events: Event) -> None:
+        """Append events (in order) and wait until the views include them."""
+        if len(events) == 1:
+            seq = await self._store.append(events[0])
+        else:
+            seq = max(await self._store.append_all(events))
+        await self._wait_for(seq)
+
+    # ---------------------------------------------------------------- context and persona
+
+    async def reset(self, *, channel: str, user: str) -> Outcome:
+        await self._record(ContextReset(at=self._clock(), channel=channel, user=user))
+        return Outcome.ok(replies.CONTEXT_RESET)
+
+    async def persona(self, *, channel: str, user: str, name: str) -> Outcome:
+        names = list(self._config.personas)
+        current = self.persona_of(channel)
+        if not name:
+            return Outcome.ok(replies.persona_list(names, current), persona=current)
+        wanted = name.strip().lower()
+        if wanted not in self._config.personas:
+            return Outcome.error(replies.unknown_persona(name.strip(), names))
+        await self._record(
+            PersonaSwitched(at=self._clock(), channel=channel, user=user, persona=wanted)
+        )
+        return Outcome.ok(replies.persona_changed(wanted), persona=wanted)
+
+    # ---------------------------------------------------------------- memories
+
+    async def remember(
+        self,
+        *,
+        channel: str,
+        user: str | None,
+        content: str,
+        category: str = "fact",
+        importance: int = DEFAULT_IMPORTANCE,
+    ) -> Outcome:
+        event = decide_remember(
+            channel=channel,
+            user=user,
+            content=content,
+            category=category,
+            importance=importance,
+            existing_ids=(m["id"] for m in self.memories_of(channel)),
+            now=self._clock(),
+        )
+        await self._record(event)
+        return Outcome.ok(
+            replies.remembered(event.content, event.memory_id), memory_id=event.memory_id
+        )
+
+    async def recall(
+        self, *, channel: str, user: str | None, query: str, limit: int = 5
+    ) -> Outcome:
+        query = query.strip()
+        if not query:
+            raise ValidationError("Nothing to recall. Usage: !chat recall <query>", "args")
+        found, event = decide_recall(
+            channel=channel,
+            user=user,
+            query=query,
+            memories=self.memories_of(channel),
+            limit=limit,
+            now=self._clock(),
+        )
+        if event is None:
+            return Outcome.ok(replies.nothing_recalled(query), memories=[], count=0)
+        await self._record(event)
+        listed = [_public_memory(m) for m in found]
+        return Outcome.ok(replies.recalled(query, found), memories=listed, count=len(listed))
+
+    async def forget(self, *, channel: str, user: str | None, memory_id: str) -> Outcome:
+        if not memory_id.strip():
+            raise ValidationError("Nothing to forget. Usage: !chat forget <id>", "args")
+        normalized = normalize_memory_id(memory_id)
+        event = decide_forget(
+            channel=channel,
+            user=user,
+            memory_id=normalized,
+            exists=self._views.get(memory_key(channel, normalized)) is not None,
+            now=self._clock(),
+        )
+        if event is None:
+            return Outcome.error(replies.memory_not_found(normalized))
+        await self._record(event)
+        return Outcome.ok(replies.forgot(normalized), memory_id=normalized)
+
+    # ---------------------------------------------------------------- recovery
+
+    async def close_abandoned_turns(self) -> int:
+        """Close turns admitted but never ended (a crash mid-call) as failed: `abandoned`."""
+        await self._catch_up()
+        closing: list[Event] = []
+        for key in self._views.keys_under("usage."):
+            usage = cast(UsageView | None, self._views.get(key))
+            if usage is None:
+                continue
+            for turn_id, turn in usage["open_turns"].items():
+                closing.append(
+                    TurnFailed(
+                        at=self._clock(),
+                        turn_id=turn_id,
+                        channel=turn["channel"],
+                        user=usage["user"],
+                        error_type="abandoned",
+                        error="turn was admitted but never ended (process stopped mid-turn)",
+                    )
+                )
+        if closing:
+            await self._record(*closing)
+            log_kv(logger, "abandoned_turns_closed", count=len(closing))
+        return len(closing)
+
+
+def _public_memory(memory: MemoryView) -> dict[str, Any]:
+    """A memory as callers see it (no internal sequence numbers)."""
+    return {k: v for k, v in memory.items() if k != "seq"}

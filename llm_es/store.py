@@ -1,0 +1,261 @@
+"""The event log: one JetStream stream, appends with idempotency and conditions, reads.
+
+Subjects are `llm.ev.<channel>.<user>.<EventType>` with tokens from
+`llm_es.tokens`. An append sends the event id as `Nats-Msg-Id` (a retry inside
+the duplicate window is a no-op) and can demand that the last event on a
+subject filter is at a given sequence: the per-user boundary
+`llm.ev.*.<user>.>` makes rate-limit admission exact across instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import nats.errors
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError, NotFoundError
+
+from llm_es import headers
+from llm_es.codec import decode_event, encode_event
+from llm_es.errors import IntegrityError, OperationalError, ServerVersionError
+from llm_es.events import Event
+from llm_es.tokens import encode_name, encode_optional
+
+STREAM_NAME = "LLM_EVENTS"
+SUBJECT_PREFIX = "llm.ev"
+DUPLICATE_WINDOW_SECONDS = 120.0
+MIN_SERVER_VERSION = (2, 12)
+APPEND_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored: its stream sequence and subject."""
+
+    seq: int
+    subject: str
+    event: Event
+
+
+def require_server_version(nc: NATS) -> None:
+    """Refuse nats-servers that cannot run the log (atomic batches need 2.12)."""
+    version = nc.connected_server_version
+    if (version.major, version.minor) < MIN_SERVER_VERSION:
+        wanted = ".".join(map(str, MIN_SERVER_VERSION))
+        raise ServerVersionError(
+            f"nats-server {version} is too old: llm-es needs {wanted} or newer "
+            "(atomic batch publish, subject-filtered expected sequences)"
+        )
+    if not nc._server_info.get("jetstream"):
+        raise ServerVersionError("nats-server has JetStream disabled: start it with -js")
+
+
+class EventStore:
+    """Append to and read from the `LLM_EVENTS` stream."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        *,
+        stream: str = STREAM_NAME,
+        prefix: str = SUBJECT_PREFIX,
+        replicas: int = 1,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self.stream = stream
+        self.prefix = prefix
+        self._replicas = replicas
+
+    def stream_config(self) -> api.StreamConfig:
+        """The stream's settings (DESIGN.md: file storage, atomic, no delete/purge)."""
+        return api.StreamConfig(
+            name=self.stream,
+            subjects=[f"{self.prefix}.>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            num_replicas=self._replicas,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            allow_direct=True,
+            allow_atomic=True,
+            deny_delete=True,
+            deny_purge=True,
+            discard=api.DiscardPolicy.OLD,
+        )
+
+    async def ensure_stream(self) -> None:
+        """Create the stream, or update its settings if it exists (idempotent)."""
+        require_server_version(self._nc)
+        config = self.stream_config()
+        try:
+            await self._js.stream_info(self.stream)
+        except NotFoundError:
+            try:
+                await self._js.add_stream(config)
+            except APIError as exc:
+                raise OperationalError(f"cannot create stream {self.stream}: {exc}") from exc
+            return
+        try:
+            await self._js.update_stream(config)
+        except APIError as exc:
+            raise OperationalError(f"cannot update stream {self.stream}: {exc}") from exc
+
+    def subject_for(self, event: Event) -> str:
+        """`llm.ev.<channel>.<user>.<EventType>` with encoded tokens."""
+        channel = encode_optional(event.channel_name)
+        user = encode_optional(event.user_name)
+        return f"{self.prefix}.{channel}.{user}.{event.TYPE}"
+
+    def user_boundary(self, user: str) -> str:
+        """Subject filter of everything one user did, across channels."""
+        return f"{self.prefix}.*.{encode_name(user)}.>"
+
+    def channel_filter(self, channel: str) -> str:
+        """Subject filter of one channel's events."""
+        return f"{self.prefix}.{encode_name(channel)}.>"
+
+    async def append(
+        self,
+        event: Event,
+        *,
+        expected_last_seq: int | None = None,
+        boundary: str | None = None,
+    ) -> int:
+        """Append one event and return its stream sequence.
+
+        With `expected_last_seq`, the append only succeeds if the last event on
+        `boundary` (a subject filter; default the event's own subject) has that
+        sequence (0: no event yet); otherwise IntegrityError.
+        """
+        hdrs = {headers.MSG_ID: event.id}
+        if expected_last_seq is not None:
+            hdrs[headers.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected_last_seq)
+            if boundary is not None:
+                hdrs[headers.EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = boundary
+        return await self._publish(self.subject_for(event), encode_event(event), hdrs)
+
+    async def append_all(self, events: Sequence[Event]) -> list[int]:
+        """Append several events in order, pipelined (each idempotent, not atomic)."""
+        return list(
+            await asyncio.gather(
+                *(
+                    self._publish(self.subject_for(e), encode_event(e), {headers.MSG_ID: e.id})
+                    for e in events
+                )
+            )
+        )
+
+    async def append_atomic(self, events: Sequence[Event]) -> list[int]:
+        """Append events as one atomic batch: all are stored or none is."""
+        if not events:
+            return []
+        batch_id = uuid.uuid4().hex
+        last = len(events)
+        for number, event in enumerate(events[:-1], start=1):
+            await self._nc.publish(
+                self.subject_for(event),
+                encode_event(event),
+                headers={
+                    headers.MSG_ID: event.id,
+                    headers.BATCH_ID: batch_id,
+                    headers.BATCH_SEQUENCE: str(number),
+                },
+            )
+        final = events[-1]
+        seq = await self._publish(
+            self.subject_for(final),
+            encode_event(final),
+            {
+                headers.MSG_ID: final.id,
+                headers.BATCH_ID: batch_id,
+                headers.BATCH_SEQUENCE: str(last),
+                headers.BATCH_COMMIT: "1",
+            },
+        )
+        return list(range(seq - last + 1, seq + 1))
+
+    async def _publish(self, subject: str, payload: bytes, hdrs: dict[str, str]) -> int:
+        try:
+            reply = await self._nc.request(
+                subject, payload, timeout=APPEND_TIMEOUT_SECONDS, headers=hdrs
+            )
+        except nats.errors.NoRespondersError as exc:
+            raise OperationalError(f"no stream answers on {subject}") from exc
+        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
+            raise OperationalError(f"append to {self.stream} failed: {type(exc).__name__}") from exc
+        ack = orjson.loads(reply.data)
+        error = ack.get("error")
+        if error is not None:
+            if error.get("err_code") == headers.JS_ERR_WRONG_LAST_SEQUENCE:
+                raise IntegrityError(error.get("description", "wrong last sequence"))
+            raise OperationalError(f"append refused: {error.get('description', error)}")
+        seq: int = ack["seq"]
+        return seq
+
+    async def last_seq(self, subject_filter: str | None = None) -> int:
+        """The stream's last sequence (0 when empty)."""
+        info = await self._js.stream_info(self.stream)
+        if subject_filter is None:
+            return info.state.last_seq
+        return await self._last_seq_on(subject_filter)
+
+    async def _last_seq_on(self, subject_filter: str) -> int:
+        try:
+            msg = await self._js.get_last_msg(self.stream, subject_filter, direct=True)
+        except NotFoundError:
+            return 0
+        return msg.seq or 0
+
+    async def read(
+        self,
+        subject_filter: str | None = None,
+        *,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        idle_timeout: float = 5.0,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield stored events matching the filter, in order, up to `to_seq` or the end.
+
+        "The end" is the stream's last sequence when the read starts; events
+        appended meanwhile may or may not be included.
+        """
+        subject_filter = subject_filter or f"{self.prefix}.>"
+        end = to_seq if to_seq is not None else await self.last_seq()
+        if end < from_seq:
+            return
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def enqueue(msg: Msg) -> None:
+            await queue.put(msg)
+
+        sub = await self._js.subscribe(
+            subject_filter,
+            stream=self.stream,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            config=api.ConsumerConfig(opt_start_seq=from_seq),
+            cb=enqueue,
+            manual_ack=True,
+        )
+        try:
+            info = await sub.consumer_info()
+            if info.num_pending == 0:
+                return
+            while True:
+                msg = await asyncio.wait_for(queue.get(), idle_timeout)
+                meta = msg.metadata
+                seq = meta.sequence.stream
+                if seq > end:
+                    return
+                yield RecordedEvent(seq, msg.subject, decode_event(msg.data))
+                if seq >= end or meta.num_pending == 0:
+                    return
+        finally:
+            await sub.unsubscribe()

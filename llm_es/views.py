@@ -1,0 +1,154 @@
+"""The read side the plugin consumes: KV key names, view shapes, the reader interface.
+
+Views live in the KV bucket `llm_data`; `projections` writes them by folding
+the log, and the plugin only reads them through `ViewReader`. Keys follow the
+seed's names with `.` separators and encoded tokens (`llm_es.tokens`).
+Every view records `seq`, the last stream sequence folded into it, which
+makes re-applying an event a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+from llm_es.tokens import encode_name
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+    from nats.js import JetStreamContext
+
+    from llm_es.config import Config
+    from llm_es.store import EventStore
+
+BUCKET = "llm_data"
+
+
+def context_key(channel: str) -> str:
+    """Recent messages and summary of a channel."""
+    return f"messages.{encode_name(channel)}.recent"
+
+
+def memories_group(channel: str) -> str:
+    """Key prefix (without the trailing dot) of a channel's memories."""
+    return f"memories.{encode_name(channel)}"
+
+
+def memory_key(channel: str, memory_id: str) -> str:
+    """One memory of a channel."""
+    return f"{memories_group(channel)}.{memory_id}"
+
+
+def settings_key(channel: str) -> str:
+    """Per-channel settings (persona)."""
+    return f"channel.{encode_name(channel)}.settings"
+
+
+def usage_key(user: str) -> str:
+    """Per-user rate-limit counters and open turns."""
+    return f"usage.{encode_name(user)}"
+
+
+def checkpoint_key(projection: str) -> str:
+    """Last stream sequence a projection has written."""
+    return f"checkpoint.{projection}"
+
+
+class ContextMessage(TypedDict):
+    role: str
+    content: str
+    user_id: str | None
+    timestamp: str
+    turn_id: str
+    seq: int
+
+
+class PendingTurn(TypedDict):
+    user: str | None
+    content: str
+    timestamp: str
+
+
+class ContextView(TypedDict):
+    channel: str
+    seq: int
+    summary: str | None
+    messages: list[ContextMessage]
+    pending: dict[str, PendingTurn]
+
+
+class MemoryView(TypedDict):
+    id: str
+    channel: str
+    content: str
+    category: str
+    importance: int
+    user_id: str | None
+    created_at: str
+    accessed_at: str
+    seq: int
+
+
+class SettingsView(TypedDict):
+    channel: str
+    persona: str
+    changed_by: str | None
+    changed_at: str
+    seq: int
+
+
+class OpenTurn(TypedDict):
+    channel: str
+    admitted_at: str
+    admitted_seq: int
+    reserved_tokens: int
+
+
+class UsageView(TypedDict):
+    user: str
+    seq: int
+    day: str
+    requests_today: int
+    rejected_today: int
+    tokens_today: int
+    recent_requests: list[float]
+    open_turns: dict[str, OpenTurn]
+    total_requests: int
+    total_tokens: int
+
+
+class ViewReader(Protocol):
+    """What the plugin needs from the read side (implemented by `projections`)."""
+
+    @property
+    def position(self) -> int:
+        """Last stream sequence included in every view (and written to KV)."""
+
+    async def wait_for(self, seq: int) -> None:
+        """Return once every view includes stream sequence `seq` (callers bound the wait)."""
+
+    async def catch_up(self) -> int:
+        """Wait until the views include everything in the log now; return that position."""
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The current value of a view key, or None."""
+
+    def values_under(self, group: str) -> list[dict[str, Any]]:
+        """Every value whose key is `group.<last part>` (e.g. a channel's memories)."""
+
+    def keys_under(self, prefix: str) -> list[str]:
+        """Every key starting with `prefix`."""
+
+
+class ViewRunner(ViewReader, Protocol):
+    """A read side that can be started and stopped by `llm-es serve`."""
+
+    async def start(self) -> None:
+        """Load the views and start following the log."""
+
+    async def stop(self) -> None:
+        """Write what was applied and stop following the log."""
+
+
+ViewRunnerFactory = Callable[["NATS", "JetStreamContext", "EventStore", "Config"], ViewRunner]
+"""Builds the read side; `projections.runner:build_view_runner` is the default."""

@@ -1,0 +1,91 @@
+"""Context view: a channel's recent messages, running summary, and turns in flight."""
+
+from __future__ import annotations
+
+from llm_es.events import (
+    ContextReset,
+    ContextSummarized,
+    Event,
+    TurnAdmitted,
+    TurnCompleted,
+    TurnFailed,
+)
+from llm_es.views import ContextMessage, ContextView, context_key
+from projections.base import View, iso
+
+
+class ContextProjection:
+    """`messages.<channel>.recent`: the last `max_messages` messages plus the summary.
+
+    A user's message enters the context together with the answer (on
+    TurnCompleted), so failed turns leave no dangling question behind.
+    """
+
+    name = "context"
+
+    def __init__(self, max_messages: int) -> None:
+        self.max_messages = max_messages
+
+    def keys_for(self, event: Event) -> tuple[str, ...]:
+        if isinstance(
+            event, TurnAdmitted | TurnCompleted | TurnFailed | ContextReset | ContextSummarized
+        ):
+            return (context_key(event.channel),)
+        return ()
+
+    def apply(self, key: str, view: View | None, event: Event, seq: int) -> View | None:
+        current: ContextView = (
+            view  # type: ignore[assignment]
+            if view is not None
+            else {
+                "channel": event.channel_name or "",
+                "seq": 0,
+                "summary": None,
+                "messages": [],
+                "pending": {},
+            }
+        )
+        updated: ContextView = {**current, "seq": seq}
+        if isinstance(event, TurnAdmitted):
+            updated["pending"] = {
+                **current["pending"],
+                event.turn_id: {
+                    "user": event.user,
+                    "content": event.message,
+                    "timestamp": iso(event),
+                },
+            }
+        elif isinstance(event, TurnCompleted):
+            pending = dict(current["pending"])
+            asked = pending.pop(event.turn_id, None)
+            updated["pending"] = pending
+            if asked is not None:
+                question: ContextMessage = {
+                    "role": "user",
+                    "content": asked["content"],
+                    "user_id": asked["user"],
+                    "timestamp": asked["timestamp"],
+                    "turn_id": event.turn_id,
+                    "seq": seq,
+                }
+                answer: ContextMessage = {
+                    "role": "assistant",
+                    "content": event.content,
+                    "user_id": None,
+                    "timestamp": iso(event),
+                    "turn_id": event.turn_id,
+                    "seq": seq,
+                }
+                messages = [*current["messages"], question, answer]
+                updated["messages"] = messages[-self.max_messages :]
+        elif isinstance(event, TurnFailed):
+            pending = dict(current["pending"])
+            pending.pop(event.turn_id, None)
+            updated["pending"] = pending
+        elif isinstance(event, ContextReset):
+            updated["messages"] = []
+            updated["summary"] = None
+        elif isinstance(event, ContextSummarized):
+            updated["summary"] = event.summary
+            updated["messages"] = [m for m in current["messages"] if m["seq"] > event.through_seq]
+        return updated  # type: ignore[return-value]

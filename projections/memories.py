@@ -1,0 +1,40 @@
+"""Memories view: one key per remembered fact of a channel; forgotten ones are gone."""
+
+from __future__ import annotations
+
+from llm_es.events import Event, MemoryAdded, MemoryForgotten, MemoryRecalled
+from llm_es.views import MemoryView, memory_key
+from projections.base import View, iso
+
+
+class MemoriesProjection:
+    """`memories.<channel>.<id>` with `accessed_at` moved by recalls."""
+
+    name = "memories"
+
+    def keys_for(self, event: Event) -> tuple[str, ...]:
+        if isinstance(event, MemoryAdded | MemoryForgotten):
+            return (memory_key(event.channel, event.memory_id),)
+        if isinstance(event, MemoryRecalled):
+            return tuple(memory_key(event.channel, m) for m in event.memory_ids)
+        return ()
+
+    def apply(self, key: str, view: View | None, event: Event, seq: int) -> View | None:
+        if isinstance(event, MemoryAdded):
+            added: MemoryView = {
+                "id": event.memory_id,
+                "channel": event.channel,
+                "content": event.content,
+                "category": event.category,
+                "importance": event.importance,
+                "user_id": event.user_id,
+                "created_at": iso(event),
+                "accessed_at": iso(event),
+                "seq": seq,
+            }
+            return dict(added)
+        if isinstance(event, MemoryForgotten):
+            return None
+        if isinstance(event, MemoryRecalled) and view is not None:
+            return {**view, "accessed_at": iso(event), "seq": seq}
+        return view

@@ -1,0 +1,296 @@
+"""The view runner: folds the log into KV bucket `llm_data`, in order, and tells who waits.
+
+At start it loads the bucket (views and one checkpoint per projection) into
+memory, then follows the stream with an ordered consumer from the lowest
+checkpoint. Each event is applied to every projection whose checkpoint is
+behind it; a value that already records a sequence >= the event's is left
+alone, so replays are harmless. Changed keys are written to KV in pipelined
+batches, then the checkpoints; only then does `position` move and waiters
+wake (read-your-writes). Reads are served from the in-memory copy, which
+equals the bucket at `position`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import nats.errors
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError, KeyValueError
+from nats.js.kv import KeyValue
+
+from llm_es.codec import UnknownEventError, decode_event
+from llm_es.config import Config
+from llm_es.logs import log_kv
+from llm_es.store import EventStore
+from llm_es.views import BUCKET, checkpoint_key
+from projections.base import Projection, View
+from projections.context import ContextProjection
+from projections.memories import MemoriesProjection
+from projections.settings import SettingsProjection
+from projections.usage import UsageProjection
+
+logger = logging.getLogger("projections.runner")
+
+LOAD_TIMEOUT_SECONDS = 30.0
+FLUSH_RETRY_SECONDS = 0.5
+
+
+def default_projections(config: Config) -> list[Projection]:
+    """The four views the plugin reads."""
+    return [
+        ContextProjection(config.service.max_context_messages),
+        MemoriesProjection(),
+        SettingsProjection(),
+        UsageProjection(),
+    ]
+
+
+class ViewRunner:
+    """Folds the event log into KV views and serves reads from memory."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        store: EventStore,
+        projections: Sequence[Projection],
+        *,
+        bucket: str = BUCKET,
+    ) -> None:
+        self._js = js
+        self._store = store
+        self._projections = list(projections)
+        self._bucket_name = bucket
+        self._kv: KeyValue | None = None
+        self._values: dict[str, View] = {}
+        self._groups: dict[str, set[str]] = {}
+        self._checkpoints: dict[str, int] = {}
+        self._dirty: set[str] = set()
+        self._applied = 0
+        self._position = 0
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_counter = 0
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        self._flush_wanted = asyncio.Event()
+        self._stopping = False
+
+    # ------------------------------------------------------------ ViewReader
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    async def wait_for(self, seq: int) -> None:
+        if self._position >= seq:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter_counter += 1
+        heapq.heappush(self._waiters, (seq, self._waiter_counter, future))
+        await future
+
+    async def catch_up(self) -> int:
+        last = await self._store.last_seq()
+        await self.wait_for(last)
+        return last
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._values.get(key)
+
+    def values_under(self, group: str) -> list[dict[str, Any]]:
+        return [self._values[k] for k in sorted(self._groups.get(group, ()))]
+
+    def keys_under(self, prefix: str) -> list[str]:
+        return sorted(k for k in self._values if k.startswith(prefix))
+
+    def snapshot(self) -> dict[str, View]:
+        """Every view value (checkpoints excluded), for comparisons and tools."""
+        return {k: v for k, v in self._values.items() if not k.startswith("checkpoint.")}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load the bucket, then follow the log from the lowest checkpoint."""
+        self._kv = await self._ensure_bucket()
+        await self._load_bucket(self._kv)
+        for projection in self._projections:
+            stored = self._values.get(checkpoint_key(projection.name))
+            self._checkpoints[projection.name] = int(stored["seq"]) if stored else 0
+        start = min(self._checkpoints.values(), default=0)
+        self._applied = self._position = start
+        self._flush_task = asyncio.create_task(self._flush_loop(), name="view-flush")
+        self._sub = await self._js.subscribe(
+            f"{self._store.prefix}.>",
+            stream=self._store.stream,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            config=api.ConsumerConfig(opt_start_seq=start + 1),
+            cb=self._on_message,
+            manual_ack=True,
+            pending_msgs_limit=-1,
+        )
+        log_kv(logger, "views_started", bucket=self._bucket_name, from_seq=start + 1)
+
+    async def stop(self) -> None:
+        """Stop following the log after writing what was applied."""
+        self._stopping = True
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
+        if self._flush_task is not None:
+            self._flush_wanted.set()
+            self._flush_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush_task
+            self._flush_task = None
+        if self._dirty or self._applied > self._position:
+            with contextlib.suppress(nats.errors.Error, KeyValueError, asyncio.TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._flush_once()
+        for _, _, future in self._waiters:
+            if not future.done():
+                future.cancel()
+        self._waiters.clear()
+
+    async def _ensure_bucket(self) -> KeyValue:
+        try:
+            return await self._js.key_value(self._bucket_name)
+        except BucketNotFoundError:
+            return await self._js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=self._bucket_name,
+                    history=1,
+                    storage=api.StorageType.FILE,
+                    direct=True,
+                    description="llm-es views, folded from the LLM_EVENTS log",
+                )
+            )
+
+    async def _load_bucket(self, kv: KeyValue) -> None:
+        watcher = await kv.watchall(ignore_deletes=True)
+        try:
+            async with asyncio.timeout(LOAD_TIMEOUT_SECONDS):
+                while True:
+                    entry = await watcher.updates(timeout=LOAD_TIMEOUT_SECONDS)  # type: ignore[no-untyped-call]  # nats-py is untyped here
+                    if entry is None:
+                        break
+                    if entry.value:
+                        self._store_value(entry.key, orjson.loads(entry.value))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+    # ------------------------------------------------------------ folding
+
+    async def _on_message(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        if seq <= self._applied:
+            return
+        try:
+            event = decode_event(msg.data)
+        except UnknownEventError as exc:
+            # An event this code cannot read must not stop every view; it is skipped loudly.
+            log_kv(logger, "event_skipped", level=logging.ERROR, seq=seq, error=str(exc))
+        else:
+            self._apply(event, seq)
+        self._applied = seq
+        self._flush_wanted.set()
+
+    def _apply(self, event: Any, seq: int) -> None:
+        for projection in self._projections:
+            if seq <= self._checkpoints[projection.name]:
+                continue
+            for key in projection.keys_for(event):
+                current = self._values.get(key)
+                if current is not None and current.get("seq", 0) >= seq:
+                    continue
+                updated = projection.apply(key, current, event, seq)
+                if updated is None:
+                    if current is not None:
+                        self._drop_value(key)
+                        self._dirty.add(key)
+                else:
+                    self._store_value(key, updated)
+                    self._dirty.add(key)
+
+    def _store_value(self, key: str, value: View) -> None:
+        self._values[key] = value
+        group, _, _ = key.rpartition(".")
+        self._groups.setdefault(group, set()).add(key)
+
+    def _drop_value(self, key: str) -> None:
+        self._values.pop(key, None)
+        group, _, _ = key.rpartition(".")
+        members = self._groups.get(group)
+        if members is not None:
+            members.discard(key)
+            if not members:
+                del self._groups[group]
+
+    # ------------------------------------------------------------ writing
+
+    async def _flush_loop(self) -> None:
+        while not self._stopping:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            try:
+                await self._flush_once()
+            except (TimeoutError, nats.errors.Error, KeyValueError) as exc:
+                log_kv(logger, "views_flush_failed", level=logging.WARNING, error=repr(exc))
+                self._flush_wanted.set()
+                await asyncio.sleep(FLUSH_RETRY_SECONDS)
+
+    async def _flush_once(self) -> None:
+        """Write changed keys, then checkpoints; then publish the new position."""
+        target = self._applied
+        if target <= self._position and not self._dirty:
+            return
+        assert self._kv is not None
+        kv = self._kv
+        keys, self._dirty = self._dirty, set()
+        try:
+            await asyncio.gather(*(self._write(kv, key) for key in keys))
+        except BaseException:
+            self._dirty |= keys
+            raise
+        for name, checkpoint in self._checkpoints.items():
+            if checkpoint < target:
+                self._checkpoints[name] = target
+        checkpoint_writes = []
+        for name in self._checkpoints:
+            value: View = {"seq": target}
+            self._store_value(checkpoint_key(name), value)
+            checkpoint_writes.append(kv.put(checkpoint_key(name), orjson.dumps(value)))
+        await asyncio.gather(*checkpoint_writes)
+        self._position = target
+        self._wake(target)
+
+    async def _write(self, kv: KeyValue, key: str) -> None:
+        value = self._values.get(key)
+        if value is None:
+            await kv.delete(key)
+        else:
+            await kv.put(key, orjson.dumps(value))
+
+    def _wake(self, position: int) -> None:
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= position:
+            _, _, future = heapq.heappop(waiters)
+            if not future.done():
+                future.set_result(None)
+
+
+def build_view_runner(
+    nc: NATS, js: JetStreamContext, store: EventStore, config: Config
+) -> ViewRunner:
+    """Entry point `llm_es.views:default`: what `llm-es serve` runs for the read side."""
+    del nc  # the runner needs only JetStream; the signature is the entry point's contract
+    return ViewRunner(js, store, default_projections(config))

@@ -1,0 +1,30 @@
+"""Channel settings view: the persona each channel uses."""
+
+from __future__ import annotations
+
+from llm_es.events import Event, PersonaSwitched
+from llm_es.views import SettingsView, settings_key
+from projections.base import View, iso
+
+
+class SettingsProjection:
+    """`channel.<channel>.settings`: persona and who set it when."""
+
+    name = "settings"
+
+    def keys_for(self, event: Event) -> tuple[str, ...]:
+        if isinstance(event, PersonaSwitched):
+            return (settings_key(event.channel),)
+        return ()
+
+    def apply(self, key: str, view: View | None, event: Event, seq: int) -> View | None:
+        if not isinstance(event, PersonaSwitched):
+            return view
+        settings: SettingsView = {
+            "channel": event.channel,
+            "persona": event.persona,
+            "changed_by": event.user,
+            "changed_at": iso(event),
+            "seq": seq,
+        }
+        return dict(settings)

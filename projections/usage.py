@@ -1,0 +1,87 @@
+"""Usage view: per-user request windows, day counters, token spend and open turns.
+
+Every event that names a user moves the view's `seq`, so `seq` is the last
+sequence on the user's subjects: the position the admission decider passes as
+the expected last sequence of its conditional append.
+"""
+
+from __future__ import annotations
+
+from llm_es.events import (
+    Event,
+    TokensSpent,
+    TurnAdmitted,
+    TurnCompleted,
+    TurnFailed,
+    TurnRejected,
+)
+from llm_es.limits import day_of
+from llm_es.views import UsageView, usage_key
+from projections.base import View, iso
+
+HOUR_SECONDS = 3600
+
+
+class UsageProjection:
+    """`usage.<user>`: what the rate and token limits are checked against."""
+
+    name = "usage"
+
+    def keys_for(self, event: Event) -> tuple[str, ...]:
+        user = event.user_name
+        return (usage_key(user),) if user is not None else ()
+
+    def apply(self, key: str, view: View | None, event: Event, seq: int) -> View | None:
+        at_ts = event.at.timestamp()
+        day = day_of(event.at)
+        if view is None:
+            usage: UsageView = {
+                "user": event.user_name or "",
+                "seq": seq,
+                "day": day,
+                "requests_today": 0,
+                "rejected_today": 0,
+                "tokens_today": 0,
+                "recent_requests": [],
+                "open_turns": {},
+                "total_requests": 0,
+                "total_tokens": 0,
+            }
+        else:
+            usage = {**view, "seq": seq}  # type: ignore[typeddict-item]
+            if usage["day"] != day:
+                usage["day"] = day
+                usage["requests_today"] = usage["rejected_today"] = usage["tokens_today"] = 0
+        if isinstance(event, TurnAdmitted):
+            usage["recent_requests"] = [
+                t for t in usage["recent_requests"] if t > at_ts - HOUR_SECONDS
+            ] + [round(at_ts, 6)]
+            usage["requests_today"] += 1
+            usage["total_requests"] += 1
+            usage["open_turns"] = {
+                **usage["open_turns"],
+                event.turn_id: {
+                    "channel": event.channel,
+                    "admitted_at": iso(event),
+                    "admitted_seq": seq,
+                    "reserved_tokens": event.reserved_tokens,
+                },
+            }
+        elif isinstance(event, TurnRejected):
+            usage["rejected_today"] += 1
+        elif isinstance(event, TokensSpent):
+            spent = event.prompt_tokens + event.completion_tokens
+            usage["tokens_today"] += spent
+            usage["total_tokens"] += spent
+            turn = usage["open_turns"].get(event.turn_id)
+            if turn is not None:
+                # Settled: the real figure replaces the reservation.
+                usage["open_turns"] = {
+                    **usage["open_turns"],
+                    event.turn_id: {**turn, "reserved_tokens": 0},
+                }
+        elif isinstance(event, TurnCompleted | TurnFailed) and event.turn_id in usage["open_turns"]:
+            open_turns = dict(usage["open_turns"])
+            del open_turns[event.turn_id]
+            usage["open_turns"] = open_turns
+        return dict(usage)

@@ -1,0 +1,133 @@
+"""Test harness: a real nats-server, a real fake-LLM HTTP server, and plugin instances.
+
+Everything runs on 127.0.0.1 with OS-picked ports and temp directories. The
+plugin is driven only through NATS, the way the bot and other plugins use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import orjson
+from nats.aio.client import Client as NATS
+
+from llm_es.app import Plugin
+from llm_es.codec import decode_event
+from llm_es.config import Config, OllamaConfig, ProvidersConfig, RateLimitsConfig, ServiceConfig
+from llm_es.events import Event
+from llm_es.store import STREAM_NAME
+from projections.runner import build_view_runner
+
+REQUEST_TIMEOUT = 10.0
+
+
+def make_config(
+    ollama_url: str,
+    *,
+    rate_limits: RateLimitsConfig | None = None,
+    timeout: float = 10.0,
+    **service: Any,
+) -> Config:
+    """A config pointing the Ollama provider at the fake server."""
+    return Config(
+        service=dataclasses.replace(ServiceConfig(), **service),
+        providers=ProvidersConfig(
+            ollama=OllamaConfig(base_url=ollama_url, timeout=timeout, default_model="llama3.2")
+        ),
+        rate_limits=rate_limits or RateLimitsConfig(),
+    )
+
+
+async def start_plugin(url: str, config: Config) -> tuple[Plugin, NATS]:
+    """A plugin instance on its own connection (as a separate process would have)."""
+    nc = await nats.connect(url, max_reconnect_attempts=2)
+    plugin = Plugin(config, nc, view_runner_factory=build_view_runner)
+    await plugin.start()
+    return plugin, nc
+
+
+async def stop_plugin(plugin: Plugin, nc: NATS) -> None:
+    await plugin.stop()
+    await nc.drain()
+
+
+async def command(
+    client: NATS,
+    args: str,
+    *,
+    channel: str = "lobby",
+    user: str = "alice",
+    subject: str = "rosey.command.chat",
+) -> dict[str, Any]:
+    """Send a `!chat` command the way the bot relays it and return the reply."""
+    payload = {"channel": channel, "user": user, "args": args}
+    reply = await client.request(subject, orjson.dumps(payload), timeout=REQUEST_TIMEOUT)
+    answer: dict[str, Any] = orjson.loads(reply.data)
+    return answer
+
+
+async def raw_request(client: NATS, subject: str, data: bytes) -> dict[str, Any]:
+    reply = await client.request(subject, data, timeout=REQUEST_TIMEOUT)
+    answer: dict[str, Any] = orjson.loads(reply.data)
+    return answer
+
+
+async def log_events(client: NATS, subject: str = "llm.ev.>") -> list[tuple[int, Event]]:
+    """Every event in the log (in order) read with a fresh ordered consumer."""
+    js = client.jetstream()
+    info = await js.stream_info(STREAM_NAME)
+    last = info.state.last_seq
+    found: list[tuple[int, Event]] = []
+    if last == 0:
+        return found
+    sub = await js.subscribe(subject, stream=STREAM_NAME, ordered_consumer=True)
+    try:
+        pending = (await sub.consumer_info()).num_pending
+        for _ in range(pending):
+            msg = await sub.next_msg(timeout=5)
+            found.append((msg.metadata.sequence.stream, decode_event(msg.data)))
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
+async def event_types(client: NATS) -> list[str]:
+    return [e.TYPE for _, e in await log_events(client)]
+
+
+async def bucket_snapshot(client: NATS) -> dict[str, Any]:
+    """Every view key and value in KV bucket `llm_data` (checkpoints excluded)."""
+    kv = await client.jetstream().key_value("llm_data")
+    watcher = await kv.watchall(ignore_deletes=True)
+    values: dict[str, Any] = {}
+    try:
+        for _ in range(100_000):
+            entry = await watcher.updates(timeout=5)
+            if entry is None:
+                break
+            if entry.value and not entry.key.startswith("checkpoint."):
+                values[entry.key] = orjson.loads(entry.value)
+    finally:
+        await watcher.stop()
+    return values
+
+
+async def wait_until(predicate: Any, *, timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll an async or sync predicate until it holds (bounded)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = predicate()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(interval)
+
+
+async def aiter_events(client: NATS) -> AsyncIterator[Event]:
+    for _, event in await log_events(client):
+        yield event
