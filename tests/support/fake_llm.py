@@ -244,6 +244,20 @@ class FakeLLMServer:
         if task is not None:
             self._connection_tasks.add(task)
         try:
+            await self._serve_until_closed(reader, writer)
+        except asyncio.CancelledError:
+            # Ending normally when stop() cancelled us: Python 3.11's done-callback for
+            # this task calls task.exception(), which would log the CancelledError.
+            if not self._stopping:
+                raise
+        finally:
+            if task is not None:
+                self._connection_tasks.discard(task)
+
+    async def _serve_until_closed(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
             if not self._stopping:
                 await self._serve_requests(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -251,8 +265,6 @@ class FakeLLMServer:
         except Exception as exc:  # a bug here must reach the test, not the loop's handler
             self.handler_errors.append(exc)
         finally:
-            if task is not None:
-                self._connection_tasks.discard(task)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()

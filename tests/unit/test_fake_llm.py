@@ -22,6 +22,17 @@ PROMPT_WORDS = 6
 REPLY_WORDS = len(DEFAULT_REPLY.split())
 
 
+@pytest.fixture(autouse=True)
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """Collect what reaches the event loop's exception handler; none of it is allowed."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    yield reported
+    loop.set_exception_handler(None)
+    assert reported == []
+
+
 @pytest.fixture
 async def fake_llm() -> AsyncIterator[FakeLLMServer]:
     async with FakeLLMServer() as server:

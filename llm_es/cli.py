@@ -1,0 +1,146 @@
+"""The `llm-es` command: `serve` the plugin, `chat` from a terminal, `status` of a deployment.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import pathlib
+import signal
+import sys
+from collections.abc import Sequence
+
+import nats.errors
+
+from llm_es import __version__
+from llm_es.app import Plugin
+from llm_es.config import DEFAULT_CONFIG_JSON, Config, load_config_sync
+from llm_es.connection import DEFAULT_LOCAL_URL, connect
+from llm_es.embedded import EmbeddedNatsServer
+from llm_es.errors import ConfigError, LLMESError, ServerVersionError
+from llm_es.logs import configure_logging, log_kv
+
+logger = logging.getLogger("llm_es.cli")
+
+DEFAULT_DATA_DIR = "llm-es-data"
+DEFAULT_EMBEDDED_PORT = 4222
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-es", description="Event-sourced LLM chat plugin for NATS-based bots."
+    )
+    parser.add_argument("--version", action="version", version=f"llm-es {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--config", type=pathlib.Path, help="config.json (seed format)")
+        sub.add_argument(
+            "--nats-url",
+            help="NATS server URL(s); default: $LLM_ES_NATS_URL, the config's nats.url, "
+            "else the embedded server",
+        )
+        sub.add_argument("--log-level", default=os.environ.get("LLM_ES_LOG_LEVEL", "INFO"))
+
+    serve = commands.add_parser("serve", help="run the plugin")
+    common(serve)
+    serve.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        default=pathlib.Path(os.environ.get("LLM_ES_DATA_DIR", DEFAULT_DATA_DIR)),
+        help="embedded nats-server data (default ./llm-es-data or $LLM_ES_DATA_DIR)",
+    )
+    serve.add_argument(
+        "--nats-port",
+        type=int,
+        default=DEFAULT_EMBEDDED_PORT,
+        help="port of the embedded nats-server (default 4222; 0 picks a free one)",
+    )
+
+    chat = commands.add_parser("chat", help="chat with the plugin from this terminal")
+    common(chat)
+    chat.add_argument("--channel", default="terminal", help="channel to speak in")
+    chat.add_argument("--user", default=os.environ.get("USER", "operator"), help="your name")
+    chat.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for replies")
+
+    status = commands.add_parser("status", help="show the event log and the views")
+    common(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    commands.add_parser("sample-config", help="print the default config.json")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "sample-config":
+        print(DEFAULT_CONFIG_JSON)
+        return 0
+    configure_logging(args.log_level)
+    try:
+        config = load_config_sync(args.config)
+    except ConfigError as exc:
+        print(f"llm-es: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "serve":
+            return asyncio.run(serve(config, args.nats_url, args.data_dir, args.nats_port))
+        if args.command == "chat":
+            from llm_es.chat_client import run_chat_client
+
+            return asyncio.run(
+                run_chat_client(config, args.nats_url, args.channel, args.user, args.timeout)
+            )
+        from llm_es.status import run_status
+
+        return asyncio.run(run_status(config, args.nats_url, as_json=args.json))
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, ServerVersionError) as exc:
+        print(f"llm-es: {exc}", file=sys.stderr)
+        return 2
+    except LLMESError as exc:
+        print(f"llm-es: {exc}", file=sys.stderr)
+        return 1
+
+
+async def serve(
+    config: Config, nats_url: str | None, data_dir: pathlib.Path, nats_port: int
+) -> int:
+    """Run until SIGINT/SIGTERM; start an embedded nats-server when no URL is configured."""
+    if not config.enabled:
+        log_kv(logger, "plugin_disabled", reason="config enabled=false")
+        return 0
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    url = nats_url or config.nats.url
+    embedded: EmbeddedNatsServer | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        if url is None:
+            embedded = EmbeddedNatsServer(data_dir, port=nats_port)
+            url = await embedded.start()
+            stack.push_async_callback(embedded.stop)
+            log_kv(logger, "embedded_nats_started", url=url, data_dir=str(data_dir))
+        try:
+            nc = await connect(config.nats, url)
+        except (OSError, nats.errors.Error) as exc:
+            print(
+                f"llm-es: cannot connect to NATS at {url or DEFAULT_LOCAL_URL}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        stack.push_async_callback(nc.drain)
+        plugin = Plugin(config, nc)
+        await plugin.start()
+        stack.push_async_callback(plugin.stop)
+        print(f"llm-es ready: send !chat commands on NATS at {url}", file=sys.stderr, flush=True)
+        await stop.wait()
+        log_kv(logger, "shutting_down")
+    return 0
