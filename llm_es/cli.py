@@ -38,14 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llm-es {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--config", type=pathlib.Path, help="config.json (seed format)")
+    def common(sub: argparse.ArgumentParser, *, top: bool = False) -> None:
+        # Accepted before or after the subcommand; the subcommand's copies must
+        # not overwrite a value given before it, hence SUPPRESS there.
+        default = None if top else argparse.SUPPRESS
+        sub.add_argument("--config", type=pathlib.Path, default=default, help="config.json")
         sub.add_argument(
             "--nats-url",
+            default=default,
             help="NATS server URL(s); default: $LLM_ES_NATS_URL, the config's nats.url, "
-            "else the embedded server",
+            "else the embedded server (serve) or nats://127.0.0.1:4222",
         )
-        sub.add_argument("--log-level", default=os.environ.get("LLM_ES_LOG_LEVEL", "INFO"))
+        sub.add_argument(
+            "--log-level",
+            default=os.environ.get("LLM_ES_LOG_LEVEL") if top else argparse.SUPPRESS,
+            help="DEBUG, INFO, WARNING or ERROR (default INFO for serve, WARNING otherwise)",
+        )
+
+    common(parser, top=True)
 
     serve = commands.add_parser("serve", help="run the plugin")
     common(serve)
@@ -81,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sample-config":
         print(DEFAULT_CONFIG_JSON)
         return 0
-    configure_logging(args.log_level)
+    configure_logging(args.log_level or ("INFO" if args.command == "serve" else "WARNING"))
     try:
         config = load_config_sync(args.config)
     except ConfigError as exc:

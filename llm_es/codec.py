@@ -46,6 +46,10 @@ def decode_event(data: bytes) -> Event:
         version = body.pop("schema")
     except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError) as exc:
         raise UnknownEventError(f"not an llm-es event: {exc}") from exc
+    # Checked here so garbage fails as UnknownEventError (the runner skips those),
+    # not as a TypeError from a dict lookup or a comparison further down.
+    if not isinstance(type_name, str) or type(version) is not int:
+        raise UnknownEventError(f"not an llm-es event: type {type_name!r}, schema {version!r}")
     cls = EVENT_TYPES.get(type_name)
     if cls is None:
         raise UnknownEventError(f"unknown event type {type_name!r}")
@@ -57,7 +61,15 @@ def decode_event(data: bytes) -> Event:
         version += 1
     if version > cls.SCHEMA:
         raise UnknownEventError(f"{type_name} schema {version} is newer than this code")
-    body["at"] = datetime.fromisoformat(body["at"])
+    if not isinstance(body.get("id"), str):
+        raise UnknownEventError(f"{type_name}: missing or invalid 'id'")
+    try:
+        body["at"] = datetime.fromisoformat(body["at"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnknownEventError(f"{type_name}: missing or invalid 'at': {exc}") from exc
+    if body["at"].tzinfo is None:
+        # A naive time would be read as local time by every fold; writers always send UTC.
+        raise UnknownEventError(f"{type_name}: 'at' has no UTC offset")
     for name, value in body.items():
         if isinstance(value, list):
             body[name] = tuple(value)

@@ -24,7 +24,13 @@ from llm_es.commands import SUBCOMMANDS, ChatCommand, parse_chat_args
 from llm_es.config import Config
 from llm_es.errors import LLMESError, OperationalError, ValidationError
 from llm_es.logs import log_kv
-from llm_es.requests import CommandRequest, decode_object, parse_command, reply_subject
+from llm_es.requests import (
+    CommandRequest,
+    decode_object,
+    is_safe_reply_subject,
+    parse_command,
+    reply_subject,
+)
 from llm_es.service import ChatService, Outcome
 
 logger = logging.getLogger("llm_es.commands")
@@ -63,6 +69,12 @@ class CommandSurface:
                     f"{COMMAND_SUBJECT}.{name}", queue=QUEUE_GROUP, cb=self._dispatch
                 )
             )
+        # The server must know the subscriptions before anyone is told we are ready.
+        # nats-py (2.16) writes flush()'s PING ahead of SUBs still queued for its
+        # flusher task, so one PONG proves nothing; by the second PING the SUBs
+        # have been written, and its PONG comes after the server processed them.
+        await self._nc.flush()
+        await self._nc.flush()
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         """Stop taking commands, then let the ones in flight finish (bounded)."""
@@ -87,7 +99,8 @@ class CommandSurface:
         self._slots.release()
 
     async def _handle(self, msg: Msg) -> None:
-        reply_to = msg.reply or None
+        # A NATS reply subject is chosen by the sender too: the same rule as `reply_to`.
+        reply_to = msg.reply if msg.reply and is_safe_reply_subject(msg.reply) else None
         try:
             request = parse_command(msg.data, self._config.service)
             reply_to = reply_to or request.reply_to

@@ -28,9 +28,9 @@ def parse_chat_args(args: str) -> ChatCommand:
     text = args.strip()
     if not text:
         return ChatCommand("help", "")
-    head, _, rest = text.partition(" ")
+    head, *tail = text.split(maxsplit=1)  # any whitespace separates, not only " "
     keyword = head.lower()
-    rest = rest.strip()
+    rest = tail[0] if tail else ""
     if keyword == "help" and not rest:
         return ChatCommand("help", "")
     if keyword == "reset" and not rest:

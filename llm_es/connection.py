@@ -1,8 +1,14 @@
-"""Connecting to NATS with the configured auth and TLS, the same way for every command."""
+"""Connecting to NATS with the configured auth and TLS, the same way for every command.
+
+The first connection fails fast (a few attempts); once connected, a client
+reconnects for as long as the process lives, which a long-running plugin
+wants. Connection errors are logged as one line each, without credentials.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from typing import Any
 
@@ -10,8 +16,13 @@ import nats
 from nats.aio.client import Client as NATS
 
 from llm_es.config import NatsConfig
+from llm_es.logs import log_kv
+
+logger = logging.getLogger("llm_es.nats")
 
 DEFAULT_LOCAL_URL = "nats://127.0.0.1:4222"
+INITIAL_CONNECT_ATTEMPTS = 3
+INITIAL_CONNECT_SECONDS = 20.0
 
 
 def _tls_context(config: NatsConfig) -> ssl.SSLContext:
@@ -21,6 +32,20 @@ def _tls_context(config: NatsConfig) -> ssl.SSLContext:
     return context
 
 
+async def _log_error(exc: Exception) -> None:
+    # INFO, not WARNING: failed first attempts are reported once by the caller,
+    # and lost connections by the disconnected callback.
+    log_kv(logger, "nats_error", level=logging.INFO, error=type(exc).__name__, detail=exc)
+
+
+async def _log_disconnected() -> None:
+    log_kv(logger, "nats_disconnected", level=logging.WARNING)
+
+
+async def _log_reconnected() -> None:
+    log_kv(logger, "nats_reconnected")
+
+
 async def connect_options(config: NatsConfig, url: str | None, name: str) -> dict[str, Any]:
     """Keyword arguments for `nats.connect` (certificate files are read off the loop)."""
     servers = [s.strip() for s in url.split(",")] if url else list(config.servers)
@@ -28,8 +53,11 @@ async def connect_options(config: NatsConfig, url: str | None, name: str) -> dic
         "servers": servers or [DEFAULT_LOCAL_URL],
         "name": name,
         "connect_timeout": 5,
-        "max_reconnect_attempts": -1,
+        "max_reconnect_attempts": INITIAL_CONNECT_ATTEMPTS,
         "reconnect_time_wait": 1,
+        "error_cb": _log_error,
+        "disconnected_cb": _log_disconnected,
+        "reconnected_cb": _log_reconnected,
     }
     if config.user is not None and config.password is not None:
         options["user"] = config.user
@@ -43,7 +71,17 @@ async def connect_options(config: NatsConfig, url: str | None, name: str) -> dic
     return options
 
 
-async def connect(config: NatsConfig, url: str | None, name: str = "llm-es") -> NATS:
-    """Connect, failing fast when no server answers at start."""
+async def connect(
+    config: NatsConfig, url: str | None, name: str = "llm-es", *, keep_reconnecting: bool = True
+) -> NATS:
+    """Connect, failing within seconds when no server answers at start.
+
+    With `keep_reconnecting` the client then reconnects without limit after
+    losing the server (nats-py reads the option on every reconnect).
+    """
     options = await connect_options(config, url, name)
-    return await nats.connect(**options, allow_reconnect=True)
+    async with asyncio.timeout(INITIAL_CONNECT_SECONDS):
+        nc = await nats.connect(**options)
+    if keep_reconnecting:
+        nc.options["max_reconnect_attempts"] = -1
+    return nc

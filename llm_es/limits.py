@@ -74,12 +74,13 @@ def usage_numbers(usage: UsageView | None, now: datetime) -> UsageNumbers:
     now_ts = now.timestamp()
     in_hour = [t for t in usage["recent_requests"] if t > now_ts - 3600]
     in_minute = [t for t in in_hour if t > now_ts - 60]
-    same_day = usage["day"] == day_of(now)
+    # `>=`: a view already on a later day (this clock lags another writer's) still counts.
+    current_day = usage["day"] >= day_of(now)
     return UsageNumbers(
         requests_minute=len(in_minute),
         requests_hour=len(in_hour),
-        requests_today=usage["requests_today"] if same_day else 0,
-        tokens_today=usage["tokens_today"] if same_day else 0,
+        requests_today=usage["requests_today"] if current_day else 0,
+        tokens_today=usage["tokens_today"] if current_day else 0,
         reserved_tokens=sum(t["reserved_tokens"] for t in usage["open_turns"].values()),
         oldest_in_minute=min(in_minute, default=None),
         oldest_in_hour=min(in_hour, default=None),

@@ -97,11 +97,13 @@ def keywords(text: str) -> set[str]:
 
 def relevance(query_words: set[str], memory: MemoryView) -> int:
     """How many query words a memory contains (whole word or word prefix)."""
-    content = memory["content"].lower()
-    memory_words = keywords(content)
+    memory_words = keywords(memory["content"])
     score = 0
     for word in query_words:
-        if word in memory_words or (len(word) >= 3 and word in content):
+        # A prefix, not any substring: "cat" finds "cats" but not "education".
+        if word in memory_words or (
+            len(word) >= 3 and any(m.startswith(word) for m in memory_words)
+        ):
             score += 1
     return score
 

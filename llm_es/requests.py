@@ -14,6 +14,7 @@ import orjson
 
 from llm_es.config import ServiceConfig
 from llm_es.errors import ValidationError
+from llm_es.store import SUBJECT_PREFIX
 
 _REPLY_SUBJECT = re.compile(r"[^\s*>.]+(\.[^\s*>.]+)*")
 
@@ -39,10 +40,23 @@ def decode_object(data: bytes) -> dict[str, Any]:
     return body
 
 
+def is_safe_reply_subject(subject: str) -> bool:
+    """Whether the plugin may publish an answer to `subject`.
+
+    Wildcards and blanks are not subjects. `$...` subjects are the JetStream,
+    KV and system APIs, and the event log's own subjects would take the answer
+    as an event: publishing there on a caller's say-so would let any payload
+    write into the log or the views.
+    """
+    if not _REPLY_SUBJECT.fullmatch(subject) or subject.startswith("$"):
+        return False
+    return subject != SUBJECT_PREFIX and not subject.startswith(f"{SUBJECT_PREFIX}.")
+
+
 def reply_subject(body: dict[str, Any]) -> str | None:
-    """A usable `reply_to` from a payload, or None (invalid ones are ignored)."""
+    """A usable `reply_to` from a payload, or None (invalid or unsafe ones are ignored)."""
     value = body.get("reply_to")
-    if isinstance(value, str) and _REPLY_SUBJECT.fullmatch(value):
+    if isinstance(value, str) and is_safe_reply_subject(value):
         return value
     return None
 

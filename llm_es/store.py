@@ -223,11 +223,14 @@ class EventStore:
     ) -> AsyncIterator[RecordedEvent]:
         """Yield stored events matching the filter, in order, up to `to_seq` or the end.
 
-        "The end" is the stream's last sequence when the read starts; events
-        appended meanwhile may or may not be included.
+        "The end" is the last matching event when the read starts; events
+        appended meanwhile are not included.
         """
         subject_filter = subject_filter or f"{self.prefix}.>"
-        end = to_seq if to_seq is not None else await self.last_seq()
+        # The last matching event now bounds the read, so it ends without a timeout.
+        end = await self._last_seq_on(subject_filter)
+        if to_seq is not None:
+            end = min(end, to_seq)
         if end < from_seq:
             return
         queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -245,17 +248,13 @@ class EventStore:
             manual_ack=True,
         )
         try:
-            info = await sub.consumer_info()
-            if info.num_pending == 0:
-                return
             while True:
                 msg = await asyncio.wait_for(queue.get(), idle_timeout)
-                meta = msg.metadata
-                seq = meta.sequence.stream
+                seq = msg.metadata.sequence.stream
                 if seq > end:
                     return
                 yield RecordedEvent(seq, msg.subject, decode_event(msg.data))
-                if seq >= end or meta.num_pending == 0:
+                if seq >= end:
                     return
         finally:
             await sub.unsubscribe()

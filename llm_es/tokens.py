@@ -26,9 +26,13 @@ def encode_name(name: str) -> str:
         raise ValidationError("name must not be empty")
     if name == NO_NAME:
         return "=5F"
-    if name.isascii() and all(b in _SAFE for b in name.encode()):
+    try:
+        raw = name.encode()
+    except UnicodeEncodeError as exc:  # lone surrogates, e.g. from undecodable argv bytes
+        raise ValidationError(f"name is not valid Unicode text: {name!r}") from exc
+    if name.isascii() and all(b in _SAFE for b in raw):
         return name
-    return "".join(chr(b) if b in _SAFE else f"={b:02X}" for b in name.encode())
+    return "".join(chr(b) if b in _SAFE else f"={b:02X}" for b in raw)
 
 
 def decode_name(token: str) -> str | None:
@@ -46,7 +50,11 @@ def decode_name(token: str) -> str | None:
         raw.append(int(match.group(1), 16))
         position = match.end()
     raw += token[position:].encode()
-    return raw.decode()
+    name = raw.decode()
+    # Only the canonical token of a name decodes, so one name never has two subjects.
+    if encode_name(name) != token:
+        raise ValueError(f"not the canonical token of {name!r}: {token!r}")
+    return name
 
 
 def encode_optional(name: str | None) -> str:

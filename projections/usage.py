@@ -49,7 +49,9 @@ class UsageProjection:
             }
         else:
             usage = {**view, "seq": seq}  # type: ignore[typeddict-item]
-            if usage["day"] != day:
+            # Forward only: an event stamped just before midnight by a slower clock,
+            # folded after one from the new day, must not zero the new day's counters.
+            if day > usage["day"]:
                 usage["day"] = day
                 usage["requests_today"] = usage["rejected_today"] = usage["tokens_today"] = 0
         if isinstance(event, TurnAdmitted):

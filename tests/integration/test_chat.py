@@ -20,10 +20,13 @@ async def test_chat_turn_answers_and_records_events(
     events = [e for _, e in await log_events(client)]
     assert [e.TYPE for e in events] == ["TurnAdmitted", "TokensSpent", "TurnCompleted"]
     admitted, spent, completed = events
-    assert isinstance(admitted, TurnAdmitted) and admitted.message == "Hello, how are you?"
-    assert isinstance(spent, TokensSpent) and not spent.estimated
-    assert spent.completion_tokens == len("Hello from the fake model.".split())
-    assert isinstance(completed, TurnCompleted) and completed.turn_id == admitted.turn_id
+    assert isinstance(admitted, TurnAdmitted)
+    assert admitted.message == "Hello, how are you?"
+    assert isinstance(spent, TokensSpent)
+    assert not spent.estimated
+    assert spent.completion_tokens == 5  # the fake counts the reply's words
+    assert isinstance(completed, TurnCompleted)
+    assert completed.turn_id == admitted.turn_id
     assert answer["result"]["tokens_used"] == spent.prompt_tokens + spent.completion_tokens
 
 

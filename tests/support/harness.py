@@ -86,10 +86,12 @@ async def log_events(client: NATS, subject: str = "llm.ev.>") -> list[tuple[int,
         return found
     sub = await js.subscribe(subject, stream=STREAM_NAME, ordered_consumer=True)
     try:
-        pending = (await sub.consumer_info()).num_pending
-        for _ in range(pending):
+        for _ in range(last):
             msg = await sub.next_msg(timeout=5)
-            found.append((msg.metadata.sequence.stream, decode_event(msg.data)))
+            meta = msg.metadata
+            found.append((meta.sequence.stream, decode_event(msg.data)))
+            if meta.num_pending == 0:
+                break
     finally:
         await sub.unsubscribe()
     return found
@@ -116,9 +118,9 @@ async def bucket_snapshot(client: NATS) -> dict[str, Any]:
     return values
 
 
-async def wait_until(predicate: Any, *, timeout: float = 10.0, interval: float = 0.02) -> None:
+async def wait_until(predicate: Any, *, within: float = 10.0, interval: float = 0.02) -> None:
     """Poll an async or sync predicate until it holds (bounded)."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         while True:
             result = predicate()
             if asyncio.iscoroutine(result):

@@ -1,0 +1,797 @@
+"""Benchmark of the `!chat` turn path through NATS, side by side with the raw limits.
+
+Starts, each in its own process: a nats-server (JetStream, file storage, temp
+dir), a zero-delay fake Ollama (`bench/fake_ollama.py`, or `--llm-url`), a
+trivial NATS echo responder, and the plugin (`llm-es serve`, rate limits off).
+Then, interleaved over `--repeat` rounds, it measures bare NATS request/reply,
+bare HTTP POST /api/chat, and `!chat <message>` turns at each concurrency,
+plus one cell with every worker on one user. At the end it checks that every
+successful turn is durably in the LLM_EVENTS stream, also after restarting
+nats-server. Progress goes to stderr, one JSON object to stdout; see
+bench/README.md for what each figure means.
+
+    /work/venv/bin/python bench/turns.py --repeat 3 --seconds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import os
+import pathlib
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from typing import IO, Any
+
+import httpx
+import nats
+import nats.errors
+import orjson
+from nats.aio.client import Client as NATS
+
+from llm_es.embedded import EmbeddedNatsServer, server_version
+from llm_es.store import STREAM_NAME
+
+SCRIPT = pathlib.Path(__file__).resolve()
+BENCH_DIR = SCRIPT.parent
+CHAT_SUBJECT = "rosey.command.chat"
+ECHO_SUBJECT = "bench.echo"
+MESSAGE = "what is the weather like on the moon today"
+SYSTEM_PROMPT = "You are a helpful assistant in a chat room. Answer briefly."
+# A user's usage view keeps every admission of the last hour; with the limits off it would
+# grow all run long. Default limits cap a real user at 100 turns/hour, so users rotate
+# after 100 turns to keep views the size they have in a deployment.
+USER_ROTATION_TURNS = 100
+TURN_TIMEOUT_SECONDS = 30.0
+BARE_TIMEOUT_SECONDS = 10.0
+READY_TIMEOUT_SECONDS = 60.0
+STOP_GRACE_SECONDS = 10.0
+MAX_OPS_PER_CELL = 1_000_000
+MAX_CELL_SECONDS_WITH_TURNS = 120.0
+STREAM_READ_TIMEOUT_SECONDS = 5.0
+TARGET_OVERHEAD_P50_MS = 3.0
+TARGET_TURNS_PER_S = 300.0
+TARGET_CONCURRENCY = 32
+# Environment variables that would point the plugin elsewhere than the bench's servers.
+SCRUBBED_ENV = (
+    "OLLAMA_HOST",
+    "LLM_ES_NATS_URL",
+    "LLM_ES_NATS_USER",
+    "LLM_ES_NATS_PASSWORD",
+    "LLM_ES_NATS_TOKEN",
+    "LLM_ES_NATS_CREDS",
+)
+# Runs `llm-es` under cProfile and dumps the stats when serve returns (it does on SIGTERM).
+PROFILED_PLUGIN = """\
+import cProfile, sys
+from llm_es.cli import main
+profile = cProfile.Profile()
+code = profile.runcall(main, sys.argv[2:])
+profile.dump_stats(sys.argv[1])
+sys.exit(code)
+"""
+
+QUIET = False
+
+
+def progress(*parts: object) -> None:
+    if not QUIET:
+        print("[turns]", *parts, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process from /proc (None where /proc is missing)."""
+    if pid is None:
+        return None
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces; the fields after its ')' are fixed.
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (None where the platform has none)."""
+    try:
+        return [round(load, 2) for load in os.getloadavg()]
+    except OSError:
+        return None
+
+
+class Child:
+    """A helper process: started with its output in a log file, stopped SIGTERM-then-kill."""
+
+    def __init__(self, name: str, argv: list[str], log_path: pathlib.Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        process = self.process
+        return process.pid if process is not None and process.returncode is None else None
+
+    async def start(
+        self,
+        *,
+        ready_prefix: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: pathlib.Path | None = None,
+    ) -> str:
+        """Start; with ready_prefix, wait (bounded) for a stdout line starting with it."""
+        log: IO[bytes] = self.log_path.open("ab")
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE if ready_prefix else log,
+                stderr=log,
+                env=env,
+                cwd=cwd,
+                # Ctrl-C reaches only the bench, which then stops children in order.
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        if ready_prefix is None:
+            return ""
+        assert self.process.stdout is not None
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+                line = (await self.process.stdout.readline()).decode().strip()
+        except TimeoutError:
+            line = ""
+        if not line.startswith(ready_prefix):
+            raise RuntimeError(
+                f"{self.name} did not start (got {line!r}); log {self.log_path}:\n{self.tail()}"
+            )
+        return line
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def stop(self) -> int | None:
+        """SIGTERM, wait up to STOP_GRACE_SECONDS, then SIGKILL; returns the exit code."""
+        process = self.process
+        if process is None:
+            return None
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(STOP_GRACE_SECONDS):
+                    await process.wait()
+            except TimeoutError:
+                progress(f"{self.name} ignored SIGTERM for {STOP_GRACE_SECONDS}s: killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        return process.returncode
+
+
+def llm_es_command() -> list[str]:
+    """The `llm-es` console script of this interpreter's environment."""
+    beside = pathlib.Path(sys.executable).parent / "llm-es"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    found = shutil.which("llm-es")
+    if found is None:
+        raise RuntimeError("no llm-es script next to this python or on PATH: pip install -e .")
+    return [found]
+
+
+def plugin_config(llm_url: str) -> dict[str, Any]:
+    """The plugin's config.json: the fake LLM as Ollama and no rate limits."""
+    return {
+        "providers": {
+            "ollama": {
+                "base_url": llm_url,
+                "timeout": TURN_TIMEOUT_SECONDS,
+                "default_model": "fake",
+            }
+        },
+        "rate_limits": {
+            "requests_per_minute": None,
+            "requests_per_hour": None,
+            "requests_per_day": None,
+            "tokens_per_day": None,
+        },
+    }
+
+
+async def wait_until_plugin_answers(nc: NATS, plugin: Child) -> float:
+    """Poll `!chat help` until the plugin answers; returns seconds waited."""
+    payload = orjson.dumps({"channel": "bench-ready", "user": "bench", "args": "help"})
+    started = time.perf_counter()
+    async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+        while True:
+            if plugin.pid is None:
+                raise RuntimeError(f"plugin exited during start; log:\n{plugin.tail()}")
+            try:
+                reply = await nc.request(CHAT_SUBJECT, payload, timeout=1.0)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.1)
+                continue
+            if orjson.loads(reply.data).get("success"):
+                return time.perf_counter() - started
+            raise RuntimeError(f"plugin answered help with an error: {reply.data!r}")
+
+
+# ---------------------------------------------------------------- echo responder mode
+
+
+async def echo_responder(url: str, max_seconds: float) -> None:
+    """The bare-NATS peer: replies with the request's bytes, inline in the callback."""
+    nc = await nats.connect(url)
+
+    async def echo(msg: Any) -> None:
+        await msg.respond(msg.data)
+
+    await nc.subscribe(ECHO_SUBJECT, cb=echo)
+    await nc.flush()
+    print("READY", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max_seconds):
+            await stop.wait()
+    await nc.drain()
+
+
+# ---------------------------------------------------------------- measuring
+
+Op = Callable[[int, int], Awaitable[str | None]]
+"""One operation of worker w, iteration i: None on success, else an error label."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    name: str
+    kind: str  # "nats", "http" or "chat"
+    concurrency: int
+    one_user: bool = False
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    rank = max(1, min(len(sorted_values), int(-(-p * len(sorted_values) // 100))))
+    return sorted_values[rank - 1]
+
+
+class Operations:
+    """The three kinds of operation, sharing one NATS client and one HTTP client."""
+
+    def __init__(self, nc: NATS, http: httpx.AsyncClient) -> None:
+        self.nc = nc
+        self.http = http
+        self.turn_ids: set[str] = set()
+        self.turns_by_identity: collections.Counter[str] = collections.Counter()
+        sample = {"channel": "bench-c1-ch0", "user": "bench-c1-u0", "args": f"{MESSAGE} #1"}
+        self.echo_payload = orjson.dumps(sample)
+        self.http_body = orjson.dumps(
+            {
+                "model": "fake",
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": f"bench-c1-u0: {MESSAGE} #1"},
+                ],
+                "stream": False,
+                "options": {"temperature": 0.7, "num_predict": 1024},
+            }
+        )
+
+    async def bare_nats(self, worker: int, i: int) -> str | None:
+        try:
+            await self.nc.request(ECHO_SUBJECT, self.echo_payload, timeout=BARE_TIMEOUT_SECONDS)
+        except nats.errors.TimeoutError:
+            return "timeout"
+        except nats.errors.NoRespondersError:
+            return "no responders"
+        return None
+
+    async def bare_http(self, worker: int, i: int) -> str | None:
+        try:
+            response = await self.http.post(
+                "/api/chat", content=self.http_body, headers={"Content-Type": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+        if response.status_code != 200:
+            return f"http {response.status_code}"
+        # The plugin decodes the answer too; so does the bare figure.
+        orjson.loads(response.content)
+        return None
+
+    def chat(self, spec: CellSpec) -> Op:
+        tag = f"{'one' if spec.one_user else 'c'}{spec.concurrency}"
+
+        async def turn(worker: int, i: int) -> str | None:
+            # Count turns per user identity across rounds, so users rotate like capped ones.
+            identity = f"bench-{tag}-single" if spec.one_user else f"bench-{tag}-u{worker}"
+            done = self.turns_by_identity[identity]
+            self.turns_by_identity[identity] += 1
+            user = f"{identity}-{done // USER_ROTATION_TURNS}"
+            payload = orjson.dumps(
+                {"channel": f"bench-{tag}-ch{worker}", "user": user, "args": f"{MESSAGE} #{i}"}
+            )
+            try:
+                reply = await self.nc.request(CHAT_SUBJECT, payload, timeout=TURN_TIMEOUT_SECONDS)
+            except nats.errors.TimeoutError:
+                return "timeout"
+            except nats.errors.NoRespondersError:
+                return "no responders"
+            answer = orjson.loads(reply.data)
+            if answer.get("success"):
+                self.turn_ids.add(answer["result"]["turn_id"])
+                return None
+            return str(answer.get("error"))[:100]
+
+        return turn
+
+    def op_for(self, spec: CellSpec) -> Op:
+        if spec.kind == "nats":
+            return self.bare_nats
+        if spec.kind == "http":
+            return self.bare_http
+        return self.chat(spec)
+
+
+async def run_cell(
+    op: Op,
+    concurrency: int,
+    *,
+    seconds: float,
+    total_ops: int | None,
+    pids: dict[str, int | None],
+) -> dict[str, Any]:
+    """Closed loop: `concurrency` workers each run op back to back until time or ops run out."""
+    latencies: list[float] = []
+    errors: collections.Counter[str] = collections.Counter()
+    remaining = [total_ops if total_ops is not None else MAX_OPS_PER_CELL]
+    limit = seconds if total_ops is None else MAX_CELL_SECONDS_WITH_TURNS
+    deadline = time.perf_counter() + limit
+
+    async def worker(w: int) -> None:
+        for i in range(MAX_OPS_PER_CELL):
+            if remaining[0] <= 0 or time.perf_counter() >= deadline:
+                return
+            remaining[0] -= 1
+            started = time.perf_counter()
+            error = await op(w, i)
+            if error is None:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors[error] += 1
+
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    client_before = time.process_time()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    wall = time.perf_counter() - started
+    client_cpu = time.process_time() - client_before
+    ok = len(latencies)
+    latencies.sort()
+    cell: dict[str, Any] = {
+        "ok": ok,
+        "errors": sum(errors.values()),
+        "seconds": round(wall, 3),
+        "per_s": round(ok / wall, 1) if wall > 0 else 0.0,
+        "p50_ms": round(percentile(latencies, 50) * 1000, 3) if ok else None,
+        "p99_ms": round(percentile(latencies, 99) * 1000, 3) if ok else None,
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 3) if ok else None,
+    }
+    cpu_ms: dict[str, float | None] = {"client": round(client_cpu * 1000 / max(ok, 1), 3)}
+    cpu_cores: dict[str, float | None] = {"client": round(client_cpu / wall, 2)}
+    for name, before in cpu_before.items():
+        after = cpu_seconds(pids[name])
+        used = None if before is None or after is None else after - before
+        cpu_ms[name] = None if used is None else round(used * 1000 / max(ok, 1), 3)
+        cpu_cores[name] = None if used is None else round(used / wall, 2)
+    cell["cpu_ms_per_op"] = cpu_ms
+    cell["cpu_cores"] = cpu_cores
+    if errors:
+        cell["error_kinds"] = dict(errors.most_common(5))
+    return cell
+
+
+def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per cell, the median over rounds of every number (nested dicts too); errors summed."""
+
+    def median_of(values: list[Any]) -> Any:
+        if all(isinstance(v, dict) for v in values):
+            keys = dict.fromkeys(k for v in values for k in v)
+            return {k: median_of([v.get(k) for v in values]) for k in keys}
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if not numbers:
+            return None
+        return round(statistics.median(numbers), 3)
+
+    summary: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(name for r in rounds for name in r):
+        cells = [r[name] for r in rounds if name in r]
+        merged: dict[str, Any] = {}
+        for key in dict.fromkeys(k for c in cells for k in c):
+            values = [c.get(key) for c in cells]
+            if key in ("ok", "errors"):
+                merged[key] = sum(v or 0 for v in values)
+            elif key == "error_kinds":
+                total: collections.Counter[str] = collections.Counter()
+                for v in values:
+                    total.update(v or {})
+                merged[key] = dict(total.most_common(5))
+            else:
+                merged[key] = median_of(values)
+        summary[name] = merged
+    return summary
+
+
+def overheads(
+    rounds: list[dict[str, dict[str, Any]]], concurrency: list[int]
+) -> dict[str, dict[str, float | None]]:
+    """Own overhead per concurrency, computed per round and then the median over rounds."""
+    result: dict[str, dict[str, float | None]] = {}
+    for c in concurrency:
+        figures: dict[str, list[float]] = {"p50_ms": [], "p99_ms": []}
+        for r in rounds:
+            chat, http, bare = r.get(f"chat_c{c}"), r.get(f"http_c{c}"), r.get(f"nats_c{c}")
+            if not (chat and http and bare):
+                continue
+            for key, values in figures.items():
+                if None not in (chat[key], http[key], bare[key]):
+                    values.append(chat[key] - http[key] - bare[key])
+        result[f"c{c}"] = {
+            key: round(statistics.median(values), 3) if values else None
+            for key, values in figures.items()
+        }
+    return result
+
+
+# ---------------------------------------------------------------- durability
+
+
+TURN_EVENT_TYPES = ("TurnAdmitted", "TokensSpent", "TurnCompleted")
+
+
+@dataclasses.dataclass
+class StreamContents:
+    """What the log holds: events per type and the turn ids of each turn event type."""
+
+    total: int = 0
+    counts: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    turn_ids: dict[str, set[str]] = dataclasses.field(
+        default_factory=lambda: {name: set() for name in TURN_EVENT_TYPES}
+    )
+
+
+async def read_stream(url: str) -> StreamContents:
+    """Read the whole LLM_EVENTS stream with an ordered consumer (bounded by its size)."""
+    contents = StreamContents()
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(STREAM_NAME)
+        contents.total = info.state.messages
+        if contents.total == 0:
+            return contents
+        sub = await js.subscribe("llm.ev.>", stream=STREAM_NAME, ordered_consumer=True)
+        try:
+            for _ in range(contents.total):
+                msg = await sub.next_msg(timeout=STREAM_READ_TIMEOUT_SECONDS)
+                event_type = msg.subject.rpartition(".")[2]
+                contents.counts[event_type] += 1
+                if event_type in contents.turn_ids:
+                    contents.turn_ids[event_type].add(orjson.loads(msg.data)["turn_id"])
+        finally:
+            await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return contents
+
+
+def durability_report(successful: set[str], contents: StreamContents) -> dict[str, Any]:
+    """Every successful turn must have its admission, its spend and its completion in the log."""
+    missing = {name: len(successful - ids) for name, ids in contents.turn_ids.items()}
+    completed = contents.counts["TurnCompleted"]
+    return {
+        "events_in_stream": contents.total,
+        "events_by_type": dict(sorted(contents.counts.items())),
+        "turn_completed_events": completed,
+        "successful_turns_missing": missing,
+        "ok": not any(missing.values()) and completed == len(successful),
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+
+def cells_for(concurrency: list[int], one_user_concurrency: int) -> list[CellSpec]:
+    cells: list[CellSpec] = []
+    for c in concurrency:
+        cells += [CellSpec(f"nats_c{c}", "nats", c), CellSpec(f"http_c{c}", "http", c)]
+        cells.append(CellSpec(f"chat_c{c}", "chat", c))
+    if one_user_concurrency > 0:
+        cells.append(
+            CellSpec(f"chat_one_user_c{one_user_concurrency}", "chat", one_user_concurrency, True)
+        )
+    return cells
+
+
+async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    result: dict[str, Any] = {
+        "tool": "llm-es bench/turns.py",
+        "env": {
+            "python": platform.python_version(),
+            "nats_py": metadata.version("nats-py"),
+            "httpx": metadata.version("httpx"),
+            "llm_es": metadata.version("llm-es"),
+            "cpus": os.cpu_count(),
+            # Other work on the machine skews every figure; compare runs with similar loads.
+            "load_average_at_start": load_average(),
+        },
+        "params": {
+            "repeat": args.repeat,
+            "seconds_per_cell": None if args.turns else args.seconds,
+            "turns_per_cell": args.turns,
+            "concurrency": args.concurrency,
+            "one_user_concurrency": args.one_user_concurrency,
+            "warm_ops_per_worker": args.warm,
+            "plugin_log_level": args.plugin_log_level,
+            "llm": args.llm_url or "bench/fake_ollama.py (subprocess, zero delay)",
+        },
+    }
+    server = EmbeddedNatsServer(workdir / "nats", port=0)
+    async with contextlib.AsyncExitStack() as stack:
+        url = await server.start()
+        stack.push_async_callback(server.stop)
+        result["env"]["nats_server"] = await server_version(server.binary)
+        progress(f"nats-server {result['env']['nats_server']} at {url}, data {server.data_dir}")
+
+        llm: Child | None = None
+        if args.llm_url:
+            llm_url = args.llm_url.rstrip("/")
+        else:
+            llm = Child(
+                "fake-llm",
+                [sys.executable, str(BENCH_DIR / "fake_ollama.py"), "--port", "0"],
+                workdir / "fake_ollama.log",
+            )
+            stack.push_async_callback(llm.stop)
+            line = await llm.start(ready_prefix="LISTENING", env=env)
+            llm_url = f"http://127.0.0.1:{line.split()[1]}"
+        progress(f"LLM at {llm_url}")
+
+        echo = Child(
+            "echo-responder",
+            [sys.executable, str(SCRIPT), "--echo-responder", url],
+            workdir / "echo.log",
+        )
+        stack.push_async_callback(echo.stop)
+        await echo.start(ready_prefix="READY", env=env)
+
+        config_path = workdir / "config.json"
+        config_path.write_bytes(orjson.dumps(plugin_config(llm_url)))
+        serve_args = ["serve", "--nats-url", url, "--config", str(config_path)]
+        serve_args += ["--log-level", args.plugin_log_level]
+        if args.plugin_profile:
+            argv = [sys.executable, "-c", PROFILED_PLUGIN, str(args.plugin_profile), *serve_args]
+        else:
+            argv = [*llm_es_command(), *serve_args]
+        plugin = Child("plugin", argv, workdir / "plugin.log")
+        stack.push_async_callback(plugin.stop)
+        await plugin.start(env=env, cwd=workdir)
+
+        nc = await nats.connect(url, name="bench-client")
+        stack.push_async_callback(nc.close)
+        http = httpx.AsyncClient(
+            base_url=llm_url,
+            timeout=httpx.Timeout(TURN_TIMEOUT_SECONDS),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+        stack.push_async_callback(http.aclose)
+        waited = await wait_until_plugin_answers(nc, plugin)
+        progress(f"plugin ready after {waited:.1f}s (pid {plugin.pid}, log {plugin.log_path})")
+
+        pids = {"plugin": plugin.pid, "nats_server": server.pid}
+        pids["llm"] = llm.pid if llm is not None else None
+        pids["echo"] = echo.pid
+        operations = Operations(nc, http)
+        cells = cells_for(args.concurrency, args.one_user_concurrency)
+
+        for spec in cells:
+            op = operations.op_for(spec)
+            warm = args.warm * spec.concurrency
+            await run_cell(op, spec.concurrency, seconds=60.0, total_ops=warm, pids={})
+        progress(f"warmed up: {args.warm} ops per worker in every cell")
+
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for round_index in range(args.repeat):
+            measured: dict[str, dict[str, Any]] = {}
+            for spec in cells:
+                if plugin.pid is None:
+                    raise RuntimeError(f"plugin exited mid-run; log:\n{plugin.tail()}")
+                cell = await run_cell(
+                    operations.op_for(spec),
+                    spec.concurrency,
+                    seconds=args.seconds,
+                    total_ops=args.turns,
+                    pids=pids,
+                )
+                measured[spec.name] = cell
+                progress(
+                    f"round {round_index + 1}/{args.repeat} {spec.name}: {cell['per_s']}/s "
+                    f"p50 {cell['p50_ms']} ms p99 {cell['p99_ms']} ms errors {cell['errors']}"
+                )
+            rounds.append(measured)
+
+        # Stop the plugin first so every turn it started has ended before the log is read.
+        plugin_exit = await plugin.stop()
+        progress(f"plugin stopped (exit {plugin_exit})")
+        # Nothing may stay connected across the server restart below.
+        await echo.stop()
+        await nc.close()
+        successful = operations.turn_ids
+        durability = durability_report(successful, await read_stream(url))
+        await server.stop()
+        url = await server.start()
+        durability["successful_turns"] = len(successful)
+        restarted = durability_report(successful, await read_stream(url))
+        durability["after_server_restart"] = restarted
+        progress(
+            f"durability: {len(successful)} successful turns, "
+            f"{durability['turn_completed_events']} TurnCompleted in the stream, "
+            f"{durability['after_server_restart']['turn_completed_events']} after restart"
+        )
+
+    result["env"]["load_average_at_end"] = load_average()
+    summary = summarize(rounds)
+    overhead = overheads(rounds, args.concurrency)
+    c1 = overhead.get("c1", {}).get("p50_ms")
+    top = summary.get(f"chat_c{TARGET_CONCURRENCY}", {}).get("per_s")
+    one_user_name = f"chat_one_user_c{args.one_user_concurrency}"
+    per_user: dict[str, Any] = {}
+    if one_user_name in summary and f"chat_c{args.one_user_concurrency}" in summary:
+        distinct = summary[f"chat_c{args.one_user_concurrency}"]
+        single = summary[one_user_name]
+        per_user = {
+            "concurrency": args.one_user_concurrency,
+            "distinct_users_per_s": distinct["per_s"],
+            "one_user_per_s": single["per_s"],
+            "distinct_users_p50_ms": distinct["p50_ms"],
+            "one_user_p50_ms": single["p50_ms"],
+            "one_user_throughput_ratio": (
+                round(single["per_s"] / distinct["per_s"], 3) if distinct["per_s"] else None
+            ),
+        }
+    result.update(
+        {
+            "formula": {
+                "own_overhead_ms": (
+                    "chat_cN.pXX_ms - http_cN.pXX_ms - nats_cN.pXX_ms, bare cells at the same "
+                    "concurrency N, computed per round, then the median over rounds"
+                ),
+                "per_s": "successful operations / wall seconds of the cell (closed loop)",
+                "cpu_ms_per_op": "CPU time a process used during the cell / successful operations",
+                "cpu_cores": "CPU time a process used during the cell / wall seconds",
+            },
+            "cells": summary,
+            "own_overhead": overhead,
+            "per_user_serialization": per_user,
+            "durability": durability,
+            "targets": {
+                "own_overhead_p50_c1_ms": c1,
+                "own_overhead_p50_c1_le_3ms": None if c1 is None else c1 <= TARGET_OVERHEAD_P50_MS,
+                f"turns_per_s_c{TARGET_CONCURRENCY}": top,
+                f"turns_per_s_c{TARGET_CONCURRENCY}_ge_300": (
+                    None if top is None else top >= TARGET_TURNS_PER_S
+                ),
+            },
+            "rounds": rounds if args.repeat > 1 else None,
+        }
+    )
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds (3)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per cell (3)")
+    parser.add_argument(
+        "--turns", type=int, help="operations per cell instead of --seconds (all workers together)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=lambda text: [int(c) for c in text.split(",")],
+        default=[1, 8, 32],
+        help="comma-separated worker counts (1,8,32)",
+    )
+    parser.add_argument(
+        "--one-user-concurrency",
+        type=int,
+        default=8,
+        help="workers in the all-on-one-user chat cell (8; 0 skips the cell)",
+    )
+    parser.add_argument("--warm", type=int, default=3, help="untimed ops per worker per cell (3)")
+    parser.add_argument("--llm-url", help="use this Ollama-compatible server instead of a fake")
+    parser.add_argument(
+        "--plugin-log-level", default="INFO", help="the plugin's --log-level (INFO, as deployed)"
+    )
+    parser.add_argument(
+        "--plugin-profile",
+        type=pathlib.Path,
+        help="run the plugin under cProfile and write its stats here (slows it down)",
+    )
+    parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs, data)")
+    parser.add_argument(
+        "--max-seconds", type=float, default=1800.0, help="hard limit for the whole run (1800)"
+    )
+    parser.add_argument("--json-only", action="store_true", help="no progress; compact JSON")
+    parser.add_argument("--echo-responder", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.seconds <= 0 or (args.turns is not None and args.turns < 1):
+        parser.error("--repeat, --seconds and --turns must be positive")
+    if not args.concurrency or min(args.concurrency) < 1 or args.one_user_concurrency < 0:
+        parser.error("concurrency values must be positive")
+    return args
+
+
+async def bounded_run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]:
+    # SIGTERM cancels the run like Ctrl-C does, so the children are still stopped in order.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    async with asyncio.timeout(args.max_seconds):
+        return await run(args, workdir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global QUIET
+    args = parse_args(argv)
+    if args.echo_responder:
+        asyncio.run(echo_responder(args.echo_responder, args.max_seconds))
+        return 0
+    QUIET = args.json_only
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="llm-es-bench-"))
+    try:
+        result = asyncio.run(bounded_run(args, workdir))
+    except KeyboardInterrupt:
+        return 130
+    except asyncio.CancelledError:
+        progress("stopped by SIGTERM")
+        return 143
+    finally:
+        if args.keep_dir:
+            progress(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    option = 0 if args.json_only else orjson.OPT_INDENT_2
+    sys.stdout.write(orjson.dumps(result, option=option).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""`llm-es status`: the server, the event log, the views and their lag, and who answers.
+
+Everything is read from NATS as it is now; nothing is written (the instance
+probe is `!chat help`, which appends no event). Each part reports what it
+could read, so a missing stream or bucket still leaves a useful report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections import Counter
+from typing import Any
+
+import nats.errors
+import orjson
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from llm_es.chat_client import (
+    CONNECT_ERRORS,
+    cannot_connect,
+    connect_from_terminal,
+    connected_server,
+)
+from llm_es.command_surface import COMMAND_SUBJECT
+from llm_es.config import Config
+from llm_es.store import MIN_SERVER_VERSION, STREAM_NAME, SUBJECT_PREFIX
+from llm_es.views import BUCKET, checkpoint_key
+
+# The views `projections` writes (llm_es may not import it to ask).
+PROJECTIONS = ("context", "memories", "settings", "usage")
+KEY_KINDS = ("messages", "memories", "channel", "usage", "checkpoint")
+NO_LOG_YET = "no event log yet (start llm-es serve)"
+NO_VIEWS_YET = "no views yet (start llm-es serve)"
+PROBE_TIMEOUT_SECONDS = 2.0
+READ_TIMEOUT_SECONDS = 5.0
+MAX_KEYS_COUNTED = 10_000_000
+PROBE_CHANNEL = "llm-es-status"
+PROBE_USER = "llm-es-status"
+
+READ_ERRORS = (nats.errors.Error, TimeoutError)
+
+Report = dict[str, Any]
+
+
+async def run_status(config: Config, nats_url: str | None, *, as_json: bool) -> int:
+    """Print the status report; 0 whenever NATS could be reached, else 1."""
+    try:
+        nc = await connect_from_terminal(config, nats_url, "llm-es-status")
+    except CONNECT_ERRORS as exc:
+        print(cannot_connect(config, nats_url, exc), file=sys.stderr, flush=True)
+        return 1
+    try:
+        report = await gather_status(nc)
+    finally:
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await nc.close()
+    if as_json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode(), flush=True)
+    else:
+        print(render_text(report), flush=True)
+    return 0
+
+
+async def gather_status(nc: NATS) -> Report:
+    """The whole report as one JSON-able dict."""
+    js = nc.jetstream(timeout=READ_TIMEOUT_SECONDS)
+    stream = await stream_status(js)
+    last_seq = int(stream.get("last_seq") or 0)
+    views, checkpoints = await views_status(js, last_seq)
+    return {
+        "server": server_status(nc),
+        "stream": stream,
+        "views": views,
+        "checkpoints": checkpoints,
+        "instance": await instance_status(nc),
+    }
+
+
+def server_status(nc: NATS) -> Report:
+    wanted = ".".join(map(str, MIN_SERVER_VERSION))
+    version = nc.connected_server_version
+    try:
+        version_ok: bool | None = (version.major, version.minor) >= MIN_SERVER_VERSION
+    except ValueError:  # not semver: cannot tell
+        version_ok = None
+    return {
+        "url": connected_server(nc),
+        "version": str(nc._server_info.get("version", "unknown")),
+        "min_version": wanted,
+        "version_ok": version_ok,
+        "jetstream": bool(nc._server_info.get("jetstream")),
+    }
+
+
+async def stream_status(js: JetStreamContext) -> Report:
+    """The log's size, settings and event counts by type (from the stream's subject state)."""
+    report: Report = {"name": STREAM_NAME}
+    try:
+        # The server lists per-subject counts up to its page size (100k subjects);
+        # `event_types_partial` says when that cut the list.
+        info = await js.stream_info(STREAM_NAME, subjects_filter=f"{SUBJECT_PREFIX}.>")
+    except NotFoundError:
+        return {**report, "exists": False, "note": NO_LOG_YET}
+    except READ_ERRORS as exc:
+        return {**report, "exists": None, "error": _describe(exc)}
+    state, config = info.state, info.config
+    by_type: Counter[str] = Counter()
+    for subject, count in (state.subjects or {}).items():
+        by_type[subject.rpartition(".")[2]] += count
+    return {
+        **report,
+        "exists": True,
+        "messages": state.messages,
+        "first_seq": state.first_seq,
+        "last_seq": state.last_seq,
+        "bytes": state.bytes,
+        # nats-py leaves `storage` a plain str when it parses a server response.
+        "storage": None if config.storage is None else str(StorageType(config.storage).value),
+        "replicas": config.num_replicas,
+        "allow_atomic": bool(config.allow_atomic),
+        "duplicate_window_seconds": config.duplicate_window,
+        "event_types": dict(sorted(by_type.items())),
+        "event_types_partial": sum(by_type.values()) < state.messages,
+    }
+
+
+async def views_status(js: JetStreamContext, last_seq: int) -> tuple[Report, Report]:
+    """Keys in the views bucket by kind, and each projection's checkpoint and lag."""
+    views: Report = {"bucket": BUCKET}
+    checkpoints: Report = {
+        name: {"seq": None, "lag": last_seq, "stored": False} for name in PROJECTIONS
+    }
+    try:
+        kv = await js.key_value(BUCKET)
+    except BucketNotFoundError:
+        return {**views, "exists": False, "note": NO_VIEWS_YET}, checkpoints
+    except READ_ERRORS as exc:
+        return {**views, "exists": None, "error": _describe(exc)}, checkpoints
+    try:
+        keys = await count_keys(kv)
+        for name in PROJECTIONS:
+            seq = await _checkpoint(kv, name)
+            if seq is not None:
+                checkpoints[name] = {"seq": seq, "lag": last_seq - seq, "stored": True}
+    except READ_ERRORS as exc:
+        return {**views, "exists": True, "error": _describe(exc)}, checkpoints
+    return {**views, "exists": True, "keys": keys}, checkpoints
+
+
+async def count_keys(kv: KeyValue) -> dict[str, int]:
+    """Live keys by their first part (`messages`, `memories`, ...), deleted keys excluded."""
+    counts = dict.fromkeys(KEY_KINDS, 0)
+    watcher = await kv.watchall(ignore_deletes=True, meta_only=True)
+    try:
+        for _ in range(MAX_KEYS_COUNTED):
+            entry = await watcher.updates(timeout=READ_TIMEOUT_SECONDS)  # type: ignore[no-untyped-call]  # nats-py is untyped here
+            if entry is None:
+                break
+            kind = entry.key.partition(".")[0]
+            kind = kind if kind in counts else "other"
+            counts[kind] = counts.get(kind, 0) + 1
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return counts
+
+
+async def _checkpoint(kv: KeyValue, name: str) -> int | None:
+    try:
+        entry = await kv.get(checkpoint_key(name))
+    except KeyNotFoundError:
+        return None
+    if not entry.value:
+        return None
+    value = orjson.loads(entry.value)
+    return int(value["seq"]) if isinstance(value, dict) and "seq" in value else None
+
+
+async def instance_status(nc: NATS) -> Report:
+    """Whether an llm-es instance answers `!chat help` on the command subject."""
+    report: Report = {"subject": COMMAND_SUBJECT, "answered": False}
+    payload = orjson.dumps({"channel": PROBE_CHANNEL, "user": PROBE_USER, "args": "help"})
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS + 1):
+            reply = await nc.request(COMMAND_SUBJECT, payload, timeout=PROBE_TIMEOUT_SECONDS)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
+        return report
+    except nats.errors.Error as exc:
+        return {**report, "error": _describe(exc)}
+    try:
+        answer = orjson.loads(reply.data)
+    except orjson.JSONDecodeError:
+        answer = None
+    success = answer.get("success") if isinstance(answer, dict) else None
+    return {**report, "answered": True, "success": success is True}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+# ------------------------------------------------------------------ text output
+
+
+def render_text(report: Report) -> str:
+    """Aligned `key: value` lines for a person."""
+    lines = _text_lines(report)
+    width = max(len(key) for key, _ in lines) + 1
+    return "\n".join(f"{key + ':':<{width}} {value}" for key, value in lines)
+
+
+def _text_lines(report: Report) -> list[tuple[str, str]]:
+    server, stream, views = report["server"], report["stream"], report["views"]
+    ok = {True: "ok", False: "TOO OLD", None: "unknown"}[server["version_ok"]]
+    lines = [
+        ("server", server["url"]),
+        ("server version", f"{server['version']} ({ok}; llm-es needs >= {server['min_version']})"),
+        ("jetstream", "enabled" if server["jetstream"] else "DISABLED (start nats-server -js)"),
+    ]
+    if stream["exists"]:
+        lines += [
+            ("stream", stream["name"]),
+            ("stream messages", str(stream["messages"])),
+            ("stream sequences", f"{stream['first_seq']}..{stream['last_seq']}"),
+            ("stream bytes", str(stream["bytes"])),
+            ("stream storage", f"{stream['storage']}, replicas {stream['replicas']}"),
+            ("stream allow_atomic", _yes_no(stream["allow_atomic"])),
+            ("stream duplicate window", f"{stream['duplicate_window_seconds']:g}s"),
+        ]
+        types = stream["event_types"]
+        partial = " (partial)" if stream["event_types_partial"] else ""
+        for event_type, count in types.items():
+            lines.append((f"events {event_type}", f"{count}{partial}"))
+        if not types:
+            lines.append(("events", "none"))
+    else:
+        lines.append(("stream", f"{stream['name']}: {stream.get('note') or stream.get('error')}"))
+    if views.get("keys") is not None:
+        lines.append(("bucket", views["bucket"]))
+        lines += [(f"keys {kind}", str(count)) for kind, count in views["keys"].items()]
+    else:
+        lines.append(("bucket", f"{views['bucket']}: {views.get('note') or views.get('error')}"))
+    for name, checkpoint in report["checkpoints"].items():
+        seq = checkpoint["seq"] if checkpoint["stored"] else "none"
+        lines.append((f"checkpoint {name}", f"{seq} (lag {checkpoint['lag']})"))
+    instance = report["instance"]
+    if instance["answered"]:
+        lines.append(("instance", f"answered on {instance['subject']}"))
+    else:
+        lines.append(
+            ("instance", f"NO ANSWER on {instance['subject']} (is `llm-es serve` running?)")
+        )
+    return lines
+
+
+def _yes_no(value: object) -> str:
+    return "yes" if value else "no"
