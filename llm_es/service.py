@@ -251,9 +251,16 @@ class ChatService:
         """Decide and append admission with the per-user conditional append; retry on races."""
         lock = self._user_locks.setdefault(request.user, asyncio.Lock())
         async with lock:
+            boundary = self._store.user_boundary(request.user)
+            known_last: int | None = None
             try:
                 for _ in range(self._config.service.admit_retries):
                     usage = self.usage_of(request.user)
+                    position = usage["seq"] if usage else 0
+                    if known_last is not None:
+                        # Events the views skip (unreadable ones) still move the
+                        # subject's last sequence; the views include all up to it.
+                        position = max(position, known_last)
                     decision: TurnAdmitted | TurnRejected = decide_admission(
                         request,
                         usage,
@@ -264,13 +271,13 @@ class ChatService:
                     )
                     try:
                         seq = await self._store.append(
-                            decision,
-                            expected_last_seq=usage["seq"] if usage else 0,
-                            boundary=self._store.user_boundary(request.user),
+                            decision, expected_last_seq=position, boundary=boundary
                         )
                     except IntegrityError:
                         # Another writer got there first: fold its events, decide again.
                         await self._catch_up()
+                        known_last = await self._store.last_seq(boundary)
+                        await self._wait_for(known_last)
                         continue
                     await self._wait_for(seq)
                     return decision

@@ -4,10 +4,15 @@ At start it loads the bucket (views and one checkpoint per projection) into
 memory, then follows the stream with an ordered consumer from the lowest
 checkpoint. Each event is applied to every projection whose checkpoint is
 behind it; a value that already records a sequence >= the event's is left
-alone, so replays are harmless. Changed keys are written to KV in pipelined
-batches, then the checkpoints; only then does `position` move and waiters
-wake (read-your-writes). Reads are served from the in-memory copy, which
-equals the bucket at `position`.
+alone, so replays are harmless.
+
+Reads are served from the in-memory views, and `position` (what waiters wait
+for: read-your-writes) moves as soon as an event is folded. Writing to KV is
+off the request path: changed keys are written in pipelined batches a few
+milliseconds later, then the checkpoints (`persisted`). A crash between the
+two only means the next start folds a few events again, which the per-value
+`seq` makes harmless. Every instance folds the log itself, so each one has
+read-your-writes without waiting for another's KV writes.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from nats.js.kv import KeyValue
 
 from llm_es.codec import UnknownEventError, decode_event
 from llm_es.config import Config
+from llm_es.kv import read_bucket
 from llm_es.logs import log_kv
 from llm_es.store import EventStore
 from llm_es.views import BUCKET, checkpoint_key
@@ -42,15 +48,19 @@ logger = logging.getLogger("projections.runner")
 
 LOAD_TIMEOUT_SECONDS = 30.0
 FLUSH_RETRY_SECONDS = 0.5
+HEARTBEAT_SECONDS = 1.0
+FLUSH_LINGER_SECONDS = 0.005
+"""How long changes gather before a KV write batch: batches grow under load."""
 
 
 def default_projections(config: Config) -> list[Projection]:
     """The four views the plugin reads."""
+    windows = (config.rate_limits.requests_per_minute, config.rate_limits.requests_per_hour)
     return [
         ContextProjection(config.service.max_context_messages),
         MemoriesProjection(),
         SettingsProjection(),
-        UsageProjection(),
+        UsageProjection(keep_requests=max((w for w in windows if w is not None), default=0)),
     ]
 
 
@@ -75,7 +85,7 @@ class ViewRunner:
         self._checkpoints: dict[str, int] = {}
         self._dirty: set[str] = set()
         self._applied = 0
-        self._position = 0
+        self._persisted = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_counter = 0
         self._sub: JetStreamContext.PushSubscription | None = None
@@ -87,10 +97,15 @@ class ViewRunner:
 
     @property
     def position(self) -> int:
-        return self._position
+        return self._applied
+
+    @property
+    def persisted(self) -> int:
+        """Last stream sequence whose views and checkpoints are written to KV."""
+        return self._persisted
 
     async def wait_for(self, seq: int) -> None:
-        if self._position >= seq:
+        if self._applied >= seq:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiter_counter += 1
@@ -120,12 +135,12 @@ class ViewRunner:
     async def start(self) -> None:
         """Load the bucket, then follow the log from the lowest checkpoint."""
         self._kv = await self._ensure_bucket()
-        await self._load_bucket(self._kv)
+        await self._load_bucket()
         for projection in self._projections:
             stored = self._values.get(checkpoint_key(projection.name))
             self._checkpoints[projection.name] = int(stored["seq"]) if stored else 0
         start = min(self._checkpoints.values(), default=0)
-        self._applied = self._position = start
+        self._applied = self._persisted = start
         self._flush_task = asyncio.create_task(self._flush_loop(), name="view-flush")
         self._sub = await self._js.subscribe(
             f"{self._store.prefix}.>",
@@ -136,6 +151,9 @@ class ViewRunner:
             cb=self._on_message,
             manual_ack=True,
             pending_msgs_limit=-1,
+            # Missing two heartbeats re-creates the consumer: after a nats-server
+            # restart the views resume within seconds (nats-py's default is 5 s).
+            idle_heartbeat=HEARTBEAT_SECONDS,
         )
         log_kv(logger, "views_started", bucket=self._bucket_name, from_seq=start + 1)
 
@@ -152,7 +170,7 @@ class ViewRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flush_task
             self._flush_task = None
-        if self._dirty or self._applied > self._position:
+        if self._dirty or self._applied > self._persisted:
             with contextlib.suppress(nats.errors.Error, KeyValueError, asyncio.TimeoutError):
                 async with asyncio.timeout(5):
                     await self._flush_once()
@@ -175,18 +193,11 @@ class ViewRunner:
                 )
             )
 
-    async def _load_bucket(self, kv: KeyValue) -> None:
-        watcher = await kv.watchall(ignore_deletes=True)
-        try:
-            async with asyncio.timeout(LOAD_TIMEOUT_SECONDS):
-                while True:
-                    entry = await watcher.updates(timeout=LOAD_TIMEOUT_SECONDS)  # type: ignore[no-untyped-call]  # nats-py is untyped here
-                    if entry is None:
-                        break
-                    if entry.value:
-                        self._store_value(entry.key, orjson.loads(entry.value))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+    async def _load_bucket(self) -> None:
+        async with asyncio.timeout(LOAD_TIMEOUT_SECONDS):
+            stored = await read_bucket(self._js, self._bucket_name)
+        for key, raw in stored.items():
+            self._store_value(key, orjson.loads(raw))
 
     # ------------------------------------------------------------ folding
 
@@ -202,6 +213,7 @@ class ViewRunner:
         else:
             self._apply(event, seq)
         self._applied = seq
+        self._wake(seq)
         self._flush_wanted.set()
 
     def _apply(self, event: Any, seq: int) -> None:
@@ -240,6 +252,7 @@ class ViewRunner:
     async def _flush_loop(self) -> None:
         while not self._stopping:
             await self._flush_wanted.wait()
+            await asyncio.sleep(FLUSH_LINGER_SECONDS)
             self._flush_wanted.clear()
             try:
                 await self._flush_once()
@@ -249,9 +262,9 @@ class ViewRunner:
                 await asyncio.sleep(FLUSH_RETRY_SECONDS)
 
     async def _flush_once(self) -> None:
-        """Write changed keys, then checkpoints; then publish the new position."""
+        """Write changed keys, then the checkpoints that say they are written."""
         target = self._applied
-        if target <= self._position and not self._dirty:
+        if target <= self._persisted and not self._dirty:
             return
         assert self._kv is not None
         kv = self._kv
@@ -270,8 +283,7 @@ class ViewRunner:
             self._store_value(checkpoint_key(name), value)
             checkpoint_writes.append(kv.put(checkpoint_key(name), orjson.dumps(value)))
         await asyncio.gather(*checkpoint_writes)
-        self._position = target
-        self._wake(target)
+        self._persisted = target
 
     async def _write(self, kv: KeyValue, key: str) -> None:
         value = self._values.get(key)

@@ -23,9 +23,17 @@ HOUR_SECONDS = 3600
 
 
 class UsageProjection:
-    """`usage.<user>`: what the rate and token limits are checked against."""
+    """`usage.<user>`: what the rate and token limits are checked against.
+
+    `recent_requests` keeps at most `keep_requests` admission times (the
+    largest minute/hour limit): enough to decide both sliding windows exactly,
+    and bounded however busy a user is.
+    """
 
     name = "usage"
+
+    def __init__(self, keep_requests: int = 10_000) -> None:
+        self.keep_requests = keep_requests
 
     def keys_for(self, event: Event) -> tuple[str, ...]:
         user = event.user_name
@@ -55,9 +63,9 @@ class UsageProjection:
                 usage["day"] = day
                 usage["requests_today"] = usage["rejected_today"] = usage["tokens_today"] = 0
         if isinstance(event, TurnAdmitted):
-            usage["recent_requests"] = [
-                t for t in usage["recent_requests"] if t > at_ts - HOUR_SECONDS
-            ] + [round(at_ts, 6)]
+            recent = [t for t in usage["recent_requests"] if t > at_ts - HOUR_SECONDS]
+            recent.append(round(at_ts, 6))
+            usage["recent_requests"] = recent[-self.keep_requests :] if self.keep_requests else []
             usage["requests_today"] += 1
             usage["total_requests"] += 1
             usage["open_turns"] = {

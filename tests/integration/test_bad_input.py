@@ -16,7 +16,6 @@ from llm_es.store import STREAM_NAME, SUBJECT_PREFIX
 from llm_es.tokens import decode_name
 from llm_es.views import BUCKET, context_key, usage_key
 from tests.integration.conftest import PluginStarter
-from tests.integration.test_memory import stored_view
 from tests.support.fake_llm import DEFAULT_REPLY, FakeLLMServer
 from tests.support.harness import (
     REQUEST_TIMEOUT,
@@ -24,6 +23,7 @@ from tests.support.harness import (
     event_types,
     log_events,
     raw_request,
+    stored_view,
 )
 
 SUBJECT = "rosey.command.chat"

@@ -26,7 +26,7 @@ from llm_es.embedded import EmbeddedNatsServer
 from llm_es.events import TurnAdmitted
 from llm_es.replies import HELP
 from llm_es.status import NO_LOG_YET
-from tests.support.harness import command, event_types, log_events
+from tests.support.harness import command, event_types, log_events, wait_persisted
 
 CLI_TIMEOUT_SECONDS = 30.0
 MODEL_REPLY = "Hello from the fake model."
@@ -190,6 +190,7 @@ async def test_status_json_after_a_turn(
     """After one turn: the log's counts by type, every checkpoint at the end (lag 0), answered."""
     answer = await command(client, "Hello there", channel="c", user="u")
     assert answer["success"] is True
+    await wait_persisted(client)
     report = await _status_json(nats_server)
 
     assert report["server"]["version_ok"] is True
@@ -226,6 +227,7 @@ async def test_status_text_is_aligned_key_value_lines(
 ) -> None:
     """The human report is `key: value` lines with the values in one column."""
     await command(client, "Hello there")
+    await wait_persisted(client)
     result = await run_cli("status", "--nats-url", nats_server.url)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -3,40 +3,20 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
-import orjson
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from llm_es.app import Plugin
 from llm_es.events import MemoryAdded, MemoryForgotten, MemoryRecalled
 from llm_es.prompt import MEMORY_PREAMBLE
 from llm_es.store import EventStore
-from llm_es.views import BUCKET, memory_key
+from llm_es.views import memory_key
 from tests.support.fake_llm import FakeLLMServer
-from tests.support.harness import command, event_types, log_events
+from tests.support.harness import command, event_types, log_events, stored_view
 
 REMEMBERED = re.compile(r"Remembered: (?P<content>.+) \(ID: (?P<id>[0-9a-f]{8})\)", re.DOTALL)
 SUBJECT = "rosey.command.chat"
-
-
-async def stored_view(client: NATS, key: str) -> dict[str, Any] | None:
-    """One view as KV bucket `llm_data` holds it (None when absent or deleted).
-
-    A direct get, not `bucket_snapshot`: nats-py's KV watcher can signal "no
-    more initial values" before delivering any, so a snapshot may come back empty.
-    """
-    kv = await client.jetstream().key_value(BUCKET)
-    try:
-        entry = await kv.get(key)
-    except (KeyNotFoundError, KeyDeletedError):
-        return None
-    if not entry.value:
-        return None
-    view: dict[str, Any] = orjson.loads(entry.value)
-    return view
 
 
 async def remember(client: NATS, fact: str, *, channel: str = "lobby", user: str = "alice") -> str:

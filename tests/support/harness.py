@@ -19,6 +19,7 @@ from llm_es.app import Plugin
 from llm_es.codec import decode_event
 from llm_es.config import Config, OllamaConfig, ProvidersConfig, RateLimitsConfig, ServiceConfig
 from llm_es.events import Event
+from llm_es.kv import read_bucket
 from llm_es.store import STREAM_NAME
 from projections.runner import build_view_runner
 
@@ -101,21 +102,41 @@ async def event_types(client: NATS) -> list[str]:
     return [e.TYPE for _, e in await log_events(client)]
 
 
+async def wait_persisted(client: NATS) -> None:
+    """Wait until every projection checkpoint in KV has reached the log's end.
+
+    Views are written to KV a few milliseconds after they are folded (the
+    runner batches writes off the request path), so KV checks wait for this.
+    """
+    js = client.jetstream()
+    last = (await js.stream_info(STREAM_NAME)).state.last_seq
+
+    async def persisted() -> bool:
+        stored = await read_bucket(js, "llm_data")
+        checkpoints = [
+            orjson.loads(stored.get(f"checkpoint.{name}", b'{"seq": 0}'))["seq"]
+            for name in ("context", "memories", "settings", "usage")
+        ]
+        return min(checkpoints) >= last
+
+    await wait_until(persisted, within=10.0, interval=0.01)
+
+
+async def stored_view(client: NATS, key: str) -> dict[str, Any] | None:
+    """One view as KV bucket `llm_data` holds it once the runner has written the log's end."""
+    await wait_persisted(client)
+    stored = await read_bucket(client.jetstream(), "llm_data")
+    raw = stored.get(key)
+    if not raw:
+        return None
+    view: dict[str, Any] = orjson.loads(raw)
+    return view
+
+
 async def bucket_snapshot(client: NATS) -> dict[str, Any]:
     """Every view key and value in KV bucket `llm_data` (checkpoints excluded)."""
-    kv = await client.jetstream().key_value("llm_data")
-    watcher = await kv.watchall(ignore_deletes=True)
-    values: dict[str, Any] = {}
-    try:
-        for _ in range(100_000):
-            entry = await watcher.updates(timeout=5)
-            if entry is None:
-                break
-            if entry.value and not entry.key.startswith("checkpoint."):
-                values[entry.key] = orjson.loads(entry.value)
-    finally:
-        await watcher.stop()
-    return values
+    stored = await read_bucket(client.jetstream(), "llm_data")
+    return {k: orjson.loads(v) for k, v in stored.items() if not k.startswith("checkpoint.")}
 
 
 async def wait_until(predicate: Any, *, within: float = 10.0, interval: float = 0.02) -> None:

@@ -542,3 +542,14 @@ def test_mixed_history_ends_in_the_expected_views() -> None:
     bob: dict[str, Any] = usage[usage_key("bob")]
     assert (bob["requests_today"], bob["rejected_today"], bob["open_turns"]) == (1, 1, {})
     assert usage_key("carol") in usage  # PersonaSwitched names carol
+
+
+def test_usage_keeps_only_as_many_request_times_as_the_largest_window_limit() -> None:
+    """recent_requests is capped at keep_requests, newest kept, however busy the user."""
+    events = [admitted(f"t{n}", "q") for n in range(30)]
+    view = fold(UsageProjection(keep_requests=7), events)[usage_key("alice")]
+    assert len(view["recent_requests"]) == 7
+    assert view["requests_today"] == 30
+    assert (
+        fold(UsageProjection(keep_requests=0), events)[usage_key("alice")]["recent_requests"] == []
+    )

@@ -1,0 +1,57 @@
+"""Reading a whole KV bucket at once, reliably.
+
+nats-py's `KeyValue.watchall()` can signal "initial values done" before it has
+delivered them (it compares consumer info with a delivery count that races
+the callback), so loads built on it can come back empty or partial. This
+reads the bucket's stream with an ordered consumer, last value per subject,
+and ends on the message whose own `num_pending` is 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+
+from llm_es.headers import KV_OPERATION
+
+
+async def read_bucket(js: JetStreamContext, bucket: str) -> dict[str, bytes]:
+    """Every live key of `bucket` with its value (deleted and purged keys left out)."""
+    stream = f"KV_{bucket}"
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return {}
+    if info.state.messages == 0:
+        return {}
+    prefix = f"$KV.{bucket}."
+    values: dict[str, bytes] = {}
+    done = asyncio.get_running_loop().create_future()
+
+    async def take(msg: Msg) -> None:
+        operation = msg.headers.get(KV_OPERATION) if msg.headers else None
+        key = msg.subject[len(prefix) :]
+        if operation is None:
+            values[key] = msg.data
+        else:
+            values.pop(key, None)
+        if msg.metadata.num_pending == 0 and not done.done():
+            done.set_result(None)
+
+    sub = await js.subscribe(
+        f"{prefix}>",
+        stream=stream,
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        cb=take,
+        manual_ack=True,
+        pending_msgs_limit=-1,
+    )
+    try:
+        await done
+    finally:
+        await sub.unsubscribe()
+    return values
