@@ -16,6 +16,7 @@ from llm_es.errors import (
     ProviderUnavailable,
 )
 from llm_es.providers.base import ChatMessage, CompletionResult, LLMProvider
+from llm_es.providers.http import ShardedClient
 
 AVAILABILITY_TIMEOUT_SECONDS = 5.0
 
@@ -25,13 +26,12 @@ class OllamaProvider(LLMProvider):
 
     name = "ollama"
 
-    def __init__(self, config: OllamaConfig, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, config: OllamaConfig) -> None:
         self._config = config
         self.default_model = config.default_model
-        self._client = client or httpx.AsyncClient(
+        self._http = ShardedClient(
             base_url=config.base_url.rstrip("/"),
             timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0)),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
 
     def _options(self, temperature: float | None, max_tokens: int | None) -> dict[str, Any]:
@@ -104,30 +104,32 @@ class OllamaProvider(LLMProvider):
         }
         pieces: list[str] = []
         try:
-            async with self._client.stream(
-                "POST", "/api/chat", content=orjson.dumps(body)
-            ) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise self._status_error(response)
-                async for line in response.aiter_lines():
-                    if not line.strip():
-                        continue
-                    chunk = self._decode(line.encode())
-                    piece = (chunk.get("message") or {}).get("content") or ""
-                    if piece:
-                        pieces.append(piece)
-                        yield piece
-                    if chunk.get("done"):
-                        yield self._result(chunk, "".join(pieces), chosen_model)
-                        return
+            with self._http.lease() as client:
+                async with client.stream(
+                    "POST", "/api/chat", content=orjson.dumps(body)
+                ) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        raise self._status_error(response)
+                    async for line in response.aiter_lines():
+                        if not line.strip():
+                            continue
+                        chunk = self._decode(line.encode())
+                        piece = (chunk.get("message") or {}).get("content") or ""
+                        if piece:
+                            pieces.append(piece)
+                            yield piece
+                        if chunk.get("done"):
+                            yield self._result(chunk, "".join(pieces), chosen_model)
+                            return
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
         raise ProviderBadResponse(self.name, "Ollama stream ended without a final chunk")
 
     async def is_available(self) -> bool:
         try:
-            response = await self._client.get("/api/tags", timeout=AVAILABILITY_TIMEOUT_SECONDS)
+            with self._http.lease() as client:
+                response = await client.get("/api/tags", timeout=AVAILABILITY_TIMEOUT_SECONDS)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
@@ -139,20 +141,22 @@ class OllamaProvider(LLMProvider):
         return [m["name"] for m in models if isinstance(m, dict) and "name" in m]
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
 
     async def _get(self, path: str) -> dict[str, Any]:
         try:
-            response = await self._client.get(path)
+            with self._http.lease() as client:
+                response = await client.get(path)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
         return self._json(response)
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = await self._client.post(
-                path, content=orjson.dumps(body), headers={"Content-Type": "application/json"}
-            )
+            with self._http.lease() as client:
+                response = await client.post(
+                    path, content=orjson.dumps(body), headers={"Content-Type": "application/json"}
+                )
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
         return self._json(response)
