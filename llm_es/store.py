@@ -13,6 +13,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 import orjson
@@ -43,17 +44,99 @@ class RecordedEvent:
     event: Event
 
 
-def require_server_version(nc: NATS) -> None:
-    """Refuse nats-servers that cannot run the log (atomic batches need 2.12)."""
-    version = nc.connected_server_version
-    if (version.major, version.minor) < MIN_SERVER_VERSION:
+def check_server_version(version: str, *, jetstream: bool) -> None:
+    """Refuse a nats-server that cannot run the log (atomic batches need 2.12)."""
+    try:
+        major, minor = (int(part) for part in version.lstrip("v").split(".")[:2])
+    except ValueError:
+        raise ServerVersionError(f"cannot read the nats-server version {version!r}") from None
+    if (major, minor) < MIN_SERVER_VERSION:
         wanted = ".".join(map(str, MIN_SERVER_VERSION))
         raise ServerVersionError(
             f"nats-server {version} is too old: llm-es needs {wanted} or newer "
             "(atomic batch publish, subject-filtered expected sequences)"
         )
-    if not nc._server_info.get("jetstream"):
+    if not jetstream:
         raise ServerVersionError("nats-server has JetStream disabled: start it with -js")
+
+
+def require_server_version(nc: NATS) -> None:
+    """Check the connected server (see `check_server_version`)."""
+    info: dict[str, object] = getattr(nc, "_server_info", {})
+    check_server_version(str(info.get("version", "0.0.0")), jetstream=bool(info.get("jetstream")))
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A message for JetStream to store: subject, payload and headers."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+
+
+async def request_ack(
+    nc: NATS,
+    message: OutgoingMessage,
+    *,
+    wait_seconds: float = APPEND_TIMEOUT_SECONDS,
+    stream: str = STREAM_NAME,
+) -> dict[str, Any]:
+    """Publish one message and return JetStream's ack, which may carry an `error`.
+
+    An error ack has `seq` 0. Raises OperationalError when no stream listens on
+    the subject, no ack comes within `wait_seconds`, or the connection is closed.
+    """
+    try:
+        reply = await nc.request(
+            message.subject, message.payload, timeout=wait_seconds, headers=message.headers
+        )
+    except nats.errors.NoRespondersError as exc:
+        raise OperationalError(f"no stream answers on {message.subject}") from exc
+    except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
+        raise OperationalError(f"append to {stream} failed: {type(exc).__name__}") from exc
+    ack: dict[str, Any] = orjson.loads(reply.data)
+    return ack
+
+
+async def request_atomic_ack(
+    nc: NATS,
+    messages: Sequence[OutgoingMessage],
+    *,
+    wait_seconds: float = APPEND_TIMEOUT_SECONDS,
+    stream: str = STREAM_NAME,
+) -> dict[str, Any]:
+    """Publish messages as one atomic batch and return the commit's ack (see `request_ack`).
+
+    All messages are stored, with consecutive sequences, or none is. The ones
+    before the commit go out with `nc.publish`: they get no ack, and nats-py's
+    `js.publish` raises on the empty one. The server checks each message's
+    conditions when the commit arrives and answers only then.
+    """
+    batch_id = uuid.uuid4().hex
+    for number, message in enumerate(messages[:-1], start=1):
+        await nc.publish(
+            message.subject,
+            message.payload,
+            headers={
+                **message.headers,
+                headers.BATCH_ID: batch_id,
+                headers.BATCH_SEQUENCE: str(number),
+            },
+        )
+    final = messages[-1]
+    commit_headers = {
+        **final.headers,
+        headers.BATCH_ID: batch_id,
+        headers.BATCH_SEQUENCE: str(len(messages)),
+        headers.BATCH_COMMIT: "1",
+    }
+    return await request_ack(
+        nc,
+        OutgoingMessage(final.subject, final.payload, commit_headers),
+        wait_seconds=wait_seconds,
+        stream=stream,
+    )
 
 
 class EventStore:
@@ -156,41 +239,22 @@ class EventStore:
         """Append events as one atomic batch: all are stored or none is."""
         if not events:
             return []
-        batch_id = uuid.uuid4().hex
+        messages = [
+            OutgoingMessage(self.subject_for(e), encode_event(e), {headers.MSG_ID: e.id})
+            for e in events
+        ]
+        ack = await request_atomic_ack(self._nc, messages, stream=self.stream)
+        seq = self._sequence_from(ack)
         last = len(events)
-        for number, event in enumerate(events[:-1], start=1):
-            await self._nc.publish(
-                self.subject_for(event),
-                encode_event(event),
-                headers={
-                    headers.MSG_ID: event.id,
-                    headers.BATCH_ID: batch_id,
-                    headers.BATCH_SEQUENCE: str(number),
-                },
-            )
-        final = events[-1]
-        seq = await self._publish(
-            self.subject_for(final),
-            encode_event(final),
-            {
-                headers.MSG_ID: final.id,
-                headers.BATCH_ID: batch_id,
-                headers.BATCH_SEQUENCE: str(last),
-                headers.BATCH_COMMIT: "1",
-            },
-        )
         return list(range(seq - last + 1, seq + 1))
 
     async def _publish(self, subject: str, payload: bytes, hdrs: dict[str, str]) -> int:
-        try:
-            reply = await self._nc.request(
-                subject, payload, timeout=APPEND_TIMEOUT_SECONDS, headers=hdrs
-            )
-        except nats.errors.NoRespondersError as exc:
-            raise OperationalError(f"no stream answers on {subject}") from exc
-        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
-            raise OperationalError(f"append to {self.stream} failed: {type(exc).__name__}") from exc
-        ack = orjson.loads(reply.data)
+        message = OutgoingMessage(subject, payload, hdrs)
+        ack = await request_ack(self._nc, message, stream=self.stream)
+        return self._sequence_from(ack)
+
+    @staticmethod
+    def _sequence_from(ack: dict[str, Any]) -> int:
         error = ack.get("error")
         if error is not None:
             if error.get("err_code") == headers.JS_ERR_WRONG_LAST_SEQUENCE:

@@ -83,8 +83,11 @@ class ContextProjection:
             pending.pop(event.turn_id, None)
             updated["pending"] = pending
         elif isinstance(event, ContextReset):
+            # Turns in flight belong to the conversation being cleared: their
+            # answers still reach the user but do not seed the new context.
             updated["messages"] = []
             updated["summary"] = None
+            updated["pending"] = {}
         elif isinstance(event, ContextSummarized):
             updated["summary"] = event.summary
             updated["messages"] = [m for m in current["messages"] if m["seq"] > event.through_seq]

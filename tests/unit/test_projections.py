@@ -553,3 +553,16 @@ def test_usage_keeps_only_as_many_request_times_as_the_largest_window_limit() ->
     assert (
         fold(UsageProjection(keep_requests=0), events)[usage_key("alice")]["recent_requests"] == []
     )
+
+
+def test_reset_drops_turns_in_flight_from_the_new_context() -> None:
+    """A turn admitted before a reset and completed after it does not enter the new context."""
+    projection = ContextProjection(max_messages=10)
+    events = [
+        admitted("t1", "before"),
+        ContextReset(at=at(1), channel=CHANNEL, user="alice"),
+        completed("t1", "late answer"),
+    ]
+    view = fold(projection, events)[context_key(CHANNEL)]
+    assert view["messages"] == []
+    assert view["pending"] == {}
