@@ -101,6 +101,8 @@ class Plugin:
         if self._surface is not None:
             await self._surface.stop()
             self._surface = None
+        if self.service is not None:
+            await self.service.aclose()
         if self.views is not None:
             await self.views.stop()
             self.views = None

@@ -210,6 +210,19 @@ class ServiceConfig:
             minimum=1,
         ),
     )
+    summarize_after_messages: int | None = dataclasses.field(
+        default=30,
+        metadata=_meta(
+            "When a channel's history holds more messages than this, the ones older than the"
+            " last `max_context_messages` are summarized through the provider; null: never"
+            " (old messages are dropped).",
+            minimum=2,
+        ),
+    )
+    summary_max_words: int = dataclasses.field(
+        default=150,
+        metadata=_meta("Length asked of a channel summary, in words.", minimum=10),
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True, repr=False)
@@ -229,6 +242,9 @@ class OllamaConfig:
     )
     default_model: str = dataclasses.field(
         default="llama3.2", metadata=_meta("Model used for chat.", nonempty=True)
+    )
+    max_retries: int = dataclasses.field(
+        default=2, metadata=_meta("Retries after a 429, a 5xx or a connection error.", minimum=0)
     )
     temperature: float = dataclasses.field(
         default=0.7, metadata=_meta("Sampling temperature.", minimum=0, maximum=2)
@@ -412,6 +428,13 @@ class Config:
     default_provider: ProviderName = dataclasses.field(
         default="ollama",
         metadata=_meta("Provider used for chat: `ollama`, `openai` or `openrouter`."),
+    )
+    fallback_providers: tuple[ProviderName, ...] = dataclasses.field(
+        default=(),
+        metadata=_meta(
+            "Providers tried in order when the chosen one is unreachable or failing (5xx,"
+            " timeout); each answer records which provider gave it."
+        ),
     )
     service: ServiceConfig = dataclasses.field(
         default_factory=ServiceConfig, metadata=_meta("Service behaviour.")
@@ -618,6 +641,14 @@ def _parse_value(hint: Any, value: object, key: str, meta: Mapping[str, Any]) ->
 
     if dataclasses.is_dataclass(hint):
         return _parse_section(hint, value, key)
+    if typing.get_origin(hint) is tuple:
+        (item_hint, _) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected {expected}, got {_show(value)}")
+        items = [_parse_value(item_hint, item, f"{key}[{n}]", meta) for n, item in enumerate(value)]
+        if len(set(items)) != len(items):
+            raise ConfigError(key, f"expected {expected} without repeats, got {_show(value)}")
+        return tuple(items)
     if hint is Secret:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected {expected}, got {_kind(value)}")
@@ -772,6 +803,9 @@ def _describe_type(hint: Any, meta: Mapping[str, Any]) -> str:
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
         (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         return f"{_describe_type(inner, meta)} or null"
+    if typing.get_origin(hint) is tuple:
+        (item_hint, _) = typing.get_args(hint)
+        return f"a list of {_describe_type(item_hint, meta)}"
     bounds = _bounds_text(meta)
     if hint is int:
         return f"an integer {bounds}".rstrip()
@@ -818,6 +852,8 @@ def _to_jsonable(value: object) -> object:
             field.name: _to_jsonable(getattr(value, field.name))
             for field in dataclasses.fields(value)
         }
+    if isinstance(value, tuple):
+        return [_to_jsonable(item) for item in value]
     return value
 
 

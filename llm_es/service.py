@@ -28,6 +28,7 @@ from llm_es.errors import (
 )
 from llm_es.events import (
     ContextReset,
+    ContextSummarized,
     Event,
     PersonaSwitched,
     TokensSpent,
@@ -47,8 +48,9 @@ from llm_es.memories import (
     rank_memories,
 )
 from llm_es.prompt import build_chat_prompt, prompt_length
-from llm_es.providers.base import LLMProvider
+from llm_es.providers.base import CompletionResult, LLMProvider
 from llm_es.store import EventStore
+from llm_es.summarizer import messages_to_summarize, summary_prompt
 from llm_es.views import (
     ContextView,
     MemoryView,
@@ -106,6 +108,7 @@ class ChatService:
         # Serializes admissions per user inside this process; the conditional
         # append keeps them exact across processes.
         self._user_locks: dict[str, asyncio.Lock] = {}
+        self._summarizing: dict[str, asyncio.Task[bool]] = {}
 
     # ---------------------------------------------------------------- reads
 
@@ -143,7 +146,9 @@ class ChatService:
             memories=rank_memories(
                 message, self.memories_of(channel), self._config.service.max_memories_in_prompt
             ),
-            recent=context["messages"] if context else [],
+            recent=context["messages"][-self._config.service.max_context_messages :]
+            if context
+            else [],
             user=user,
             message=message,
         )
@@ -187,32 +192,19 @@ class ChatService:
             return Outcome.error(str(exc), turn_id=request.turn_id, provider=provider.name)
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
 
-        estimated = result.prompt_tokens is None or result.completion_tokens is None
-        prompt_tokens = (
-            result.prompt_tokens
-            if result.prompt_tokens is not None
-            else estimate_tokens(prompt_length(prompt))
-        )
-        completion_tokens = (
-            result.completion_tokens
-            if result.completion_tokens is not None
-            else estimate_tokens(len(result.content))
-        )
         now = self._clock()
+        spent = spend_of(
+            result,
+            at=now,
+            turn_id=request.turn_id,
+            channel=channel,
+            user=user,
+            purpose="chat",
+            provider=provider.name,
+            prompt_chars=prompt_length(prompt),
+        )
         await self._record(
-            TokensSpent(
-                at=now,
-                turn_id=request.turn_id,
-                channel=channel,
-                user=user,
-                purpose="chat",
-                provider=provider.name,
-                model=result.model,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                estimated=estimated,
-                cost=result.cost,
-            ),
+            spent,
             TurnCompleted(
                 at=now,
                 turn_id=request.turn_id,
@@ -225,7 +217,7 @@ class ChatService:
                 finish_reason=result.finish_reason,
             ),
         )
-        tokens_used = prompt_tokens + completion_tokens
+        tokens_used = spent.prompt_tokens + spent.completion_tokens
         log_kv(
             logger,
             "turn_completed",
@@ -236,6 +228,7 @@ class ChatService:
             tokens=tokens_used,
             latency_ms=latency_ms,
         )
+        self._summarize_in_background(channel)
         return Outcome.ok(
             result.content,
             content=result.content,
@@ -382,6 +375,87 @@ class ChatService:
         await self._record(event)
         return Outcome.ok(replies.forgot(normalized), memory_id=normalized)
 
+    # ---------------------------------------------------------------- summaries
+
+    def _summarize_in_background(self, channel: str) -> None:
+        """Start folding old messages into the summary, unless already under way here."""
+        if channel in self._summarizing or not messages_to_summarize(
+            cast(ContextView | None, self._views.get(context_key(channel))),
+            keep_recent=self._config.service.max_context_messages,
+            threshold=self._config.service.summarize_after_messages,
+        ):
+            return
+        task = asyncio.create_task(self.summarize_channel(channel), name=f"summarize:{channel}")
+        self._summarizing[channel] = task
+        task.add_done_callback(lambda _: self._summarizing.pop(channel, None))
+
+    async def summarize_channel(self, channel: str) -> bool:
+        """Summarize a channel's old messages through the provider; True when recorded.
+
+        The summary is appended on the condition that no other summary of the
+        channel was recorded since the one this read, so two instances never
+        both fold the same messages. The provider call's tokens are recorded
+        either way: they were spent.
+        """
+        service = self._config.service
+        view = cast(ContextView | None, self._views.get(context_key(channel)))
+        older = messages_to_summarize(
+            view,
+            keep_recent=service.max_context_messages,
+            threshold=service.summarize_after_messages,
+        )
+        if view is None or not older:
+            return False
+        provider = self._providers[self._config.default_provider]
+        try:
+            result = await provider.chat(
+                summary_prompt(view["summary"], older, service.summary_max_words),
+                max_tokens=service.summary_max_words * 2,
+            )
+        except ProviderError as exc:
+            log_kv(logger, "summary_failed", level=logging.WARNING, channel=channel, error=str(exc))
+            return False
+        now = self._clock()
+        await self._record(
+            spend_of(
+                result,
+                at=now,
+                turn_id=uuid.uuid4().hex,
+                channel=channel,
+                user=None,
+                purpose="context_summary",
+                provider=provider.name,
+                prompt_chars=sum(len(m["content"]) for m in older),
+            )
+        )
+        summarized = ContextSummarized(
+            at=now,
+            channel=channel,
+            summary=result.content.strip(),
+            through_seq=older[-1]["seq"],
+            message_count=len(older),
+        )
+        try:
+            seq = await self._store.append(
+                summarized,
+                expected_last_seq=view.get("summary_seq", 0),
+            )
+        except IntegrityError:
+            log_kv(logger, "summary_superseded", channel=channel)
+            return False
+        await self._wait_for(seq)
+        log_kv(logger, "context_summarized", channel=channel, messages=len(older))
+        return True
+
+    async def aclose(self, grace_seconds: float = 10.0) -> None:
+        """Let background summaries finish (bounded), then cancel what is left."""
+        tasks = list(self._summarizing.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
     # ---------------------------------------------------------------- recovery
 
     async def close_abandoned_turns(self) -> int:
@@ -407,6 +481,41 @@ class ChatService:
             await self._record(*closing)
             log_kv(logger, "abandoned_turns_closed", count=len(closing))
         return len(closing)
+
+
+def spend_of(
+    result: CompletionResult,
+    *,
+    at: datetime,
+    turn_id: str,
+    channel: str,
+    user: str | None,
+    purpose: str,
+    provider: str,
+    prompt_chars: int,
+) -> TokensSpent:
+    """The provider call's real usage, estimated (and flagged) only where it reported none."""
+    return TokensSpent(
+        at=at,
+        turn_id=turn_id,
+        channel=channel,
+        user=user,
+        purpose=purpose,
+        provider=provider,
+        model=result.model,
+        prompt_tokens=(
+            result.prompt_tokens
+            if result.prompt_tokens is not None
+            else estimate_tokens(prompt_chars)
+        ),
+        completion_tokens=(
+            result.completion_tokens
+            if result.completion_tokens is not None
+            else estimate_tokens(len(result.content))
+        ),
+        estimated=result.prompt_tokens is None or result.completion_tokens is None,
+        cost=result.cost,
+    )
 
 
 def _public_memory(memory: MemoryView) -> dict[str, Any]:

@@ -73,6 +73,7 @@ class ContextView(TypedDict):
     channel: str
     seq: int
     summary: str | None
+    summary_seq: int
     messages: list[ContextMessage]
     pending: dict[str, PendingTurn]
 

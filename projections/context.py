@@ -17,11 +17,15 @@ from projections.base import View, iso
 class ContextProjection:
     """`messages.<channel>.recent`: the last `max_messages` messages plus the summary.
 
+    `max_messages` is larger than the prompt's window when summaries are on,
+    so older messages wait here until the summarizer folds them in.
+
     A user's message enters the context together with the answer (on
     TurnCompleted), so failed turns leave no dangling question behind.
     """
 
     name = "context"
+    key_prefix = "messages."
 
     def __init__(self, max_messages: int) -> None:
         self.max_messages = max_messages
@@ -41,6 +45,7 @@ class ContextProjection:
                 "channel": event.channel_name or "",
                 "seq": 0,
                 "summary": None,
+                "summary_seq": 0,
                 "messages": [],
                 "pending": {},
             }
@@ -90,5 +95,6 @@ class ContextProjection:
             updated["pending"] = {}
         elif isinstance(event, ContextSummarized):
             updated["summary"] = event.summary
+            updated["summary_seq"] = seq
             updated["messages"] = [m for m in current["messages"] if m["seq"] > event.through_seq]
         return updated  # type: ignore[return-value]

@@ -53,11 +53,19 @@ FLUSH_LINGER_SECONDS = 0.005
 """How long changes gather before a KV write batch: batches grow under load."""
 
 
+def context_history_size(config: Config) -> int:
+    """Messages a channel's context view holds: the prompt window, or room for the
+    summarizer to run (twice its threshold) when summaries are on."""
+    threshold = config.service.summarize_after_messages
+    window = config.service.max_context_messages
+    return window if threshold is None else max(window, 2 * threshold)
+
+
 def default_projections(config: Config) -> list[Projection]:
     """The four views the plugin reads."""
     windows = (config.rate_limits.requests_per_minute, config.rate_limits.requests_per_hour)
     return [
-        ContextProjection(config.service.max_context_messages),
+        ContextProjection(context_history_size(config)),
         MemoriesProjection(),
         SettingsProjection(),
         UsageProjection(keep_requests=max((w for w in windows if w is not None), default=0)),

@@ -1,0 +1,57 @@
+"""Channel summaries: which old messages to fold into the summary, and the prompt that does it.
+
+Pure: the service calls the provider with `summary_prompt` and records the
+result as `ContextSummarized` (with the sequence it covers) plus its own
+`TokensSpent`; the context view then keeps the summary instead of those
+messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llm_es.prompt import speaker_line
+from llm_es.providers.base import ChatMessage
+from llm_es.views import ContextMessage, ContextView
+
+SUMMARY_INSTRUCTIONS = (
+    "You maintain the running summary of a group chat so the assistant can remember "
+    "it later. Merge the previous summary and the new messages into one summary of at "
+    "most {max_words} words. Keep who said what, names, facts, preferences, decisions "
+    "and open questions; drop greetings and filler. Write plain prose, third person, "
+    "no preamble."
+)
+
+
+def messages_to_summarize(
+    view: ContextView | None, *, keep_recent: int, threshold: int | None
+) -> list[ContextMessage]:
+    """The messages older than the last `keep_recent`, once the history passes `threshold`."""
+    if view is None or threshold is None:
+        return []
+    messages = view["messages"]
+    if len(messages) <= threshold:
+        return []
+    older = messages[:-keep_recent] if keep_recent else list(messages)
+    # Never split a question from its answer: both carry the same turn's seq.
+    while older and len(older) < len(messages) and messages[len(older)]["seq"] == older[-1]["seq"]:
+        older = older[:-1]
+    return older
+
+
+def summary_prompt(
+    previous: str | None, messages: Sequence[ContextMessage], max_words: int
+) -> list[ChatMessage]:
+    """The provider prompt that folds `messages` into `previous`."""
+    transcript = "\n".join(
+        speaker_line(m["user_id"], m["content"])
+        if m["role"] == "user"
+        else f"assistant: {m['content']}"
+        for m in messages
+    )
+    body = f"Previous summary:\n{previous}\n\n" if previous else ""
+    body += f"New messages:\n{transcript}"
+    return [
+        {"role": "system", "content": SUMMARY_INSTRUCTIONS.format(max_words=max_words)},
+        {"role": "user", "content": body},
+    ]
