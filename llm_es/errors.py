@@ -8,13 +8,23 @@
     ├── StoreError               event log failures (PEP 249 names)
     │   ├── IntegrityError       a conditional append lost the race
     │   └── OperationalError     the log could not be reached or written
-    └── ProviderError            an LLM provider call failed
-        ├── ProviderUnavailable  could not connect
+    └── ProviderError            an LLM provider call failed (.provider, .status)
+        ├── ProviderUnavailable  could not connect, or the connection dropped
         ├── ProviderTimeout      no answer within the configured timeout
-        └── ProviderBadResponse  an HTTP error status or an unreadable body
+        ├── ProviderAuthError    401/403: the API key is missing, wrong or not allowed
+        ├── ProviderRateLimited  429 after the retries (.retry_after: seconds or None)
+        ├── ProviderBadRequest   another 4xx: unknown model, bad parameters, no credit
+        └── ProviderBadResponse  a 5xx after the retries, or a body we cannot read
+            └── ProviderStreamBroken  a stream ended before its final chunk
 
-Messages never contain secrets: provider errors carry the provider name,
-the HTTP status and the server's own error text, never request headers.
+Connection errors, 429 and 5xx are retried by the providers before one of these
+is raised; a stream is never retried once it has yielded content, and a broken
+one raises (its partial text is not an answer).
+
+Messages never contain secrets: provider errors carry the provider name, the
+HTTP status and the server's own error text (with the key scrubbed, and left
+out for 401/403, where servers echo part of the key), never request headers or
+the user-info of a URL.
 """
 
 from __future__ import annotations
@@ -62,11 +72,24 @@ class OperationalError(StoreError):
 
 
 class ProviderError(LLMESError):
-    """An LLM provider call failed; `str()` is safe to show to users."""
+    """An LLM provider call failed; `str()` is safe to show to users.
 
-    def __init__(self, provider: str, message: str) -> None:
+    `status` is the HTTP status when the server answered one, `retry_after` the
+    seconds it asked us to wait (Retry-After), when it did.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        status: int | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.provider = provider
+        self.status = status
+        self.retry_after = retry_after
 
 
 class ProviderUnavailable(ProviderError):
@@ -77,9 +100,21 @@ class ProviderTimeout(ProviderError):
     """The provider did not answer within the configured timeout."""
 
 
-class ProviderBadResponse(ProviderError):
-    """The provider answered with an error status or a body we cannot read."""
+class ProviderAuthError(ProviderError):
+    """The provider refused the credentials (401 or 403)."""
 
-    def __init__(self, provider: str, message: str, status: int | None = None) -> None:
-        super().__init__(provider, message)
-        self.status = status
+
+class ProviderRateLimited(ProviderError):
+    """The provider kept answering 429; `retry_after` says when it may accept again."""
+
+
+class ProviderBadRequest(ProviderError):
+    """The provider refused the request itself (a 4xx other than 401, 403, 429)."""
+
+
+class ProviderBadResponse(ProviderError):
+    """The provider answered with a server error status or a body we cannot read."""
+
+
+class ProviderStreamBroken(ProviderBadResponse):
+    """A streamed answer stopped before its final chunk; what arrived is not an answer."""

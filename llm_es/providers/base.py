@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
@@ -25,6 +25,15 @@ class CompletionResult:
     completion_tokens: int | None
     finish_reason: str | None
     cost: float | None = None
+
+
+def prompt_messages(prompt: str, system: str | None = None) -> list[ChatMessage]:
+    """A single prompt as a conversation: the system message (if any), then the user's."""
+    messages: list[ChatMessage] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": prompt})
+    return messages
 
 
 class LLMProvider(ABC):
@@ -64,8 +73,31 @@ class LLMProvider(ABC):
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-    ) -> AsyncIterator[str | CompletionResult]:
-        """Yield content pieces as they arrive, then one final CompletionResult."""
+    ) -> AsyncGenerator[str | CompletionResult, None]:
+        """Yield content pieces as they arrive, then one final CompletionResult.
+
+        Failures before the answer starts (a 429/5xx status, no connection) are
+        retried like `chat`; once it has started nothing is retried, and a stream
+        that ends early raises `ProviderError` (its pieces are not an answer). Iterate it inside
+        `contextlib.aclosing` so an early exit closes the connection at once.
+        """
+
+    def stream_complete(
+        self,
+        prompt: str,
+        *,
+        system: str | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncGenerator[str | CompletionResult, None]:
+        """`complete`, streamed like `stream`; by default a chat of one user message."""
+        return self.stream(
+            prompt_messages(prompt, system),
+            model=model,
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
 
     @abstractmethod
     async def is_available(self) -> bool:
@@ -74,3 +106,7 @@ class LLMProvider(ABC):
     @abstractmethod
     async def aclose(self) -> None:
         """Close the pooled HTTP client."""
+
+    async def list_models(self) -> list[str]:
+        """Names of the models the backend offers (raises ProviderError on failure)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its models")

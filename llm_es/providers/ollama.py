@@ -2,45 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-import httpx
-import orjson
-
 from llm_es.config import OllamaConfig
-from llm_es.errors import (
-    ProviderBadResponse,
-    ProviderError,
-    ProviderTimeout,
-    ProviderUnavailable,
-)
-from llm_es.providers.base import ChatMessage, CompletionResult, LLMProvider
-from llm_es.providers.http import ShardedClient
+from llm_es.errors import ProviderBadResponse
+from llm_es.providers.base import ChatMessage, CompletionResult
+from llm_es.providers.http import MAX_TRAILING_LINES, HTTPProvider
+from llm_es.providers.retry import RetryPolicy
 
-AVAILABILITY_TIMEOUT_SECONDS = 5.0
+__all__ = ["OllamaProvider"]
+
+CHAT_PATH = "/api/chat"
+GENERATE_PATH = "/api/generate"
+TAGS_PATH = "/api/tags"
 
 
-class OllamaProvider(LLMProvider):
+class OllamaProvider(HTTPProvider):
     """A local or remote Ollama server."""
 
     name = "ollama"
+    label = "Ollama"
 
-    def __init__(self, config: OllamaConfig) -> None:
-        self._config = config
-        self.default_model = config.default_model
-        self._http = ShardedClient(
-            base_url=config.base_url.rstrip("/"),
-            timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0)),
+    def __init__(self, config: OllamaConfig, *, retry_policy: RetryPolicy | None = None) -> None:
+        super().__init__(
+            base_url=config.base_url,
+            timeout=config.timeout,
+            default_model=config.default_model,
+            retry_policy=retry_policy or RetryPolicy(max_retries=config.max_retries),
         )
-
-    def _options(self, temperature: float | None, max_tokens: int | None) -> dict[str, Any]:
-        options: dict[str, Any] = {
-            "temperature": self._config.temperature if temperature is None else temperature
-        }
-        if max_tokens is not None:
-            options["num_predict"] = max_tokens
-        return options
+        self._temperature = config.temperature
 
     async def chat(
         self,
@@ -51,17 +43,12 @@ class OllamaProvider(LLMProvider):
         max_tokens: int | None = None,
     ) -> CompletionResult:
         chosen_model = model or self.default_model
-        body = {
-            "model": chosen_model,
-            "messages": list(messages),
-            "stream": False,
-            "options": self._options(temperature, max_tokens),
-        }
-        data = await self._post("/api/chat", body)
-        message = data.get("message")
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+        body = self._chat_body(messages, chosen_model, temperature, max_tokens, stream=False)
+        data = self._checked(await self._request_json("POST", CHAT_PATH, body))
+        content = _message_content(data)
+        if content is None:
             raise ProviderBadResponse(self.name, "Ollama returned no message content")
-        return self._result(data, message["content"], chosen_model)
+        return _result(data, content, chosen_model)
 
     async def complete(
         self,
@@ -73,143 +60,151 @@ class OllamaProvider(LLMProvider):
         max_tokens: int | None = None,
     ) -> CompletionResult:
         chosen_model = model or self.default_model
-        body: dict[str, Any] = {
-            "model": chosen_model,
-            "prompt": prompt,
-            "stream": False,
-            "options": self._options(temperature, max_tokens),
-        }
-        if system:
-            body["system"] = system
-        data = await self._post("/api/generate", body)
+        body = self._generate_body(prompt, system, chosen_model, temperature, max_tokens, False)
+        data = self._checked(await self._request_json("POST", GENERATE_PATH, body))
         content = data.get("response")
         if not isinstance(content, str):
             raise ProviderBadResponse(self.name, "Ollama returned no response text")
-        return self._result(data, content, chosen_model)
+        return _result(data, content, chosen_model)
 
-    async def stream(
+    def stream(
         self,
         messages: Sequence[ChatMessage],
         *,
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-    ) -> AsyncIterator[str | CompletionResult]:
+    ) -> AsyncGenerator[str | CompletionResult, None]:
         chosen_model = model or self.default_model
-        body = {
-            "model": chosen_model,
-            "messages": list(messages),
-            "stream": True,
-            "options": self._options(temperature, max_tokens),
-        }
-        pieces: list[str] = []
-        try:
-            with self._http.lease() as client:
-                async with client.stream(
-                    "POST", "/api/chat", content=orjson.dumps(body)
-                ) as response:
-                    if response.status_code != 200:
-                        await response.aread()
-                        raise self._status_error(response)
-                    async for line in response.aiter_lines():
-                        if not line.strip():
-                            continue
-                        chunk = self._decode(line.encode())
-                        piece = (chunk.get("message") or {}).get("content") or ""
-                        if piece:
-                            pieces.append(piece)
-                            yield piece
-                        if chunk.get("done"):
-                            yield self._result(chunk, "".join(pieces), chosen_model)
-                            return
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-        raise ProviderBadResponse(self.name, "Ollama stream ended without a final chunk")
+        body = self._chat_body(messages, chosen_model, temperature, max_tokens, stream=True)
+        return self._stream_ndjson(CHAT_PATH, body, chosen_model)
+
+    def stream_complete(
+        self,
+        prompt: str,
+        *,
+        system: str | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncGenerator[str | CompletionResult, None]:
+        chosen_model = model or self.default_model
+        body = self._generate_body(prompt, system, chosen_model, temperature, max_tokens, True)
+        return self._stream_ndjson(GENERATE_PATH, body, chosen_model)
 
     async def is_available(self) -> bool:
-        try:
-            with self._http.lease() as client:
-                response = await client.get("/api/tags", timeout=AVAILABILITY_TIMEOUT_SECONDS)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await self._probe(TAGS_PATH)
 
     async def list_models(self) -> list[str]:
         """Names of the models the server has pulled."""
-        data = await self._get("/api/tags")
+        data = self._checked(await self._request_json("GET", TAGS_PATH))
         models = data.get("models") or []
-        return [m["name"] for m in models if isinstance(m, dict) and "name" in m]
+        return [m["name"] for m in models if isinstance(m, dict) and isinstance(m.get("name"), str)]
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    # -- wire format ---------------------------------------------------------------
 
-    async def _get(self, path: str) -> dict[str, Any]:
-        try:
-            with self._http.lease() as client:
-                response = await client.get(path)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-        return self._json(response)
+    def _options(self, temperature: float | None, max_tokens: int | None) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "temperature": self._temperature if temperature is None else temperature
+        }
+        if max_tokens is not None:
+            options["num_predict"] = max_tokens
+        return options
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            with self._http.lease() as client:
-                response = await client.post(
-                    path, content=orjson.dumps(body), headers={"Content-Type": "application/json"}
-                )
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-        return self._json(response)
+    def _chat_body(
+        self,
+        messages: Sequence[ChatMessage],
+        model: str,
+        temperature: float | None,
+        max_tokens: int | None,
+        *,
+        stream: bool,
+    ) -> dict[str, Any]:
+        return {
+            "model": model,
+            "messages": list(messages),
+            "stream": stream,
+            "options": self._options(temperature, max_tokens),
+        }
 
-    def _json(self, response: httpx.Response) -> dict[str, Any]:
-        if response.status_code != 200:
-            raise self._status_error(response)
-        return self._decode(response.content)
+    def _generate_body(
+        self,
+        prompt: str,
+        system: str | None,
+        model: str,
+        temperature: float | None,
+        max_tokens: int | None,
+        stream: bool,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": prompt,
+            "stream": stream,
+            "options": self._options(temperature, max_tokens),
+        }
+        if system:
+            body["system"] = system
+        return body
 
-    def _decode(self, raw: bytes) -> dict[str, Any]:
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ProviderBadResponse(self.name, "Ollama returned invalid JSON") from exc
-        if not isinstance(data, dict):
-            raise ProviderBadResponse(self.name, "Ollama returned an unexpected body")
+    async def _stream_ndjson(
+        self, path: str, body: dict[str, Any], model: str
+    ) -> AsyncGenerator[str | CompletionResult, None]:
+        """One JSON object per line; pieces in `message.content` (chat) or `response`
+        (generate); the line with `done: true` carries the usage."""
+        pieces: list[str] = []
+        final: CompletionResult | None = None
+        trailing = 0
+        async with contextlib.aclosing(self._stream_lines(path, body)) as lines:
+            async for line in lines:
+                if final is not None:
+                    # Read to the end, so the connection goes back to the pool.
+                    trailing += 1
+                    if trailing > MAX_TRAILING_LINES:
+                        break
+                    continue
+                if not line.strip():
+                    continue
+                chunk = self._decode_object(line.encode())
+                if "error" in chunk:
+                    raise self._stream_broken(f"failed: {self._scrub(str(chunk['error']))}")
+                piece = _message_content(chunk) if path == CHAT_PATH else chunk.get("response")
+                if isinstance(piece, str) and piece:
+                    pieces.append(piece)
+                    yield piece
+                if chunk.get("done"):
+                    final = _result(chunk, "".join(pieces), model)
+        if final is None:
+            raise self._stream_broken("ended without its final chunk")
+        yield final
+
+    def _checked(self, data: dict[str, Any]) -> dict[str, Any]:
+        """`data`, unless it is Ollama's {"error": ...} sent with a 200."""
         if "error" in data:
-            raise ProviderBadResponse(self.name, f"Ollama error: {data['error']}")
+            raise ProviderBadResponse(self.name, f"Ollama error: {self._scrub(str(data['error']))}")
         return data
 
-    def _status_error(self, response: httpx.Response) -> ProviderError:
-        detail = ""
-        try:
-            body = orjson.loads(response.content)
-            if isinstance(body, dict) and isinstance(body.get("error"), str):
-                detail = f": {body['error']}"
-        except orjson.JSONDecodeError:
-            pass
-        return ProviderBadResponse(
-            self.name,
-            f"Ollama API error: {response.status_code} {response.reason_phrase}{detail}",
-            status=response.status_code,
-        )
 
-    def _transport_error(self, exc: httpx.HTTPError) -> ProviderError:
-        if isinstance(exc, httpx.TimeoutException):
-            return ProviderTimeout(
-                self.name, f"Ollama did not answer within {self._config.timeout:g}s"
-            )
-        if isinstance(exc, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError):
-            return ProviderUnavailable(
-                self.name, f"Ollama is not reachable at {self._config.base_url}"
-            )
-        return ProviderError(self.name, f"Ollama request failed: {type(exc).__name__}")
+def _message_content(data: dict[str, Any]) -> str | None:
+    message = data.get("message")
+    if not isinstance(message, dict):
+        return None
+    content = message.get("content")
+    return content if isinstance(content, str) else None
 
-    @staticmethod
-    def _result(data: dict[str, Any], content: str, model: str) -> CompletionResult:
-        prompt_tokens = data.get("prompt_eval_count")
-        completion_tokens = data.get("eval_count")
-        return CompletionResult(
-            content=content,
-            model=str(data.get("model") or model),
-            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
-            completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
-            finish_reason=data.get("done_reason"),
-        )
+
+def _result(data: dict[str, Any], content: str, model: str) -> CompletionResult:
+    prompt_tokens = data.get("prompt_eval_count")
+    completion_tokens = data.get("eval_count")
+    finish_reason = data.get("done_reason")
+    return CompletionResult(
+        content=content,
+        model=str(data.get("model") or model),
+        prompt_tokens=_count(prompt_tokens),
+        completion_tokens=_count(completion_tokens),
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+    )
+
+
+def _count(value: object) -> int | None:
+    """A token count, or None when absent or not a non-negative integer."""
+    return value if type(value) is int and value >= 0 else None

@@ -1,0 +1,283 @@
+"""OpenAI's chat-completions API (JSON and SSE), usable with any compatible server.
+
+`base_url` points it at OpenAI, vLLM, LM Studio, Ollama's /v1 or any server that
+speaks `/chat/completions` and `/models`. An empty API key sends no
+Authorization header, as local servers expect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from llm_es.config import OpenAIConfig, Secret
+from llm_es.errors import ConfigError, ProviderBadResponse
+from llm_es.providers.base import ChatMessage, CompletionResult, prompt_messages
+from llm_es.providers.http import (
+    AUTHORIZATION,
+    MAX_TRAILING_LINES,
+    HTTPProvider,
+    header_value,
+)
+from llm_es.providers.retry import RetryPolicy
+
+__all__ = ["OpenAICompatibleProvider", "OpenAIProvider"]
+
+CHAT_PATH = "/chat/completions"
+MODELS_PATH = "/models"
+OPENAI_ORGANIZATION = "OpenAI-Organization"
+SSE_DONE = "[DONE]"
+
+
+class OpenAICompatibleProvider(HTTPProvider):
+    """The OpenAI wire format; subclasses add their headers and body fields."""
+
+    def __init__(
+        self,
+        *,
+        config_key: str,
+        api_key: Secret,
+        base_url: str,
+        timeout: float,
+        default_model: str,
+        temperature: float,
+        retry_policy: RetryPolicy,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        key = api_key.reveal().strip()
+        if key and not (key.isascii() and key.isprintable()):
+            # Checked here because httpx would fail later with the key in the exception.
+            raise ConfigError(f"{config_key}.api_key", "must be printable ASCII")
+        headers = {AUTHORIZATION: f"Bearer {key}"} if key else {}
+        headers.update(
+            (name, header_value(value)) for name, value in (extra_headers or {}).items() if value
+        )
+        super().__init__(
+            base_url=base_url,
+            timeout=timeout,
+            default_model=default_model,
+            retry_policy=retry_policy,
+            headers=headers,
+            secrets=(key,),
+        )
+        self._temperature = temperature
+
+    async def chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> CompletionResult:
+        chosen_model = model or self.default_model
+        body = self._body(messages, chosen_model, temperature, max_tokens)
+        data = await self._request_json("POST", CHAT_PATH, body)
+        return self._completion(data, chosen_model)
+
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        system: str | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> CompletionResult:
+        return await self.chat(
+            prompt_messages(prompt, system),
+            model=model,
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncGenerator[str | CompletionResult, None]:
+        chosen_model = model or self.default_model
+        body = self._body(messages, chosen_model, temperature, max_tokens)
+        body["stream"] = True
+        # Without this a streamed answer carries no usage at all.
+        body["stream_options"] = {"include_usage": True}
+        return self._stream_sse(body, chosen_model)
+
+    async def is_available(self) -> bool:
+        return await self._probe(MODELS_PATH)
+
+    async def list_models(self) -> list[str]:
+        """Ids of the models the server offers."""
+        data = await self._request_json("GET", MODELS_PATH)
+        models = data.get("data") or []
+        return [m["id"] for m in models if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+    # -- wire format ---------------------------------------------------------------
+
+    def _body(
+        self,
+        messages: Sequence[ChatMessage],
+        model: str,
+        temperature: float | None,
+        max_tokens: int | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": list(messages),
+            "temperature": self._temperature if temperature is None else temperature,
+        }
+        if max_tokens is not None:
+            # `max_tokens`, not `max_completion_tokens`: every compatible server knows it.
+            body["max_tokens"] = max_tokens
+        return body
+
+    def _completion(self, data: dict[str, Any], model: str) -> CompletionResult:
+        choice = _first_choice(data)
+        message = choice.get("message") if choice is not None else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str):
+            raise ProviderBadResponse(self.name, f"{self.label} returned no message content")
+        finish_reason = choice.get("finish_reason") if choice is not None else None
+        return self._result(data, content, model, finish_reason, data.get("usage"))
+
+    def _result(
+        self,
+        data: Mapping[str, Any],
+        content: str,
+        model: str,
+        finish_reason: object,
+        usage: object,
+    ) -> CompletionResult:
+        usage = usage if isinstance(usage, dict) else {}
+        cost = usage.get("cost")
+        return CompletionResult(
+            content=content,
+            model=str(data.get("model") or model),
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            completion_tokens=_count(usage.get("completion_tokens")),
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+            cost=_cost(cost),
+        )
+
+    async def _stream_sse(
+        self, body: dict[str, Any], model: str
+    ) -> AsyncGenerator[str | CompletionResult, None]:
+        """Server-sent events: `data: <chunk>` per event, `data: [DONE]` at the end.
+
+        Pieces come in `choices[0].delta.content`; the finish reason on the last
+        choice chunk; the usage on a final chunk with no choices (earlier chunks
+        carry `"usage": null`). Comment lines (OpenRouter's keep-alives) are skipped.
+        """
+        pieces: list[str] = []
+        last: Mapping[str, Any] = {}
+        finish_reason: object = None
+        usage: object = None
+        done = False
+        trailing = 0
+        async with (
+            contextlib.aclosing(self._stream_lines(CHAT_PATH, body)) as lines,
+            contextlib.aclosing(_sse_data(lines)) as events,
+        ):
+            async for data in events:
+                if done:
+                    # Read to the end, so the connection goes back to the pool.
+                    trailing += 1
+                    if trailing > MAX_TRAILING_LINES:
+                        break
+                    continue
+                if data == SSE_DONE:
+                    done = True
+                    continue
+                chunk = self._decode_chunk(data)
+                last = chunk
+                if isinstance(chunk.get("usage"), dict):
+                    usage = chunk["usage"]
+                choice = _first_choice(chunk)
+                if choice is None:
+                    continue
+                if choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
+                delta = choice.get("delta")
+                piece = delta.get("content") if isinstance(delta, dict) else None
+                if isinstance(piece, str) and piece:
+                    pieces.append(piece)
+                    yield piece
+        # Some compatible servers end without [DONE]; a finish reason shows the answer is whole.
+        if not done and finish_reason is None:
+            raise self._stream_broken("ended before the answer was complete")
+        yield self._result(last, "".join(pieces), model, finish_reason, usage)
+
+    def _decode_chunk(self, data: str) -> dict[str, Any]:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise self._stream_broken("sent invalid JSON") from exc
+        if not isinstance(chunk, dict):
+            raise self._stream_broken("sent an unexpected chunk")
+        error = chunk.get("error")
+        if error is not None:  # OpenRouter reports failures mid-stream this way
+            detail = error.get("message") if isinstance(error, dict) else error
+            raise self._stream_broken(f"failed: {self._scrub(str(detail))}")
+        return chunk
+
+
+class OpenAIProvider(OpenAICompatibleProvider):
+    """OpenAI, or any server speaking its chat-completions API."""
+
+    name = "openai"
+    label = "OpenAI"
+
+    def __init__(self, config: OpenAIConfig, *, retry_policy: RetryPolicy | None = None) -> None:
+        super().__init__(
+            config_key="providers.openai",
+            api_key=config.api_key,
+            base_url=config.base_url,
+            timeout=config.timeout,
+            default_model=config.default_model,
+            temperature=config.temperature,
+            retry_policy=retry_policy or RetryPolicy(max_retries=config.max_retries),
+            extra_headers={OPENAI_ORGANIZATION: config.organization},
+        )
+
+
+async def _sse_data(lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+    """The `data` of each server-sent event (multi-line data joined with newlines)."""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value.removeprefix(" "))
+    if data:
+        yield "\n".join(data)
+
+
+def _first_choice(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    choices = data.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return None
+
+
+def _count(value: object) -> int | None:
+    """A token count, or None when absent or not a non-negative integer."""
+    return value if type(value) is int and value >= 0 else None
+
+
+def _cost(value: object) -> float | None:
+    """OpenRouter's `usage.cost` (credits), or None when absent or not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)

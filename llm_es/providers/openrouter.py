@@ -1,0 +1,49 @@
+"""OpenRouter: the OpenAI wire format plus its ranking headers and per-call cost."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llm_es.config import OpenRouterConfig
+from llm_es.providers.base import ChatMessage
+from llm_es.providers.openai import OpenAICompatibleProvider
+from llm_es.providers.retry import RetryPolicy
+
+__all__ = ["OpenRouterProvider"]
+
+HTTP_REFERER = "HTTP-Referer"
+X_TITLE = "X-Title"
+
+
+class OpenRouterProvider(OpenAICompatibleProvider):
+    """OpenRouter; `CompletionResult.cost` carries the credits a call cost (`usage.cost`)."""
+
+    name = "openrouter"
+    label = "OpenRouter"
+
+    def __init__(
+        self, config: OpenRouterConfig, *, retry_policy: RetryPolicy | None = None
+    ) -> None:
+        super().__init__(
+            config_key="providers.openrouter",
+            api_key=config.api_key,
+            base_url=config.base_url,
+            timeout=config.timeout,
+            default_model=config.default_model,
+            temperature=config.temperature,
+            retry_policy=retry_policy or RetryPolicy(max_retries=config.max_retries),
+            extra_headers={HTTP_REFERER: config.site_url, X_TITLE: config.site_name},
+        )
+
+    def _body(
+        self,
+        messages: Sequence[ChatMessage],
+        model: str,
+        temperature: float | None,
+        max_tokens: int | None,
+    ) -> dict[str, Any]:
+        body = super()._body(messages, model, temperature, max_tokens)
+        # OpenRouter now always reports usage and cost; older deployments needed the ask.
+        body["usage"] = {"include": True}
+        return body
