@@ -18,8 +18,8 @@ from llm_es.command_surface import CommandSurface
 from llm_es.config import Config
 from llm_es.errors import ConfigError
 from llm_es.logs import log_kv
+from llm_es.providers import build_provider
 from llm_es.providers.base import LLMProvider
-from llm_es.providers.ollama import OllamaProvider
 from llm_es.service import ChatService
 from llm_es.store import EventStore
 from llm_es.views import ViewRunner, ViewRunnerFactory
@@ -43,13 +43,23 @@ def load_view_runner_factory(name: str = "default") -> ViewRunnerFactory:
 
 
 def build_providers(config: Config) -> dict[str, LLMProvider]:
-    """The configured providers; Ollama is the one this version speaks."""
-    if config.default_provider != "ollama":
-        raise ConfigError(
-            "default_provider",
-            f"'{config.default_provider}' is not available in this version; use 'ollama'",
-        )
-    return {"ollama": OllamaProvider(config.providers.ollama)}
+    """The default provider, the fallbacks, and any other one with an API key set.
+
+    A hosted provider chosen without an API key stops the start: every call
+    would fail with 401.
+    """
+    wanted = {config.default_provider, *config.fallback_providers}
+    if config.providers.openai.api_key:
+        wanted.add("openai")
+    if config.providers.openrouter.api_key:
+        wanted.add("openrouter")
+    for name in ("openai", "openrouter"):
+        settings = config.providers.openai if name == "openai" else config.providers.openrouter
+        hosted = "api.openai.com" in settings.base_url or "openrouter.ai" in settings.base_url
+        if name in wanted and hosted and not settings.api_key:
+            env = "OPENAI_API_KEY" if name == "openai" else "OPENROUTER_API_KEY"
+            raise ConfigError(f"providers.{name}.api_key", f"required for {name} (or set {env})")
+    return {name: build_provider(name, config) for name in sorted(wanted)}
 
 
 class Plugin:

@@ -98,6 +98,8 @@ class TurnCompleted(_ChannelUserEvent):
     model: str
     latency_ms: float
     finish_reason: str | None
+    fallback_from: tuple[str, ...] = ()
+    """Providers asked first that were down (in order); empty when the first one answered."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -21,7 +21,11 @@ from llm_es.config import Config
 from llm_es.errors import (
     IntegrityError,
     OperationalError,
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderBadResponse,
     ProviderError,
+    ProviderRateLimited,
     ProviderTimeout,
     ProviderUnavailable,
     ValidationError,
@@ -48,7 +52,7 @@ from llm_es.memories import (
     rank_memories,
 )
 from llm_es.prompt import build_chat_prompt, prompt_length
-from llm_es.providers.base import CompletionResult, LLMProvider
+from llm_es.providers.base import ChatMessage, CompletionResult, LLMProvider
 from llm_es.store import EventStore
 from llm_es.summarizer import messages_to_summarize, summary_prompt
 from llm_es.views import (
@@ -133,9 +137,11 @@ class ChatService:
         message: str,
         source: str = "command",
         persona: str | None = None,
+        provider_name: str | None = None,
     ) -> Outcome:
         """One chat turn: admit (or reject), ask the provider, record the answer."""
-        provider = self._providers[self._config.default_provider]
+        chain = self.provider_chain(provider_name)
+        provider = chain[0]
         persona_name = persona or self.persona_of(channel)
         if persona_name not in self._config.personas:
             return Outcome.error(replies.unknown_persona(persona_name, self._config.personas))
@@ -169,15 +175,9 @@ class ChatService:
 
         started = time.perf_counter()
         try:
-            result = await provider.chat(prompt, max_tokens=decision.max_tokens)
+            provider, result, passed_over = await self._ask(chain, prompt, decision.max_tokens)
         except ProviderError as exc:
-            error_type = (
-                "timeout"
-                if isinstance(exc, ProviderTimeout)
-                else "unavailable"
-                if isinstance(exc, ProviderUnavailable)
-                else "provider_error"
-            )
+            error_type = failure_type(exc)
             await self._record(
                 TurnFailed(
                     at=self._clock(),
@@ -189,7 +189,7 @@ class ChatService:
                 )
             )
             log_kv(logger, "turn_failed", channel=channel, user=user, error_type=error_type)
-            return Outcome.error(str(exc), turn_id=request.turn_id, provider=provider.name)
+            return Outcome.error(str(exc), turn_id=request.turn_id, provider=exc.provider)
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
 
         now = self._clock()
@@ -215,6 +215,7 @@ class ChatService:
                 model=result.model,
                 latency_ms=latency_ms,
                 finish_reason=result.finish_reason,
+                fallback_from=passed_over,
             ),
         )
         tokens_used = spent.prompt_tokens + spent.completion_tokens
@@ -237,6 +238,37 @@ class ChatService:
             provider=provider.name,
             model=result.model,
         )
+
+    def provider_chain(self, requested: str | None = None) -> list[LLMProvider]:
+        """The provider to ask first (the request's, else the default), then the fallbacks."""
+        first = requested or self._config.default_provider
+        if first not in self._providers:
+            raise ValidationError(f"Provider '{first}' is not configured", "provider")
+        names = [first, *(n for n in self._config.fallback_providers if n != first)]
+        return [self._providers[n] for n in names if n in self._providers]
+
+    async def _ask(
+        self, chain: Sequence[LLMProvider], prompt: list[ChatMessage], max_tokens: int
+    ) -> tuple[LLMProvider, CompletionResult, tuple[str, ...]]:
+        """Ask each provider in turn until one answers; only outages move down the chain."""
+        passed_over: list[str] = []
+        for provider in chain:
+            try:
+                result = await provider.chat(prompt, max_tokens=max_tokens)
+            except ProviderError as exc:
+                if provider is chain[-1] or not is_outage(exc):
+                    raise
+                log_kv(
+                    logger,
+                    "provider_fallback",
+                    level=logging.WARNING,
+                    provider=provider.name,
+                    error_type=failure_type(exc),
+                )
+                passed_over.append(provider.name)
+                continue
+            return provider, result, tuple(passed_over)
+        raise AssertionError("an empty provider chain")  # provider_chain never returns one
 
     async def _admit(
         self, request: TurnRequest, prompt_estimate: int
@@ -406,11 +438,11 @@ class ChatService:
         )
         if view is None or not older:
             return False
-        provider = self._providers[self._config.default_provider]
         try:
-            result = await provider.chat(
+            provider, result, _ = await self._ask(
+                self.provider_chain(),
                 summary_prompt(view["summary"], older, service.summary_max_words),
-                max_tokens=service.summary_max_words * 2,
+                service.summary_max_words * 2,
             )
         except ProviderError as exc:
             log_kv(logger, "summary_failed", level=logging.WARNING, channel=channel, error=str(exc))
@@ -481,6 +513,28 @@ class ChatService:
             await self._record(*closing)
             log_kv(logger, "abandoned_turns_closed", count=len(closing))
         return len(closing)
+
+
+def is_outage(error: ProviderError) -> bool:
+    """Errors a fallback provider can help with: the provider is down, slow or overloaded."""
+    if isinstance(error, ProviderUnavailable | ProviderTimeout | ProviderRateLimited):
+        return True
+    return isinstance(error, ProviderBadResponse) and (error.status or 0) >= 500
+
+
+def failure_type(error: ProviderError) -> str:
+    """`TurnFailed.error_type` for a provider error (audits group by it)."""
+    if isinstance(error, ProviderTimeout):
+        return "timeout"
+    if isinstance(error, ProviderUnavailable):
+        return "unavailable"
+    if isinstance(error, ProviderAuthError):
+        return "auth"
+    if isinstance(error, ProviderRateLimited):
+        return "rate_limited"
+    if isinstance(error, ProviderBadRequest):
+        return "bad_request"
+    return "provider_error"
 
 
 def spend_of(
