@@ -61,7 +61,23 @@ class _ChannelUserEvent(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TurnAdmitted(_ChannelUserEvent):
+class _TurnEvent(Event):
+    """A turn's events: a chat turn has a channel; a service completion may not."""
+
+    channel: str | None
+    user: str | None
+
+    @property
+    def channel_name(self) -> str | None:
+        return self.channel
+
+    @property
+    def user_name(self) -> str | None:
+        return self.user
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnAdmitted(_TurnEvent):
     """A chat turn passed the rate limits; `reserved_tokens` are held until it ends."""
 
     TYPE: ClassVar[str] = "TurnAdmitted"
@@ -73,10 +89,12 @@ class TurnAdmitted(_ChannelUserEvent):
     message: str
     reserved_tokens: int
     max_tokens: int
+    purpose: str = "chat"
+    """`chat` (a channel conversation), `complete` or `summarize` (service requests)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TurnRejected(_ChannelUserEvent):
+class TurnRejected(_TurnEvent):
     """A chat turn was refused by a limit; nothing was sent to a provider."""
 
     TYPE: ClassVar[str] = "TurnRejected"
@@ -88,7 +106,7 @@ class TurnRejected(_ChannelUserEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TurnCompleted(_ChannelUserEvent):
+class TurnCompleted(_TurnEvent):
     """The provider answered an admitted turn."""
 
     TYPE: ClassVar[str] = "TurnCompleted"
@@ -103,7 +121,7 @@ class TurnCompleted(_ChannelUserEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TurnFailed(_ChannelUserEvent):
+class TurnFailed(_TurnEvent):
     """An admitted turn ended without an answer (provider error, timeout, abandoned)."""
 
     TYPE: ClassVar[str] = "TurnFailed"
@@ -113,7 +131,7 @@ class TurnFailed(_ChannelUserEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TokensSpent(_ChannelUserEvent):
+class TokensSpent(_TurnEvent):
     """One provider call's token usage; settles the turn's reservation."""
 
     TYPE: ClassVar[str] = "TokensSpent"

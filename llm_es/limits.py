@@ -28,13 +28,14 @@ class TurnRequest:
     """What a caller asks for; the decider turns it into Admitted or Rejected."""
 
     turn_id: str
-    channel: str
+    channel: str | None
     user: str
     source: str
     persona: str
     provider: str
     model: str
     message: str
+    purpose: str = "chat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,7 @@ def decide_admission(
         message=request.message,
         reserved_tokens=prompt_tokens_estimate + max_tokens,
         max_tokens=max_tokens,
+        purpose=request.purpose,
     )
 
 

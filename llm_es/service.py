@@ -8,10 +8,11 @@ the channel, on any instance, sees it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -71,6 +72,12 @@ from llm_es.views import (
 logger = logging.getLogger("llm_es.service")
 
 VIEW_WAIT_SECONDS = 10.0
+
+SERVICE_USER = "service"
+"""Whom a service request without a user is booked to (rate limits and token ledger)."""
+
+ChunkSink = Callable[[str], Awaitable[None]]
+"""Receives each piece of a streamed answer as it arrives."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +145,13 @@ class ChatService:
         source: str = "command",
         persona: str | None = None,
         provider_name: str | None = None,
+        on_chunk: ChunkSink | None = None,
     ) -> Outcome:
-        """One chat turn: admit (or reject), ask the provider, record the answer."""
+        """One chat turn in a channel: context and memories in the prompt, then `_turn`.
+
+        With `on_chunk`, the answer is streamed: each piece is passed on as it
+        arrives; the turn is recorded exactly as a non-streamed one.
+        """
         chain = self.provider_chain(provider_name)
         provider = chain[0]
         persona_name = persona or self.persona_of(channel)
@@ -168,14 +180,74 @@ class ChatService:
             model=provider.default_model,
             message=message,
         )
-        decision = await self._admit(request, estimate_tokens(prompt_length(prompt)))
+        outcome = await self._turn(
+            request, chain, prompt, max_tokens=self._config.service.max_tokens, on_chunk=on_chunk
+        )
+        if outcome.success:
+            self._summarize_in_background(channel)
+        return outcome
+
+    async def complete(
+        self,
+        *,
+        messages: Sequence[ChatMessage],
+        user: str | None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        provider_name: str | None = None,
+        purpose: str = "complete",
+        source: str = "service",
+        on_chunk: ChunkSink | None = None,
+    ) -> Outcome:
+        """A raw completion for another plugin: no context, no memory, same limits and ledger.
+
+        Without a user the spend is booked to `SERVICE_USER`, so no caller
+        bypasses the limits or the ledger.
+        """
+        chain = self.provider_chain(provider_name)
+        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        request = TurnRequest(
+            turn_id=uuid.uuid4().hex,
+            channel=None,
+            user=user or SERVICE_USER,
+            source=source,
+            persona="",
+            provider=chain[0].name,
+            model=chain[0].default_model,
+            message=last_user,
+            purpose=purpose,
+        )
+        return await self._turn(
+            request,
+            chain,
+            list(messages),
+            max_tokens=max_tokens or self._config.service.max_tokens,
+            temperature=temperature,
+            on_chunk=on_chunk,
+        )
+
+    async def _turn(
+        self,
+        request: TurnRequest,
+        chain: Sequence[LLMProvider],
+        prompt: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        on_chunk: ChunkSink | None = None,
+    ) -> Outcome:
+        """Admit (or reject), ask the providers, record the answer or the failure."""
+        channel, user = request.channel, request.user
+        decision = await self._admit(request, estimate_tokens(prompt_length(prompt)), max_tokens)
         if not isinstance(decision, TurnAdmitted):
             log_kv(logger, "turn_rejected", channel=channel, user=user, window=decision.window)
             return Outcome.error(decision.detail, turn_id=request.turn_id, reason=decision.reason)
 
         started = time.perf_counter()
         try:
-            provider, result, passed_over = await self._ask(chain, prompt, decision.max_tokens)
+            provider, result, passed_over = await self._ask(
+                chain, prompt, decision.max_tokens, temperature=temperature, on_chunk=on_chunk
+            )
         except ProviderError as exc:
             error_type = failure_type(exc)
             await self._record(
@@ -199,7 +271,7 @@ class ChatService:
             turn_id=request.turn_id,
             channel=channel,
             user=user,
-            purpose="chat",
+            purpose=request.purpose,
             provider=provider.name,
             prompt_chars=prompt_length(prompt),
         )
@@ -224,12 +296,12 @@ class ChatService:
             "turn_completed",
             channel=channel,
             user=user,
+            purpose=request.purpose,
             provider=provider.name,
             model=result.model,
             tokens=tokens_used,
             latency_ms=latency_ms,
         )
-        self._summarize_in_background(channel)
         return Outcome.ok(
             result.content,
             content=result.content,
@@ -248,15 +320,45 @@ class ChatService:
         return [self._providers[n] for n in names if n in self._providers]
 
     async def _ask(
-        self, chain: Sequence[LLMProvider], prompt: list[ChatMessage], max_tokens: int
+        self,
+        chain: Sequence[LLMProvider],
+        prompt: list[ChatMessage],
+        max_tokens: int,
+        *,
+        temperature: float | None = None,
+        on_chunk: ChunkSink | None = None,
     ) -> tuple[LLMProvider, CompletionResult, tuple[str, ...]]:
-        """Ask each provider in turn until one answers; only outages move down the chain."""
+        """Ask each provider in turn until one answers; only outages move down the chain.
+
+        A stream that already passed pieces on is never retried elsewhere: the
+        caller has seen part of an answer.
+        """
         passed_over: list[str] = []
         for provider in chain:
+            streamed = False
             try:
-                result = await provider.chat(prompt, max_tokens=max_tokens)
+                if on_chunk is None:
+                    result = await provider.chat(
+                        prompt, max_tokens=max_tokens, temperature=temperature
+                    )
+                else:
+                    final: CompletionResult | None = None
+                    async with contextlib.aclosing(
+                        provider.stream(prompt, max_tokens=max_tokens, temperature=temperature)
+                    ) as pieces:
+                        async for piece in pieces:
+                            if isinstance(piece, CompletionResult):
+                                final = piece
+                            else:
+                                streamed = True
+                                await on_chunk(piece)
+                    if final is None:
+                        raise ProviderBadResponse(
+                            provider.name, f"{provider.name}: stream ended early"
+                        )
+                    result = final
             except ProviderError as exc:
-                if provider is chain[-1] or not is_outage(exc):
+                if streamed or provider is chain[-1] or not is_outage(exc):
                     raise
                 log_kv(
                     logger,
@@ -271,7 +373,7 @@ class ChatService:
         raise AssertionError("an empty provider chain")  # provider_chain never returns one
 
     async def _admit(
-        self, request: TurnRequest, prompt_estimate: int
+        self, request: TurnRequest, prompt_estimate: int, max_tokens: int
     ) -> TurnAdmitted | TurnRejected:
         """Decide and append admission with the per-user conditional append; retry on races."""
         lock = self._user_locks.setdefault(request.user, asyncio.Lock())
@@ -292,7 +394,7 @@ class ChatService:
                         self._config.rate_limits,
                         now=self._clock(),
                         prompt_tokens_estimate=prompt_estimate,
-                        max_tokens=self._config.service.max_tokens,
+                        max_tokens=max_tokens,
                     )
                     try:
                         seq = await self._store.append(
@@ -542,7 +644,7 @@ def spend_of(
     *,
     at: datetime,
     turn_id: str,
-    channel: str,
+    channel: str | None,
     user: str | None,
     purpose: str,
     provider: str,

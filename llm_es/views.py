@@ -99,7 +99,7 @@ class SettingsView(TypedDict):
 
 
 class OpenTurn(TypedDict):
-    channel: str
+    channel: str | None
     admitted_at: str
     admitted_seq: int
     reserved_tokens: int

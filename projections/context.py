@@ -31,8 +31,13 @@ class ContextProjection:
         self.max_messages = max_messages
 
     def keys_for(self, event: Event) -> tuple[str, ...]:
-        if isinstance(
-            event, TurnAdmitted | TurnCompleted | TurnFailed | ContextReset | ContextSummarized
+        if isinstance(event, TurnAdmitted) and event.purpose != "chat":
+            return ()  # service completions are not part of any conversation
+        if (
+            isinstance(
+                event, TurnAdmitted | TurnCompleted | TurnFailed | ContextReset | ContextSummarized
+            )
+            and event.channel is not None
         ):
             return (context_key(event.channel),)
         return ()
