@@ -21,6 +21,7 @@ from llm_es.logs import log_kv
 from llm_es.providers import build_provider
 from llm_es.providers.base import LLMProvider
 from llm_es.service import ChatService
+from llm_es.service_api import LLMServiceAPI
 from llm_es.store import EventStore
 from llm_es.views import ViewRunner, ViewRunnerFactory
 
@@ -82,6 +83,7 @@ class Plugin:
         self.views: ViewRunner | None = None
         self.service: ChatService | None = None
         self._surface: CommandSurface | None = None
+        self._api: LLMServiceAPI | None = None
 
     async def start(self) -> None:
         await self.store.ensure_stream()
@@ -105,9 +107,14 @@ class Plugin:
             )
         self._surface = CommandSurface(self.nc, self.service, self.config)
         await self._surface.start()
+        self._api = LLMServiceAPI(self.nc, self.service, self.store, self.config)
+        await self._api.start()
         log_kv(logger, "plugin_started", log_position=position, provider=provider.name)
 
     async def stop(self) -> None:
+        if self._api is not None:
+            await self._api.stop()
+            self._api = None
         if self._surface is not None:
             await self._surface.stop()
             self._surface = None

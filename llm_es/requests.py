@@ -145,3 +145,113 @@ def _json_kind(value: object) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+# ---------------------------------------------------------------- service request fields
+
+
+def optional_name(body: dict[str, Any], field: str, limits: ServiceConfig) -> str | None:
+    """A channel or user name that may be absent or null."""
+    if body.get(field) is None:
+        return None
+    return name_field(body, field, limits)
+
+
+def required_text(body: dict[str, Any], field: str, limits: ServiceConfig) -> str:
+    """A non-blank string within `max_message_length`."""
+    value = text_field(body, field, limits)
+    if not value.strip():
+        raise ValidationError(f"Field '{field}' must not be empty", field)
+    return value
+
+
+def int_field(
+    body: dict[str, Any], field: str, *, default: int | None, low: int, high: int
+) -> int | None:
+    """An integer in [low, high]; `default` when absent or null."""
+    value = body.get(field)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"Field '{field}' must be an integer, got {_json_kind(value)}", field)
+    if not low <= value <= high:
+        raise ValidationError(f"Field '{field}' must be between {low} and {high}", field)
+    return value
+
+
+def number_field(
+    body: dict[str, Any], field: str, *, default: float | None, low: float, high: float
+) -> float | None:
+    """A number in [low, high]; `default` when absent or null."""
+    value = body.get(field)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"Field '{field}' must be a number, got {_json_kind(value)}", field)
+    if not low <= value <= high:
+        raise ValidationError(f"Field '{field}' must be between {low:g} and {high:g}", field)
+    return float(value)
+
+
+def bool_field(body: dict[str, Any], field: str) -> bool:
+    value = body.get(field)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValidationError(f"Field '{field}' must be true or false", field)
+    return value
+
+
+def choice_field(
+    body: dict[str, Any], field: str, choices: tuple[str, ...], default: str | None
+) -> str | None:
+    """One of `choices`; `default` when absent or null."""
+    value = body.get(field)
+    if value is None:
+        return default
+    if value not in choices:
+        raise ValidationError(f"Field '{field}' must be one of: {', '.join(choices)}", field)
+    return str(value)
+
+
+def short_text_field(body: dict[str, Any], field: str, default: str, max_length: int = 64) -> str:
+    value = body.get(field)
+    if value is None:
+        return default
+    if not isinstance(value, str) or not value.strip() or len(value) > max_length:
+        raise ValidationError(
+            f"Field '{field}' must be a non-empty string of at most {max_length} characters", field
+        )
+    return value.strip()
+
+
+ROLES = ("system", "user", "assistant")
+MAX_COMPLETION_MESSAGES = 200
+
+
+def messages_field(body: dict[str, Any], limits: ServiceConfig) -> list[dict[str, str]]:
+    """`messages` of a completion: 1..200 `{role, content}` objects."""
+    value = body.get("messages")
+    if value is None:
+        raise ValidationError("Missing field 'messages'", "messages")
+    if not isinstance(value, list) or not value:
+        raise ValidationError("Field 'messages' must be a non-empty array", "messages")
+    if len(value) > MAX_COMPLETION_MESSAGES:
+        raise ValidationError(
+            f"Field 'messages' has {len(value)} items (limit {MAX_COMPLETION_MESSAGES})", "messages"
+        )
+    messages: list[dict[str, str]] = []
+    for index, item in enumerate(value):
+        where = f"messages[{index}]"
+        if not isinstance(item, dict):
+            raise ValidationError(f"Field '{where}' must be an object", "messages")
+        role, content = item.get("role"), item.get("content")
+        if role not in ROLES:
+            raise ValidationError(
+                f"Field '{where}.role' must be one of: {', '.join(ROLES)}", "messages"
+            )
+        if not isinstance(content, str):
+            raise ValidationError(f"Field '{where}.content' must be a string", "messages")
+        check_length(content, f"{where}.content", limits)
+        messages.append({"role": str(role), "content": content})
+    return messages

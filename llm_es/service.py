@@ -42,7 +42,7 @@ from llm_es.events import (
     TurnFailed,
     TurnRejected,
 )
-from llm_es.limits import TurnRequest, decide_admission, estimate_tokens
+from llm_es.limits import TurnRequest, decide_admission, estimate_tokens, usage_numbers
 from llm_es.logs import log_kv
 from llm_es.memories import (
     DEFAULT_IMPORTANCE,
@@ -55,7 +55,12 @@ from llm_es.memories import (
 from llm_es.prompt import build_chat_prompt, prompt_length
 from llm_es.providers.base import ChatMessage, CompletionResult, LLMProvider
 from llm_es.store import EventStore
-from llm_es.summarizer import messages_to_summarize, summary_prompt
+from llm_es.summarizer import (
+    messages_to_summarize,
+    summary_prompt,
+    text_summary_prompt,
+    within_words,
+)
 from llm_es.views import (
     ContextView,
     MemoryView,
@@ -508,6 +513,53 @@ class ChatService:
             return Outcome.error(replies.memory_not_found(normalized))
         await self._record(event)
         return Outcome.ok(replies.forgot(normalized), memory_id=normalized)
+
+    async def summarize_text(
+        self, *, text: str, max_words: int, style: str, user: str | None
+    ) -> Outcome:
+        """`rosey.llm.summarize`: a completion with a summary prompt, held to `max_words`."""
+        outcome = await self.complete(
+            messages=text_summary_prompt(text, max_words, style),
+            user=user,
+            max_tokens=max(64, max_words * 2),
+            purpose="summarize",
+        )
+        if not outcome.success:
+            return outcome
+        summary = within_words(outcome.message, max_words, style)
+        return Outcome.ok(summary, **{**outcome.data, "content": summary})
+
+    def usage_report(self, user: str) -> dict[str, Any]:
+        """A user's usage now and what each limit still allows (None: no limit)."""
+        numbers = usage_numbers(self.usage_of(user), self._clock())
+        limits = self._config.rate_limits
+
+        def left(limit: int | None, used: int) -> int | None:
+            return None if limit is None else max(0, limit - used)
+
+        return {
+            "user": user,
+            "requests_today": numbers.requests_today,
+            "tokens_today": numbers.tokens_today,
+            "rate_limits_remaining": {
+                "requests_minute": left(limits.requests_per_minute, numbers.requests_minute),
+                "requests_hour": left(limits.requests_per_hour, numbers.requests_hour),
+                "requests_day": left(limits.requests_per_day, numbers.requests_today),
+                "tokens_day": left(
+                    limits.tokens_per_day, numbers.tokens_today + numbers.reserved_tokens
+                ),
+            },
+        }
+
+    def totals_today(self) -> tuple[int, int]:
+        """Requests and tokens of every user today (from the usage views)."""
+        now = self._clock()
+        requests = tokens = 0
+        for key in self._views.keys_under("usage."):
+            numbers = usage_numbers(cast(UsageView | None, self._views.get(key)), now)
+            requests += numbers.requests_today
+            tokens += numbers.tokens_today
+        return requests, tokens
 
     # ---------------------------------------------------------------- summaries
 

@@ -55,3 +55,46 @@ def summary_prompt(
         {"role": "system", "content": SUMMARY_INSTRUCTIONS.format(max_words=max_words)},
         {"role": "user", "content": body},
     ]
+
+
+SUMMARY_STYLES = ("concise", "detailed", "bullets")
+
+_STYLE_INSTRUCTIONS = {
+    "concise": "Write one short paragraph with only the main point.",
+    "detailed": "Write a thorough summary in prose that keeps the important details.",
+    "bullets": "Write the summary as bullet points, one per line, each starting with '- '.",
+}
+
+
+def text_summary_prompt(text: str, max_words: int, style: str) -> list[ChatMessage]:
+    """The prompt for `rosey.llm.summarize`: summarize `text` in a style, within a length."""
+    return [
+        {
+            "role": "system",
+            "content": (
+                "You summarize text for other programs. "
+                f"{_STYLE_INSTRUCTIONS[style]} Use at most {max_words} words. "
+                "Answer with the summary only."
+            ),
+        },
+        {"role": "user", "content": text},
+    ]
+
+
+def within_words(summary: str, max_words: int, style: str) -> str:
+    """Hold a model's summary to `max_words`: whole bullets, else whole words."""
+    text = summary.strip()
+    if len(text.split()) <= max_words:
+        return text
+    if style == "bullets":
+        kept: list[str] = []
+        used = 0
+        for line in text.splitlines():
+            words = len(line.split())
+            if used + words > max_words:
+                break
+            kept.append(line)
+            used += words
+        if kept:
+            return "\n".join(kept)
+    return " ".join(text.split()[:max_words])

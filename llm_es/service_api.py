@@ -1,0 +1,424 @@
+"""The plugin-to-plugin service: `rosey.llm.*` request/reply on the NATS micro framework.
+
+Endpoints (queue group `llm-es`, so instances share the load; discoverable
+through `$SRV.PING|INFO|STATS`):
+
+    rosey.llm.chat            ChatRequest -> ChatResponse (optionally streamed)
+    rosey.llm.complete        CompletionRequest -> CompletionResponse
+    rosey.llm.summarize       SummarizeRequest -> SummaryResponse
+    rosey.llm.memory.add      MemoryAddRequest -> MemoryResponse
+    rosey.llm.memory.recall   MemoryRecallRequest -> MemoryResponse
+    rosey.llm.memory.forget   MemoryForgetRequest -> MemoryResponse
+    rosey.llm.status          {} -> StatusResponse
+    rosey.llm.usage           UsageRequest -> UsageResponse
+
+Every response carries every field of its schema; errors are in-band
+(`success: false`, `error` naming the field or the problem). A streamed chat
+(`"stream": true`) sends `{"chunk": text, "index": n}` messages to the reply
+subject as they arrive, then the final ChatResponse (with `"done": true`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats.errors
+import orjson
+from nats.aio.client import Client as NATS
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service
+
+from llm_es import __version__
+from llm_es.config import Config
+from llm_es.errors import LLMESError, OperationalError, ProviderError, ValidationError
+from llm_es.logs import log_kv
+from llm_es.memories import DEFAULT_IMPORTANCE
+from llm_es.providers.base import ChatMessage
+from llm_es.requests import (
+    bool_field,
+    choice_field,
+    decode_object,
+    int_field,
+    is_safe_reply_subject,
+    messages_field,
+    name_field,
+    number_field,
+    optional_name,
+    required_text,
+    short_text_field,
+)
+from llm_es.service import ChatService, Outcome
+from llm_es.store import EventStore
+from llm_es.summarizer import SUMMARY_STYLES
+
+logger = logging.getLogger("llm_es.service_api")
+
+SERVICE_NAME = "rosey-llm"
+SUBJECT_PREFIX = "rosey.llm"
+QUEUE_GROUP = "llm-es"
+MAX_IN_FLIGHT = 512
+HEALTH_PROBE_SECONDS = 30.0
+MAX_SUMMARIZE_CHARACTERS_FACTOR = 8
+"""`summarize` accepts texts up to this many times `max_message_length`."""
+
+Handler = Callable[[dict[str, Any], Request], Awaitable[dict[str, Any]]]
+
+
+class LLMServiceAPI:
+    """The `rosey.llm.*` endpoints of one instance."""
+
+    def __init__(self, nc: NATS, service: ChatService, store: EventStore, config: Config) -> None:
+        self._nc = nc
+        self._chat = service
+        self._store = store
+        self._config = config
+        self._micro: Service | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._started = time.monotonic()
+        self._provider_ok = False
+        self._log_ok = False
+        self._probe_task: asyncio.Task[None] | None = None
+        self._endpoints: dict[str, tuple[Handler, dict[str, Any]]] = {
+            "chat": (self._chat_endpoint, CHAT_ERROR),
+            "complete": (self._complete_endpoint, COMPLETION_ERROR),
+            "summarize": (self._summarize_endpoint, SUMMARY_ERROR),
+            "memory.add": (self._memory_add_endpoint, MEMORY_ERROR),
+            "memory.recall": (self._memory_recall_endpoint, MEMORY_ERROR),
+            "memory.forget": (self._memory_forget_endpoint, MEMORY_ERROR),
+            "status": (self._status_endpoint, {}),
+            "usage": (self._usage_endpoint, USAGE_ERROR),
+        }
+
+    @property
+    def healthy(self) -> bool:
+        return self._provider_ok and self._log_ok
+
+    async def start(self) -> None:
+        await self._probe_health()
+        self._probe_task = asyncio.create_task(self._probe_forever(), name="health-probe")
+        self._micro = await add_service(
+            self._nc,
+            name=SERVICE_NAME,
+            version=__version__,
+            description="LLM chat, completions, summaries and memories for Rosey-Robot plugins",
+            queue_group=QUEUE_GROUP,
+        )
+        for name in self._endpoints:
+            await self._micro.add_endpoint(
+                EndpointConfig(
+                    name=name.replace(".", "_"),
+                    subject=f"{SUBJECT_PREFIX}.{name}",
+                    queue_group=QUEUE_GROUP,
+                    handler=self._dispatcher(name),
+                )
+            )
+        # nats-py writes a flush's PING ahead of queued SUBs: the second PONG proves them.
+        await self._nc.flush()
+        await self._nc.flush()
+
+    async def stop(self, grace_seconds: float = 30.0) -> None:
+        if self._micro is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._micro.stop()
+            self._micro = None
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            await asyncio.gather(self._probe_task, return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # ------------------------------------------------------------ dispatch
+
+    def _dispatcher(self, name: str) -> Callable[[Request], Awaitable[None]]:
+        handler, error_shape = self._endpoints[name]
+
+        async def dispatch(request: Request) -> None:
+            # The micro framework awaits handlers one at a time per endpoint; each
+            # request runs in its own task so a slow model never queues the rest.
+            await self._slots.acquire()
+            task = asyncio.create_task(self._answer(name, handler, error_shape, request))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+
+        return dispatch
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _answer(
+        self, name: str, handler: Handler, error_shape: dict[str, Any], request: Request
+    ) -> None:
+        try:
+            body = decode_object(request.data) if request.data.strip() else {}
+            answer = await handler(body, request)
+        except ValidationError as exc:
+            answer = {**error_shape, "success": False, "error": str(exc)}
+            log_kv(logger, "service_invalid", level=logging.WARNING, endpoint=name, error=str(exc))
+        except OperationalError as exc:
+            answer = {**error_shape, "success": False, "error": f"Service degraded: {exc}"}
+            log_kv(logger, "service_failed", level=logging.WARNING, endpoint=name, error=str(exc))
+        except (LLMESError, TimeoutError) as exc:
+            answer = {**error_shape, "success": False, "error": "Request failed; try again"}
+            log_kv(logger, "service_failed", level=logging.ERROR, endpoint=name, error=repr(exc))
+        except Exception as exc:  # a bug must not kill the endpoint; logged in full
+            logger.exception("service_crashed endpoint=%s", name)
+            answer = {
+                **error_shape,
+                "success": False,
+                "error": f"Internal error ({type(exc).__name__})",
+            }
+        await self._respond(request, answer)
+
+    async def _respond(self, request: Request, answer: dict[str, Any]) -> None:
+        # nats.micro's Request does not expose the reply subject; its message does.
+        if not request._msg.reply or not is_safe_reply_subject(request._msg.reply):
+            log_kv(logger, "reply_dropped", level=logging.WARNING, reason="no usable reply subject")
+            return
+        try:
+            await request.respond(orjson.dumps(answer))
+        except nats.errors.Error as exc:
+            log_kv(logger, "reply_failed", level=logging.WARNING, error=repr(exc))
+
+    # ------------------------------------------------------------ endpoints
+
+    async def _chat_endpoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+        limits = self._config.service
+        channel = name_field(body, "channel", limits)
+        user = name_field(body, "user", limits)
+        message = required_text(body, "message", limits)
+        persona = optional_persona(body, self._config)
+        provider = self._provider_field(body)
+        on_chunk = self._chunk_sink(request) if bool_field(body, "stream") else None
+        outcome = await self._chat.chat(
+            channel=channel,
+            user=user,
+            message=message,
+            source="service",
+            persona=persona,
+            provider_name=provider,
+            on_chunk=on_chunk,
+        )
+        answer = completion_response(outcome, self._config.default_provider)
+        if on_chunk is not None:
+            answer["done"] = True
+        return answer
+
+    async def _complete_endpoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+        limits = self._config.service
+        messages: list[ChatMessage] = messages_field(body, limits)  # type: ignore[assignment]
+        outcome = await self._chat.complete(
+            messages=messages,
+            user=optional_name(body, "user", limits),
+            temperature=number_field(body, "temperature", default=0.7, low=0.0, high=2.0),
+            max_tokens=int_field(body, "max_tokens", default=None, low=1, high=1_000_000),
+            provider_name=self._provider_field(body),
+        )
+        answer = completion_response(outcome, self._config.default_provider)
+        answer["model"] = outcome.data.get("model")
+        return answer
+
+    async def _summarize_endpoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+        limits = self._config.service
+        text = body.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValidationError("Field 'text' must be a non-empty string", "text")
+        most = limits.max_message_length * MAX_SUMMARIZE_CHARACTERS_FACTOR
+        if len(text) > most:
+            raise ValidationError(
+                f"Field 'text' is too long: {len(text)} characters (limit {most})", "text"
+            )
+        outcome = await self._chat.summarize_text(
+            text=text,
+            max_words=int_field(body, "max_length", default=200, low=10, high=4000) or 200,
+            style=choice_field(body, "style", SUMMARY_STYLES, "concise") or "concise",
+            user=optional_name(body, "user", limits),
+        )
+        if not outcome.success:
+            return {**SUMMARY_ERROR, "error": outcome.message}
+        return {"success": True, "summary": outcome.message, "error": None}
+
+    async def _memory_add_endpoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+        limits = self._config.service
+        outcome = await self._chat.remember(
+            channel=name_field(body, "channel", limits),
+            user=optional_name(body, "user_id", limits),
+            content=required_text(body, "content", limits),
+            category=short_text_field(body, "category", "fact"),
+            importance=int_field(body, "importance", default=DEFAULT_IMPORTANCE, low=1, high=5)
+            or DEFAULT_IMPORTANCE,
+        )
+        return memory_response(outcome)
+
+    async def _memory_recall_endpoint(
+        self, body: dict[str, Any], request: Request
+    ) -> dict[str, Any]:
+        limits = self._config.service
+        outcome = await self._chat.recall(
+            channel=name_field(body, "channel", limits),
+            user=optional_name(body, "user_id", limits),
+            query=required_text(body, "query", limits),
+            limit=int_field(body, "limit", default=5, low=1, high=100) or 5,
+        )
+        return memory_response(outcome)
+
+    async def _memory_forget_endpoint(
+        self, body: dict[str, Any], request: Request
+    ) -> dict[str, Any]:
+        limits = self._config.service
+        memory_id = body.get("memory_id")
+        if not isinstance(memory_id, str) or not memory_id.strip():
+            raise ValidationError("Field 'memory_id' must be a non-empty string", "memory_id")
+        outcome = await self._chat.forget(
+            channel=name_field(body, "channel", limits),
+            user=optional_name(body, "user_id", limits),
+            memory_id=memory_id,
+        )
+        return memory_response(outcome)
+
+    async def _status_endpoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+        requests_today, tokens_today = self._chat.totals_today()
+        limits = self._config.rate_limits
+        provider = self._config.provider
+        return {
+            "healthy": self.healthy,
+            "provider": self._config.default_provider,
+            "model": provider.default_model,
+            "requests_today": requests_today,
+            "tokens_today": tokens_today,
+            "rate_limited": any(
+                limit is not None
+                for limit in (
+                    limits.requests_per_minute,
+                    limits.requests_per_hour,
+                    limits.requests_per_day,
+                    limits.tokens_per_day,
+                )
+            ),
+            "uptime_seconds": round(time.monotonic() - self._started, 3),
+        }
+
+    async def _usage_endpoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+        user = name_field(body, "user", self._config.service)
+        return {"success": True, **self._chat.usage_report(user)}
+
+    # ------------------------------------------------------------ helpers
+
+    def _provider_field(self, body: dict[str, Any]) -> str | None:
+        value = body.get("provider")
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValidationError("Field 'provider' must be a string", "provider")
+        return value
+
+    def _chunk_sink(self, request: Request) -> Callable[[str], Awaitable[None]]:
+        reply = request._msg.reply
+        if not reply or not is_safe_reply_subject(reply):
+            raise ValidationError("A streamed chat needs a reply subject", "stream")
+        index = 0
+
+        async def send(piece: str) -> None:
+            nonlocal index
+            await self._nc.publish(reply, orjson.dumps({"chunk": piece, "index": index}))
+            index += 1
+
+        return send
+
+    async def _probe_health(self) -> None:
+        """Availability of the provider and the log, measured off the request path."""
+        provider = self._chat.provider_chain()[0]
+        self._provider_ok = await provider.is_available()
+        try:
+            await self._store.last_seq()
+        except (nats.errors.Error, LLMESError, TimeoutError):
+            self._log_ok = False
+        else:
+            self._log_ok = True
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_PROBE_SECONDS)
+            try:
+                await self._probe_health()
+            except (ProviderError, OSError) as exc:  # never let the probe die
+                self._provider_ok = False
+                log_kv(logger, "health_probe_failed", level=logging.WARNING, error=repr(exc))
+
+
+CHAT_ERROR: dict[str, Any] = {
+    "success": False,
+    "content": None,
+    "error": None,
+    "tokens_used": 0,
+    "provider": None,
+}
+COMPLETION_ERROR: dict[str, Any] = {**CHAT_ERROR, "model": None}
+SUMMARY_ERROR: dict[str, Any] = {"success": False, "summary": None, "error": None}
+MEMORY_ERROR: dict[str, Any] = {
+    "success": False,
+    "memories": [],
+    "count": 0,
+    "memory_id": None,
+    "error": None,
+}
+USAGE_ERROR: dict[str, Any] = {
+    "success": False,
+    "user": None,
+    "requests_today": 0,
+    "tokens_today": 0,
+    "rate_limits_remaining": None,
+    "error": None,
+}
+
+
+def optional_persona(body: dict[str, Any], config: Config) -> str | None:
+    value = body.get("persona")
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in config.personas:
+        known = ", ".join(config.personas)
+        raise ValidationError(f"Field 'persona' must be one of: {known}", "persona")
+    return value
+
+
+def completion_response(outcome: Outcome, default_provider: str) -> dict[str, Any]:
+    """ChatResponse / CompletionResponse fields from a turn's outcome."""
+    if not outcome.success:
+        return {
+            **CHAT_ERROR,
+            "error": outcome.message,
+            "provider": outcome.data.get("provider", default_provider),
+        }
+    return {
+        "success": True,
+        "content": outcome.message,
+        "error": None,
+        "tokens_used": outcome.data.get("tokens_used", 0),
+        "provider": outcome.data.get("provider"),
+        "model": outcome.data.get("model"),
+        "turn_id": outcome.data.get("turn_id"),
+    }
+
+
+def memory_response(outcome: Outcome) -> dict[str, Any]:
+    """MemoryResponse fields from a memory command's outcome."""
+    memories = outcome.data.get("memories", [])
+    return {
+        "success": outcome.success,
+        "memories": memories,
+        "count": outcome.data.get("count", len(memories)),
+        "memory_id": outcome.data.get("memory_id"),
+        "error": None if outcome.success else outcome.message,
+        "message": outcome.message,
+    }

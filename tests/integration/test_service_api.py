@@ -1,0 +1,245 @@
+"""The `rosey.llm.*` service as other plugins use it: schemas, streaming, limits, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from nats.aio.client import Client as NATS
+
+from llm_es.app import Plugin
+from llm_es.config import RateLimitsConfig
+from llm_es.events import TokensSpent, TurnAdmitted
+from tests.integration.conftest import PluginStarter
+from tests.support.fake_llm import FakeLLMServer
+from tests.support.harness import event_types, log_events, raw_request
+
+REPLY = "Hello from the fake model."
+
+
+async def call(client: NATS, endpoint: str, body: Any) -> dict[str, Any]:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    return await raw_request(client, f"rosey.llm.{endpoint}", data)
+
+
+async def test_chat_answers_with_the_seed_schema(plugin: Plugin, client: NATS) -> None:
+    """ChatRequest -> ChatResponse{success, content, error, tokens_used, provider}."""
+    answer = await call(client, "chat", {"channel": "c", "user": "u", "message": "Hi"})
+    assert answer["success"] is True
+    assert answer["content"] == REPLY
+    assert answer["error"] is None
+    assert answer["provider"] == "ollama"
+    assert answer["tokens_used"] > 0
+    admitted = next(e for _, e in await log_events(client) if isinstance(e, TurnAdmitted))
+    assert admitted.source == "service"
+
+
+async def test_chat_persona_override_is_per_request(
+    plugin: Plugin, client: NATS, fake_llm: FakeLLMServer
+) -> None:
+    """A request's persona applies to that turn only."""
+    await call(
+        client, "chat", {"channel": "c", "user": "u", "message": "Hi", "persona": "technical"}
+    )
+    system = fake_llm.chat_requests[-1].body["messages"][0]["content"]  # type: ignore[index]
+    assert "technical" in system
+    await call(client, "chat", {"channel": "c", "user": "u", "message": "Again"})
+    system = fake_llm.chat_requests[-1].body["messages"][0]["content"]  # type: ignore[index]
+    assert "technical" not in system
+
+
+async def test_streamed_chat_sends_chunks_then_the_final_response(
+    plugin: Plugin, client: NATS
+) -> None:
+    """stream: true -> {chunk, index} messages in order, then the ChatResponse with done."""
+    inbox = client.new_inbox()
+    received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def collect(msg: Any) -> None:
+        await received.put(orjson.loads(msg.data))
+
+    sub = await client.subscribe(inbox, cb=collect)
+    payload = {"channel": "c", "user": "u", "message": "Stream please", "stream": True}
+    await client.publish("rosey.llm.chat", orjson.dumps(payload), reply=inbox)
+    messages: list[dict[str, Any]] = []
+    async with asyncio.timeout(10):
+        while not messages or "success" not in messages[-1]:
+            messages.append(await received.get())
+    await sub.unsubscribe()
+    chunks, final = messages[:-1], messages[-1]
+    assert [c["index"] for c in chunks] == list(range(len(chunks)))
+    assert "".join(c["chunk"] for c in chunks) == REPLY
+    assert final["success"] is True
+    assert final["done"] is True
+    assert final["content"] == REPLY
+    spent = next(e for _, e in await log_events(client) if isinstance(e, TokensSpent))
+    assert not spent.estimated
+
+
+async def test_complete_is_rate_limited_and_booked_to_the_user_or_the_service(
+    start: PluginStarter, client: NATS
+) -> None:
+    """Completions go through the same limits and ledger as chat turns."""
+    await start(rate_limits=RateLimitsConfig(2, None, None, None))
+    body = {"messages": [{"role": "user", "content": "Explain async"}], "max_tokens": 50}
+    first = await call(client, "complete", {**body, "user": "plugin-a"})
+    assert first["success"] is True
+    assert first["content"] == REPLY
+    assert first["model"] == "llama3.2"
+    await call(client, "complete", {**body, "user": "plugin-a"})
+    third = await call(client, "complete", {**body, "user": "plugin-a"})
+    assert third["success"] is False
+    assert third["error"].startswith("Rate limit: 2 requests/minute")
+    anonymous = await call(client, "complete", body)
+    assert anonymous["success"] is True
+    booked = [e.user for _, e in await log_events(client) if isinstance(e, TokensSpent)]
+    assert booked == ["plugin-a", "plugin-a", "service"]
+
+
+@pytest.mark.parametrize("style", ["concise", "detailed", "bullets"])
+async def test_summarize_honours_style_and_max_length(
+    plugin: Plugin, client: NATS, fake_llm: FakeLLMServer, style: str
+) -> None:
+    """The summary never exceeds max_length words, whatever the model returns."""
+    fake_llm.reply = "- " + " ".join(["word"] * 40) + "\n- short point"
+    answer = await call(
+        client, "summarize", {"text": "A long text " * 50, "max_length": 12, "style": style}
+    )
+    assert answer["success"] is True
+    assert len(answer["summary"].split()) <= 12
+    system = fake_llm.chat_requests[-1].body["messages"][0]["content"]  # type: ignore[index]
+    assert "at most 12 words" in system
+
+
+async def test_memory_add_recall_forget(plugin: Plugin, client: NATS) -> None:
+    """MemoryResponse{success, memories, count, memory_id, error} for add, recall and forget."""
+    added = await call(
+        client,
+        "memory.add",
+        {
+            "channel": "c",
+            "content": "Alice prefers Python",
+            "category": "preference",
+            "user_id": "alice",
+            "importance": 4,
+        },
+    )
+    assert added["success"] is True
+    memory_id = added["memory_id"]
+    recalled = await call(client, "memory.recall", {"channel": "c", "query": "python", "limit": 5})
+    assert recalled["count"] == 1
+    assert recalled["memories"][0]["id"] == memory_id
+    assert recalled["memories"][0]["category"] == "preference"
+    assert recalled["memories"][0]["importance"] == 4
+    forgotten = await call(client, "memory.forget", {"channel": "c", "memory_id": memory_id})
+    assert forgotten["success"] is True
+    again = await call(client, "memory.forget", {"channel": "c", "memory_id": memory_id})
+    assert again["success"] is False
+    assert again["error"] == f"Memory not found: {memory_id}"
+
+
+async def test_status_and_usage(start: PluginStarter, client: NATS) -> None:
+    """status is truthful and cheap; usage reports what each limit still allows."""
+    await start(rate_limits=RateLimitsConfig(10, 100, 500, 50000))
+    await call(client, "chat", {"channel": "c", "user": "alice", "message": "Hi"})
+    status = await call(client, "status", b"")
+    assert status["healthy"] is True
+    assert (status["provider"], status["model"]) == ("ollama", "llama3.2")
+    assert status["requests_today"] == 1
+    assert status["tokens_today"] > 0
+    assert status["uptime_seconds"] >= 0
+    usage = await call(client, "usage", {"user": "alice"})
+    assert usage["requests_today"] == 1
+    remaining = usage["rate_limits_remaining"]
+    assert (
+        remaining["requests_minute"],
+        remaining["requests_hour"],
+        remaining["requests_day"],
+    ) == (
+        9,
+        99,
+        499,
+    )
+    assert remaining["tokens_day"] == 50000 - usage["tokens_today"]
+
+
+async def test_status_reports_an_unreachable_provider(
+    start: PluginStarter, client: NATS, fake_llm: FakeLLMServer
+) -> None:
+    """With the provider down, healthy is false."""
+    await fake_llm.stop()
+    await start()
+    status = await call(client, "status", {})
+    assert status["healthy"] is False
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "field"),
+    [
+        ("chat", b"{not json", "Invalid JSON"),
+        ("chat", {"user": "u", "message": "m"}, "'channel'"),
+        ("chat", {"channel": "c", "user": 5, "message": "m"}, "'user'"),
+        ("chat", {"channel": "c", "user": "u", "message": ""}, "'message'"),
+        ("chat", {"channel": "c", "user": "u", "message": "m", "persona": "pirate"}, "'persona'"),
+        ("chat", {"channel": "c", "user": "u", "message": "m", "provider": "nope"}, "'nope'"),
+        ("chat", {"channel": "c", "user": "u", "message": "m", "stream": "yes"}, "'stream'"),
+        ("complete", {"messages": []}, "'messages'"),
+        ("complete", {"messages": [{"role": "robot", "content": "x"}]}, "role"),
+        (
+            "complete",
+            {"messages": [{"role": "user", "content": "x"}], "temperature": 3},
+            "'temperature'",
+        ),
+        (
+            "complete",
+            {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+            "'max_tokens'",
+        ),
+        ("summarize", {"text": ""}, "'text'"),
+        ("summarize", {"text": "t", "style": "poem"}, "'style'"),
+        ("summarize", {"text": "t", "max_length": "long"}, "'max_length'"),
+        ("memory.add", {"channel": "c"}, "'content'"),
+        ("memory.add", {"channel": "c", "content": "x", "importance": 9}, "'importance'"),
+        ("memory.recall", {"channel": "c", "query": "x", "limit": -1}, "'limit'"),
+        ("memory.forget", {"channel": "c"}, "'memory_id'"),
+        ("memory.forget", {"channel": "c", "memory_id": "zz"}, "Invalid memory ID"),
+        ("usage", {}, "'user'"),
+        ("usage", [1, 2], "JSON object"),
+    ],
+)
+async def test_bad_requests_get_an_error_naming_the_field_and_append_nothing(
+    plugin: Plugin, client: NATS, endpoint: str, body: Any, field: str
+) -> None:
+    """Every endpoint answers bad input with success false naming the field; nothing is logged
+    as an event and the endpoint keeps serving."""
+    answer = await call(client, endpoint, body)
+    assert answer["success"] is False
+    assert field in answer["error"]
+    assert await event_types(client) == []
+    assert (await call(client, "status", {}))["provider"] == "ollama"
+
+
+async def test_service_is_discoverable(plugin: Plugin, client: NATS) -> None:
+    """$SRV.INFO lists the service, its version and every endpoint subject."""
+    reply = await client.request("$SRV.INFO.rosey-llm", b"", timeout=5)
+    info = orjson.loads(reply.data)
+    assert info["name"] == "rosey-llm"
+    subjects = sorted(e["subject"] for e in info["endpoints"])
+    assert subjects == sorted(
+        f"rosey.llm.{n}"
+        for n in (
+            "chat",
+            "complete",
+            "summarize",
+            "memory.add",
+            "memory.recall",
+            "memory.forget",
+            "status",
+            "usage",
+        )
+    )
+    assert all(e["queue_group"] == "llm-es" for e in info["endpoints"])
+    stats = orjson.loads((await client.request("$SRV.STATS.rosey-llm", b"", timeout=5)).data)
+    assert stats["name"] == "rosey-llm"
