@@ -204,7 +204,7 @@ class ServiceConfig:
         ),
     )
     admit_retries: int = dataclasses.field(
-        default=5,
+        default=50,
         metadata=_meta(
             "Times an admission that lost a conditional-append race is decided again.",
             minimum=1,

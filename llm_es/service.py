@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -78,6 +79,8 @@ logger = logging.getLogger("llm_es.service")
 
 VIEW_WAIT_SECONDS = 10.0
 
+ADMIT_BACKOFF_SECONDS = 0.001
+
 SERVICE_USER = "service"
 """Whom a service request without a user is booked to (rate limits and token ledger)."""
 
@@ -125,6 +128,8 @@ class ChatService:
         # append keeps them exact across processes.
         self._user_locks: dict[str, asyncio.Lock] = {}
         self._summarizing: dict[str, asyncio.Task[bool]] = {}
+        self.admission_conflicts = 0
+        """Conditional appends of admissions that lost a race (and were decided again)."""
 
     # ---------------------------------------------------------------- reads
 
@@ -386,7 +391,7 @@ class ChatService:
             boundary = self._store.user_boundary(request.user)
             known_last: int | None = None
             try:
-                for _ in range(self._config.service.admit_retries):
+                for attempt in range(self._config.service.admit_retries):
                     usage = self.usage_of(request.user)
                     position = usage["seq"] if usage else 0
                     if known_last is not None:
@@ -401,15 +406,24 @@ class ChatService:
                         prompt_tokens_estimate=prompt_estimate,
                         max_tokens=max_tokens,
                     )
+                    if isinstance(decision, TurnRejected):
+                        # A refusal consumes no budget, so it has no race to lose:
+                        # appending it unconditionally keeps floods from contending.
+                        await self._wait_for(await self._store.append(decision))
+                        return decision
                     try:
                         seq = await self._store.append(
                             decision, expected_last_seq=position, boundary=boundary
                         )
                     except IntegrityError:
-                        # Another writer got there first: fold its events, decide again.
-                        await self._catch_up()
+                        # Another writer got there first: fold what it wrote, decide again.
+                        self.admission_conflicts += 1
                         known_last = await self._store.last_seq(boundary)
                         await self._wait_for(known_last)
+                        # Jitter spreads instances that keep colliding on one user.
+                        await asyncio.sleep(
+                            random.uniform(0, ADMIT_BACKOFF_SECONDS) * min(attempt, 8)
+                        )
                         continue
                     await self._wait_for(seq)
                     return decision
