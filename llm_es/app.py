@@ -12,11 +12,13 @@ import asyncio
 import logging
 from importlib.metadata import entry_points
 
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from llm_es.command_surface import CommandSurface
 from llm_es.config import Config
-from llm_es.errors import ConfigError
+from llm_es.errors import ConfigError, LLMESError
+from llm_es.liveness import InstanceRegistry
 from llm_es.logs import log_kv
 from llm_es.providers import build_provider
 from llm_es.providers.base import LLMProvider
@@ -73,6 +75,7 @@ class Plugin:
         *,
         view_runner_factory: ViewRunnerFactory | None = None,
         providers: dict[str, LLMProvider] | None = None,
+        instance_id: str | None = None,
     ) -> None:
         self.config = config
         self.nc = nc
@@ -83,6 +86,9 @@ class Plugin:
         self.views: ViewRunner | None = None
         self.service: ChatService | None = None
         self._surface: CommandSurface | None = None
+        self._instance_id = config.service.instance_id or instance_id
+        self._registry: InstanceRegistry | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._api: LLMServiceAPI | None = None
 
     async def start(self) -> None:
@@ -94,8 +100,15 @@ class Plugin:
             position = await self.views.catch_up()
         providers = self._providers if self._providers is not None else build_providers(self.config)
         self._providers = providers
-        self.service = ChatService(self.config, self.store, self.views, providers)
-        await self.service.close_abandoned_turns()
+        self.service = ChatService(
+            self.config, self.store, self.views, providers, instance_id=self._instance_id
+        )
+        self._registry = InstanceRegistry(
+            self.js, self.service.instance_id, self.config.service.instance_ttl_seconds
+        )
+        await self._registry.start()
+        await self.service.close_abandoned_turns(self._registry.is_alive)
+        self._sweeper = asyncio.create_task(self._sweep_abandoned_turns(), name="turn-sweeper")
         provider = providers[self.config.default_provider]
         if not await provider.is_available():
             log_kv(
@@ -111,6 +124,18 @@ class Plugin:
         await self._api.start()
         log_kv(logger, "plugin_started", log_position=position, provider=provider.name)
 
+    async def _sweep_abandoned_turns(self) -> None:
+        """Close, from time to time, turns whose instance died (crash, kill -9, partition)."""
+        assert self.service is not None
+        assert self._registry is not None
+        interval = max(1.0, self.config.service.instance_ttl_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.service.close_abandoned_turns(self._registry.is_alive)
+            except (LLMESError, TimeoutError, nats.errors.Error) as exc:
+                log_kv(logger, "sweep_failed", level=logging.WARNING, error=repr(exc))
+
     async def stop(self) -> None:
         if self._api is not None:
             await self._api.stop()
@@ -120,6 +145,13 @@ class Plugin:
             self._surface = None
         if self.service is not None:
             await self.service.aclose()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        if self._registry is not None:
+            await self._registry.stop()
+            self._registry = None
         if self.views is not None:
             await self.views.stop()
             self.views = None

@@ -147,7 +147,9 @@ async def serve(
             )
             return 1
         stack.push_async_callback(nc.drain)
-        plugin = Plugin(config, nc)
+        # One embedded server means one instance: a stable name lets a restart
+        # close its own unfinished turns at once.
+        plugin = Plugin(config, nc, instance_id="embedded" if embedded is not None else None)
         await plugin.start()
         stack.push_async_callback(plugin.stop)
         print(f"llm-es ready: send !chat commands on NATS at {url}", file=sys.stderr, flush=True)

@@ -210,6 +210,23 @@ class ServiceConfig:
             minimum=1,
         ),
     )
+    instance_id: str | None = dataclasses.field(
+        default=None,
+        metadata=_meta(
+            "Name of this instance, kept across restarts so its unfinished turns are closed at"
+            " once when it starts again; null: `embedded` with the embedded nats-server, else a"
+            " fresh random id per start (its turns are closed once its heartbeat expires).",
+            nonempty=True,
+        ),
+    )
+    instance_ttl_seconds: float = dataclasses.field(
+        default=15.0,
+        metadata=_meta(
+            "How long this instance counts as alive after its last heartbeat (sent every third"
+            " of it); after that, other instances close its unfinished turns.",
+            minimum=1,
+        ),
+    )
     summarize_after_messages: int | None = dataclasses.field(
         default=30,
         metadata=_meta(

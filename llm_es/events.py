@@ -91,6 +91,8 @@ class TurnAdmitted(_TurnEvent):
     max_tokens: int
     purpose: str = "chat"
     """`chat` (a channel conversation), `complete` or `summarize` (service requests)."""
+    instance: str = ""
+    """The llm-es instance that runs the turn (who may still end it)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -36,6 +36,7 @@ class TurnRequest:
     model: str
     message: str
     purpose: str = "chat"
+    instance: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,7 @@ def decide_admission(
         reserved_tokens=prompt_tokens_estimate + max_tokens,
         max_tokens=max_tokens,
         purpose=request.purpose,
+        instance=request.instance,
     )
 
 

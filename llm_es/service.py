@@ -65,6 +65,7 @@ from llm_es.summarizer import (
 from llm_es.views import (
     ContextView,
     MemoryView,
+    OpenTurn,
     SettingsView,
     UsageView,
     ViewReader,
@@ -78,6 +79,10 @@ from llm_es.views import (
 logger = logging.getLogger("llm_es.service")
 
 VIEW_WAIT_SECONDS = 10.0
+RETRY_WAIT_ALLOWANCE_SECONDS = 10.0
+"""Room in a turn's deadline for each retry's backoff."""
+ABANDON_GRACE_SECONDS = 30.0
+"""Past its deadline, a turn whose instance still looks alive is closed after this much more."""
 
 ADMIT_BACKOFF_SECONDS = 0.001
 
@@ -116,6 +121,7 @@ class ChatService:
         providers: Mapping[str, LLMProvider],
         *,
         clock: Callable[[], datetime] | None = None,
+        instance_id: str | None = None,
     ) -> None:
         from llm_es.events import utc_now
 
@@ -128,6 +134,8 @@ class ChatService:
         # append keeps them exact across processes.
         self._user_locks: dict[str, asyncio.Lock] = {}
         self._summarizing: dict[str, asyncio.Task[bool]] = {}
+        self.instance_id = instance_id or f"llm-es-{uuid.uuid4().hex[:12]}"
+        self._in_flight: set[str] = set()
         self.admission_conflicts = 0
         """Conditional appends of admissions that lost a race (and were decided again)."""
 
@@ -189,6 +197,7 @@ class ChatService:
             provider=provider.name,
             model=provider.default_model,
             message=message,
+            instance=self.instance_id,
         )
         outcome = await self._turn(
             request, chain, prompt, max_tokens=self._config.service.max_tokens, on_chunk=on_chunk
@@ -226,6 +235,7 @@ class ChatService:
             model=chain[0].default_model,
             message=last_user,
             purpose=purpose,
+            instance=self.instance_id,
         )
         return await self._turn(
             request,
@@ -253,25 +263,42 @@ class ChatService:
             log_kv(logger, "turn_rejected", channel=channel, user=user, window=decision.window)
             return Outcome.error(decision.detail, turn_id=request.turn_id, reason=decision.reason)
 
+        self._in_flight.add(request.turn_id)
+        try:
+            return await self._finish_turn(
+                request, decision, chain, prompt, temperature=temperature, on_chunk=on_chunk
+            )
+        finally:
+            self._in_flight.discard(request.turn_id)
+
+    async def _finish_turn(
+        self,
+        request: TurnRequest,
+        decision: TurnAdmitted,
+        chain: Sequence[LLMProvider],
+        prompt: list[ChatMessage],
+        *,
+        temperature: float | None,
+        on_chunk: ChunkSink | None,
+    ) -> Outcome:
+        """Ask the providers for an admitted turn and record how it ended."""
+        channel, user = request.channel, request.user
         started = time.perf_counter()
         try:
-            provider, result, passed_over = await self._ask(
-                chain, prompt, decision.max_tokens, temperature=temperature, on_chunk=on_chunk
-            )
-        except ProviderError as exc:
-            error_type = failure_type(exc)
-            await self._record(
-                TurnFailed(
-                    at=self._clock(),
-                    turn_id=request.turn_id,
-                    channel=channel,
-                    user=user,
-                    error_type=error_type,
-                    error=str(exc),
+            # Past the deadline other instances may close this turn as abandoned,
+            # so it must not end any later than that here.
+            async with asyncio.timeout(self.turn_deadline_seconds()):
+                provider, result, passed_over = await self._ask(
+                    chain, prompt, decision.max_tokens, temperature=temperature, on_chunk=on_chunk
                 )
+        except TimeoutError:
+            provider_name = chain[0].name
+            exc: ProviderError = ProviderTimeout(
+                provider_name, f"{provider_name} did not answer within the turn's deadline"
             )
-            log_kv(logger, "turn_failed", channel=channel, user=user, error_type=error_type)
-            return Outcome.error(str(exc), turn_id=request.turn_id, provider=exc.provider)
+            return await self._fail_turn(request, exc)
+        except ProviderError as exc:
+            return await self._fail_turn(request, exc)
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
 
         now = self._clock()
@@ -320,6 +347,23 @@ class ChatService:
             provider=provider.name,
             model=result.model,
         )
+
+    async def _fail_turn(self, request: TurnRequest, exc: ProviderError) -> Outcome:
+        error_type = failure_type(exc)
+        await self._record(
+            TurnFailed(
+                at=self._clock(),
+                turn_id=request.turn_id,
+                channel=request.channel,
+                user=request.user,
+                error_type=error_type,
+                error=str(exc),
+            )
+        )
+        log_kv(
+            logger, "turn_failed", channel=request.channel, user=request.user, error_type=error_type
+        )
+        return Outcome.error(str(exc), turn_id=request.turn_id, provider=exc.provider)
 
     def provider_chain(self, requested: str | None = None) -> list[LLMProvider]:
         """The provider to ask first (the request's, else the default), then the fallbacks."""
@@ -658,29 +702,75 @@ class ChatService:
 
     # ---------------------------------------------------------------- recovery
 
-    async def close_abandoned_turns(self) -> int:
-        """Close turns admitted but never ended (a crash mid-call) as failed: `abandoned`."""
+    async def close_abandoned_turns(self, is_alive: Callable[[str], Awaitable[bool]]) -> int:
+        """Close turns nobody will end as failed (`abandoned`), so reservations never leak.
+
+        A turn is abandoned when it is not running here and its instance is this
+        one from an earlier run (same `instance_id`), is no longer alive, or has
+        run past the longest a provider call can take. Each close is appended on
+        the user's position, so two instances never close the same turn twice.
+        """
         await self._catch_up()
-        closing: list[Event] = []
+        now = self._clock()
+        closed = 0
         for key in self._views.keys_under("usage."):
             usage = cast(UsageView | None, self._views.get(key))
             if usage is None:
                 continue
-            for turn_id, turn in usage["open_turns"].items():
-                closing.append(
-                    TurnFailed(
-                        at=self._clock(),
-                        turn_id=turn_id,
-                        channel=turn["channel"],
-                        user=usage["user"],
-                        error_type="abandoned",
-                        error="turn was admitted but never ended (process stopped mid-turn)",
-                    )
+            position = usage["seq"]
+            for turn_id, turn in list(usage["open_turns"].items()):
+                if turn_id in self._in_flight:
+                    continue
+                if not await self._is_abandoned(turn, now, is_alive):
+                    continue
+                failed = TurnFailed(
+                    at=now,
+                    turn_id=turn_id,
+                    channel=turn["channel"],
+                    user=usage["user"],
+                    error_type="abandoned",
+                    error="turn was admitted but never ended (its instance stopped mid-turn)",
                 )
-        if closing:
-            await self._record(*closing)
-            log_kv(logger, "abandoned_turns_closed", count=len(closing))
-        return len(closing)
+                try:
+                    position = await self._store.append(
+                        failed,
+                        expected_last_seq=position,
+                        boundary=self._store.user_boundary(usage["user"]),
+                    )
+                except IntegrityError:
+                    break  # the user moved on meanwhile: look again at the next sweep
+                await self._wait_for(position)
+                closed += 1
+        if closed:
+            log_kv(logger, "abandoned_turns_closed", count=closed)
+        return closed
+
+    async def _is_abandoned(
+        self, turn: OpenTurn, now: datetime, is_alive: Callable[[str], Awaitable[bool]]
+    ) -> bool:
+        admitted_at = datetime.fromisoformat(turn["admitted_at"])
+        if (
+            now - admitted_at
+        ).total_seconds() > self.turn_deadline_seconds() + ABANDON_GRACE_SECONDS:
+            return True
+        recorded = await self._store.event_at(turn["admitted_seq"])
+        owner = (
+            recorded.event.instance if recorded and isinstance(recorded.event, TurnAdmitted) else ""
+        )
+        if not owner:
+            return False  # written before instances were recorded: wait for the deadline
+        if owner == self.instance_id:
+            return True  # ours, from before a restart: nothing here runs it
+        return not await is_alive(owner)
+
+    def turn_deadline_seconds(self) -> float:
+        """The longest a turn may run here: every provider's timeout and retries, in order."""
+        total = 0.0
+        for provider_name in {self._config.default_provider, *self._config.fallback_providers}:
+            settings = self._config.providers.get(provider_name)
+            retries = settings.max_retries
+            total += settings.timeout * (retries + 1) + RETRY_WAIT_ALLOWANCE_SECONDS * retries
+        return total
 
 
 def is_outage(error: ProviderError) -> bool:

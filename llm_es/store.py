@@ -66,6 +66,30 @@ def require_server_version(nc: NATS) -> None:
     check_server_version(str(info.get("version", "0.0.0")), jetstream=bool(info.get("jetstream")))
 
 
+def event_log_config(
+    name: str,
+    prefix: str,
+    *,
+    replicas: int = 1,
+    storage: api.StorageType = api.StorageType.FILE,
+) -> api.StreamConfig:
+    """Settings of a stream used as an event log: `<prefix>.>`, atomic batches, direct
+    gets, no delete or purge, limits retention, the duplicate window for `Nats-Msg-Id`."""
+    return api.StreamConfig(
+        name=name,
+        subjects=[f"{prefix}.>"],
+        storage=storage,
+        retention=api.RetentionPolicy.LIMITS,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        allow_direct=True,
+        allow_atomic=True,
+        deny_delete=True,
+        deny_purge=True,
+        discard=api.DiscardPolicy.OLD,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
     """A message for JetStream to store: subject, payload and headers."""
@@ -159,19 +183,7 @@ class EventStore:
 
     def stream_config(self) -> api.StreamConfig:
         """The stream's settings (DESIGN.md: file storage, atomic, no delete/purge)."""
-        return api.StreamConfig(
-            name=self.stream,
-            subjects=[f"{self.prefix}.>"],
-            storage=api.StorageType.FILE,
-            retention=api.RetentionPolicy.LIMITS,
-            num_replicas=self._replicas,
-            duplicate_window=DUPLICATE_WINDOW_SECONDS,
-            allow_direct=True,
-            allow_atomic=True,
-            deny_delete=True,
-            deny_purge=True,
-            discard=api.DiscardPolicy.OLD,
-        )
+        return event_log_config(self.stream, self.prefix, replicas=self._replicas)
 
     async def ensure_stream(self) -> None:
         """Create the stream, or update its settings if it exists (idempotent)."""
@@ -276,6 +288,16 @@ class EventStore:
         except NotFoundError:
             return 0
         return msg.seq or 0
+
+    async def event_at(self, seq: int) -> RecordedEvent | None:
+        """The event stored at `seq` (a direct get), or None when there is none."""
+        try:
+            msg = await self._js.get_msg(self.stream, seq, direct=True)
+        except NotFoundError:
+            return None
+        if msg.data is None or msg.subject is None:
+            return None
+        return RecordedEvent(seq, msg.subject, decode_event(msg.data))
 
     async def read(
         self,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import pathlib
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 import nats
 import orjson
 from nats.aio.client import Client as NATS
 
+from llm_es.app import Plugin
 from llm_es.embedded import EmbeddedNatsServer
 from llm_es.events import TurnAdmitted, TurnFailed
 from llm_es.views import usage_key
@@ -127,24 +130,20 @@ def llm_es_script() -> str:
     return str(pathlib.Path(sys.executable).parent / "llm-es")
 
 
-async def test_kill_9_mid_turn_is_closed_as_abandoned_at_next_start(
-    nats_server: EmbeddedNatsServer,
+async def kill_9_mid_turn(
+    nats_url: str,
     client: NATS,
     fake_llm: FakeLLMServer,
-    tmp_path: pathlib.Path,
-    start: PluginStarter,
-) -> None:
-    """A turn admitted by a process killed with SIGKILL is failed as `abandoned` on restart."""
-    config_path = tmp_path / "config.json"
-    config_path.write_bytes(
-        orjson.dumps({"providers": {"ollama": {"base_url": fake_llm.base_url}}})
-    )
+    config_path: pathlib.Path,
+    before_kill: Callable[[], Awaitable[object]] | None = None,
+) -> TurnAdmitted:
+    """Run `llm-es serve`, start a turn the model never answers, SIGKILL the process."""
     fake_llm.hold = asyncio.Event()
     process = await asyncio.create_subprocess_exec(
         llm_es_script(),
         "serve",
         "--nats-url",
-        nats_server.url,
+        nats_url,
         "--config",
         str(config_path),
         stdout=asyncio.subprocess.DEVNULL,
@@ -162,6 +161,8 @@ async def test_kill_9_mid_turn_is_closed_as_abandoned_at_next_start(
         pending = asyncio.ensure_future(command(client, "this turn never ends"))
         async with asyncio.timeout(10):
             await fake_llm.chat_started.wait()
+        if before_kill is not None:
+            await before_kill()
         os.kill(process.pid, signal.SIGKILL)
         await process.wait()
     finally:
@@ -171,17 +172,92 @@ async def test_kill_9_mid_turn_is_closed_as_abandoned_at_next_start(
     pending.cancel()
     await asyncio.gather(pending, return_exceptions=True)
     fake_llm.hold.set()
-
     admitted = [e for _, e in await log_events(client) if isinstance(e, TurnAdmitted)]
     assert len(admitted) == 1
-    plugin = await start()
+    return admitted[0]
+
+
+async def assert_closed_as_abandoned(client: NATS, plugin: Plugin, turn: TurnAdmitted) -> None:
     failed = [e for _, e in await log_events(client) if isinstance(e, TurnFailed)]
-    assert [(f.turn_id, f.error_type) for f in failed] == [(admitted[0].turn_id, "abandoned")]
+    assert [(f.turn_id, f.error_type) for f in failed] == [(turn.turn_id, "abandoned")]
     assert plugin.views is not None
     usage = plugin.views.get(usage_key("alice"))
     assert usage is not None
     assert usage["open_turns"] == {}
     assert (await command(client, "a new turn works"))["success"]
+
+
+def serve_config(
+    tmp_path: pathlib.Path, fake_llm: FakeLLMServer, **service: object
+) -> pathlib.Path:
+    path = tmp_path / "config.json"
+    path.write_bytes(
+        orjson.dumps({"providers": {"ollama": {"base_url": fake_llm.base_url}}, "service": service})
+    )
+    return path
+
+
+async def test_kill_9_mid_turn_is_closed_as_abandoned_at_next_start(
+    nats_server: EmbeddedNatsServer,
+    client: NATS,
+    fake_llm: FakeLLMServer,
+    tmp_path: pathlib.Path,
+    start: PluginStarter,
+) -> None:
+    """A turn admitted by an instance killed with SIGKILL is failed as `abandoned` as soon as
+    that instance (same instance_id) starts again."""
+    path = serve_config(tmp_path, fake_llm, instance_id="worker-1")
+    turn = await kill_9_mid_turn(nats_server.url, client, fake_llm, path)
+    assert turn.instance == "worker-1"
+    config = make_config(fake_llm.base_url)
+    config = dataclasses.replace(
+        config, service=dataclasses.replace(config.service, instance_id="worker-1")
+    )
+    plugin = await start(config)
+    await assert_closed_as_abandoned(client, plugin, turn)
+
+
+async def test_a_surviving_instance_closes_a_dead_instances_turn(
+    nats_server: EmbeddedNatsServer,
+    client: NATS,
+    fake_llm: FakeLLMServer,
+    tmp_path: pathlib.Path,
+    start: PluginStarter,
+) -> None:
+    """Another instance, running all along, closes the turn once the dead one's heartbeat
+    expires, so its reservation does not wait for a restart."""
+    survivors: list[Plugin] = []
+
+    async def start_survivor() -> None:
+        survivors.append(await start(instance_ttl_seconds=3.0))
+
+    path = serve_config(tmp_path, fake_llm, instance_ttl_seconds=1.0)
+    turn = await kill_9_mid_turn(nats_server.url, client, fake_llm, path, start_survivor)
+    (survivor,) = survivors
+
+    async def closed() -> bool:
+        return any(isinstance(e, TurnFailed) for _, e in await log_events(client))
+
+    await wait_until(closed, within=15, interval=0.2)
+    await assert_closed_as_abandoned(client, survivor, turn)
+
+
+async def test_a_live_instances_turn_is_left_alone(
+    nats_server: EmbeddedNatsServer, client: NATS, fake_llm: FakeLLMServer, start: PluginStarter
+) -> None:
+    """A slow turn of a running instance is not closed by another instance's start or sweep."""
+    await start(instance_ttl_seconds=3.0)
+    fake_llm.hold = asyncio.Event()
+    pending = asyncio.ensure_future(command(client, "slow one"))
+    async with asyncio.timeout(10):
+        await fake_llm.chat_started.wait()
+    await start(instance_ttl_seconds=3.0)
+    await asyncio.sleep(2.5)  # at least one sweep of each instance
+    fake_llm.hold.set()
+    answer = await pending
+    assert answer["success"] is True
+    kinds = [e.TYPE for _, e in await log_events(client)]
+    assert "TurnFailed" not in kinds
 
 
 async def test_unreachable_provider_fails_the_turn_and_releases_the_reservation(
