@@ -172,6 +172,7 @@ class ChatService:
         """
         chain = self.provider_chain(provider_name)
         provider = chain[0]
+        await self._catch_up()
         persona_name = persona or self.persona_of(channel)
         if persona_name not in self._config.personas:
             return Outcome.error(replies.unknown_persona(persona_name, self._config.personas))
@@ -481,6 +482,12 @@ class ChatService:
             await self._views.wait_for(seq)
 
     async def _catch_up(self) -> None:
+        """Wait until the views include everything already in the log.
+
+        Another instance may have answered the previous command of this channel:
+        its events are in the log (it replied after they were acknowledged), so
+        folding up to the log's end now makes this instance see them too.
+        """
         async with asyncio.timeout(VIEW_WAIT_SECONDS):
             await self._views.catch_up()
 
@@ -499,6 +506,7 @@ class ChatService:
         return Outcome.ok(replies.CONTEXT_RESET)
 
     async def persona(self, *, channel: str, user: str, name: str) -> Outcome:
+        await self._catch_up()
         names = list(self._config.personas)
         current = self.persona_of(channel)
         if not name:
@@ -522,6 +530,7 @@ class ChatService:
         category: str = "fact",
         importance: int = DEFAULT_IMPORTANCE,
     ) -> Outcome:
+        await self._catch_up()
         event = decide_remember(
             channel=channel,
             user=user,
@@ -542,6 +551,7 @@ class ChatService:
         query = query.strip()
         if not query:
             raise ValidationError("Nothing to recall. Usage: !chat recall <query>", "args")
+        await self._catch_up()
         found, event = decide_recall(
             channel=channel,
             user=user,
@@ -560,6 +570,7 @@ class ChatService:
         if not memory_id.strip():
             raise ValidationError("Nothing to forget. Usage: !chat forget <id>", "args")
         normalized = normalize_memory_id(memory_id)
+        await self._catch_up()
         event = decide_forget(
             channel=channel,
             user=user,

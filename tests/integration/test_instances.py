@@ -99,3 +99,23 @@ async def test_service_requests_are_shared_and_answered_once(
     assert all(a["success"] for a in answers)
     info = await raw_request(client, "$SRV.PING.rosey-llm", b"")
     assert info["name"] == "rosey-llm"
+
+
+async def test_each_turn_sees_the_previous_one_whichever_instance_answers(
+    start: PluginStarter, client: NATS, fake_llm: FakeLLMServer
+) -> None:
+    """Read-your-writes across instances: consecutive turns in one channel, answered by
+    whichever instance the queue group picks, always carry the previous exchange."""
+    fake_llm.reply = lambda messages: f"answer to {messages[-1]['content']}"
+    unlimited = RateLimitsConfig(None, None, None, None)
+    for _ in range(INSTANCES):
+        await start(max_context_messages=2, rate_limits=unlimited)
+    for n in range(12):
+        assert (await command(client, f"turn {n}"))["success"]
+        sent = fake_llm.chat_requests[-1].body
+        assert sent is not None
+        if n:
+            assert [m["content"] for m in sent["messages"][1:-1]] == [
+                f"alice: turn {n - 1}",
+                f"answer to alice: turn {n - 1}",
+            ]
