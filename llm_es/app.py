@@ -18,6 +18,8 @@ from nats.aio.client import Client as NATS
 from llm_es.command_surface import CommandSurface
 from llm_es.config import Config
 from llm_es.errors import ConfigError, LLMESError
+from llm_es.event_publisher import EventPublisher
+from llm_es.legacy import LegacySurface
 from llm_es.liveness import InstanceRegistry
 from llm_es.logs import log_kv
 from llm_es.providers import build_provider
@@ -90,6 +92,8 @@ class Plugin:
         self._registry: InstanceRegistry | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._api: LLMServiceAPI | None = None
+        self.legacy: LegacySurface | None = None
+        self._publisher: EventPublisher | None = None
 
     async def start(self) -> None:
         await self.store.ensure_stream()
@@ -122,6 +126,13 @@ class Plugin:
         await self._surface.start()
         self._api = LLMServiceAPI(self.nc, self.service, self.store, self.config)
         await self._api.start()
+        self.legacy = LegacySurface(self.nc, self.service, self.config)
+        await self.legacy.start()
+        if self.config.service.publish_events:
+            self._publisher = EventPublisher(
+                self.nc, self.js, self.store, self.config, instance_id=self.service.instance_id
+            )
+            await self._publisher.start()
         log_kv(logger, "plugin_started", log_position=position, provider=provider.name)
 
     async def _sweep_abandoned_turns(self) -> None:
@@ -140,6 +151,9 @@ class Plugin:
         if self._api is not None:
             await self._api.stop()
             self._api = None
+        if self.legacy is not None:
+            await self.legacy.stop()
+            self.legacy = None
         if self._surface is not None:
             await self._surface.stop()
             self._surface = None
@@ -152,6 +166,9 @@ class Plugin:
         if self._registry is not None:
             await self._registry.stop()
             self._registry = None
+        if self._publisher is not None:
+            await self._publisher.stop()
+            self._publisher = None
         if self.views is not None:
             await self.views.stop()
             self.views = None

@@ -8,7 +8,6 @@ or `{"success": false, "error": ...}`. Nothing a caller sends can kill a handler
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -22,6 +21,7 @@ from nats.aio.subscription import Subscription
 from llm_es import replies
 from llm_es.commands import SUBCOMMANDS, ChatCommand, parse_chat_args
 from llm_es.config import Config
+from llm_es.dispatch import TaskPool
 from llm_es.errors import LLMESError, OperationalError, ValidationError
 from llm_es.logs import log_kv
 from llm_es.requests import (
@@ -56,8 +56,7 @@ class CommandSurface:
         self._service = service
         self._config = config
         self._subscriptions: list[Subscription] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._pool = TaskPool(MAX_IN_FLIGHT)
 
     async def start(self) -> None:
         self._subscriptions.append(
@@ -82,21 +81,10 @@ class CommandSurface:
             with contextlib.suppress(nats.errors.Error):
                 await subscription.unsubscribe()
         self._subscriptions.clear()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._pool.drain(grace_seconds)
 
     async def _dispatch(self, msg: Msg) -> None:
-        await self._slots.acquire()
-        task = asyncio.create_task(self._handle(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._slots.release()
+        await self._pool.spawn(self._handle(msg))
 
     async def _handle(self, msg: Msg) -> None:
         # A NATS reply subject is chosen by the sender too: the same rule as `reply_to`.

@@ -210,6 +210,12 @@ class ServiceConfig:
             minimum=1,
         ),
     )
+    publish_events: bool = dataclasses.field(
+        default=True,
+        metadata=_meta(
+            "Take part in publishing `rosey.event.llm.*` (one instance at a time holds the lease)."
+        ),
+    )
     instance_id: str | None = dataclasses.field(
         default=None,
         metadata=_meta(

@@ -36,6 +36,7 @@ from nats.micro.service import EndpointConfig, Service
 
 from llm_es import __version__
 from llm_es.config import Config
+from llm_es.dispatch import TaskPool
 from llm_es.errors import LLMESError, OperationalError, ProviderError, ValidationError
 from llm_es.logs import log_kv
 from llm_es.memories import DEFAULT_IMPORTANCE
@@ -79,8 +80,7 @@ class LLMServiceAPI:
         self._store = store
         self._config = config
         self._micro: Service | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._pool = TaskPool(MAX_IN_FLIGHT)
         self._started = time.monotonic()
         self._provider_ok = False
         self._log_ok = False
@@ -131,11 +131,7 @@ class LLMServiceAPI:
         if self._probe_task is not None:
             self._probe_task.cancel()
             await asyncio.gather(self._probe_task, return_exceptions=True)
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._pool.drain(grace_seconds)
 
     # ------------------------------------------------------------ dispatch
 
@@ -145,16 +141,9 @@ class LLMServiceAPI:
         async def dispatch(request: Request) -> None:
             # The micro framework awaits handlers one at a time per endpoint; each
             # request runs in its own task so a slow model never queues the rest.
-            await self._slots.acquire()
-            task = asyncio.create_task(self._answer(name, handler, error_shape, request))
-            self._tasks.add(task)
-            task.add_done_callback(self._finished)
+            await self._pool.spawn(self._answer(name, handler, error_shape, request))
 
         return dispatch
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._slots.release()
 
     async def _answer(
         self, name: str, handler: Handler, error_shape: dict[str, Any], request: Request
