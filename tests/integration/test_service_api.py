@@ -243,3 +243,36 @@ async def test_service_is_discoverable(plugin: Plugin, client: NATS) -> None:
     assert all(e["queue_group"] == "llm-es" for e in info["endpoints"])
     stats = orjson.loads((await client.request("$SRV.STATS.rosey-llm", b"", timeout=5)).data)
     assert stats["name"] == "rosey-llm"
+
+
+async def test_a_stream_that_dies_midway_fails_the_turn_and_stores_no_answer(
+    plugin: Plugin, client: NATS, fake_llm: FakeLLMServer
+) -> None:
+    """The model's server goes away after the first chunk: the caller gets a failure, the
+    turn is recorded as failed, and the partial text never enters the channel's context."""
+    fake_llm.reply = "one two three four five six"
+    fake_llm.chunk_delay = 0.3
+    inbox = client.new_inbox()
+    received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def collect(msg: Any) -> None:
+        await received.put(orjson.loads(msg.data))
+
+    sub = await client.subscribe(inbox, cb=collect)
+    payload = {"channel": "c", "user": "u", "message": "Stream please", "stream": True}
+    await client.publish("rosey.llm.chat", orjson.dumps(payload), reply=inbox)
+    async with asyncio.timeout(10):
+        first = await received.get()
+        assert "chunk" in first
+        await fake_llm.stop()
+        final = await received.get()
+        while "success" not in final:
+            final = await received.get()
+    await sub.unsubscribe()
+    assert final["success"] is False
+    kinds = await event_types(client)
+    assert "TurnFailed" in kinds
+    assert "TurnCompleted" not in kinds
+    assert plugin.views is not None
+    context = plugin.views.get("messages.c.recent")
+    assert context is None or context["messages"] == []
