@@ -66,6 +66,11 @@ class StoreError(LLMESError):
 class IntegrityError(StoreError):
     """A conditional append found a newer event than expected (JetStream err 10071)."""
 
+    def __init__(self, message: str, actual_last_seq: int | None = None) -> None:
+        super().__init__(message)
+        self.actual_last_seq = actual_last_seq
+        """The subject's real last sequence when the server said it ("... sequence: N")."""
+
 
 class OperationalError(StoreError):
     """The event log could not be reached or refused a write for another reason."""

@@ -18,8 +18,9 @@ before it, for the usage thresholds) and publishes from the event after it.
   and nothing is lost.
 - Crash: the lease expires after its TTL; the next holder publishes again the
   events after the last stored position (stored at least every
-  `POSITION_SAVE_EVENTS` events or `POSITION_SAVE_SECONDS`, and whenever the
-  publisher catches up with the log). Consumers can drop repeats by `seq`.
+  `POSITION_SAVE_EVENTS` events or `POSITION_SAVE_SECONDS`, and when the log
+  goes quiet; not per event, which would add a KV write to every turn).
+  Consumers can drop repeats by `seq`.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ DERIVE_BUFFER = 4096
 REPLAY_CHECK_EVERY = 1024
 """While folding without publishing, the publisher checks for stop and lease this often."""
 POSITION_SAVE_EVENTS = 256
-POSITION_SAVE_SECONDS = 0.05
+POSITION_SAVE_SECONDS = 1.0
 STOP_GRACE_SECONDS = 10.0
 REPUBLISH_IDLE_LIMIT = 50
 """Idle polls in a row after which a republish gives up (the events it expects never came)."""
@@ -810,7 +811,7 @@ class EventPublisher:
                     for observation in step.observations:
                         await self._nc.publish(observation.subject, observation.payload())
                     self._published = step.seq
-                    if step.caught_up or self._save_due():
+                    if self._save_due():
                         await self._save_position()
         except _FenceLost:
             log_kv(

@@ -136,6 +136,7 @@ class ChatService:
         self._summarizing: dict[str, asyncio.Task[bool]] = {}
         self.instance_id = instance_id or f"llm-es-{uuid.uuid4().hex[:12]}"
         self._in_flight: set[str] = set()
+        self._started_at = self._clock()
         self.admission_conflicts = 0
         """Conditional appends of admissions that lost a race (and were decided again)."""
 
@@ -172,23 +173,27 @@ class ChatService:
         """
         chain = self.provider_chain(provider_name)
         provider = chain[0]
-        await self._catch_up()
+        if persona is not None and persona not in self._config.personas:
+            return Outcome.error(replies.unknown_persona(persona, self._config.personas))
         persona_name = persona or self.persona_of(channel)
-        if persona_name not in self._config.personas:
-            return Outcome.error(replies.unknown_persona(persona_name, self._config.personas))
-        context = cast(ContextView | None, self._views.get(context_key(channel)))
-        prompt = build_chat_prompt(
-            persona_prompt=self._config.personas[persona_name],
-            summary=context["summary"] if context else None,
-            memories=rank_memories(
-                message, self.memories_of(channel), self._config.service.max_memories_in_prompt
-            ),
-            recent=context["messages"][-self._config.service.max_context_messages :]
-            if context
-            else [],
-            user=user,
-            message=message,
-        )
+
+        def build_prompt() -> list[ChatMessage]:
+            context = cast(ContextView | None, self._views.get(context_key(channel)))
+            return build_chat_prompt(
+                persona_prompt=self._config.personas[persona or self.persona_of(channel)],
+                summary=context["summary"] if context else None,
+                memories=rank_memories(
+                    message,
+                    self.memories_of(channel),
+                    self._config.service.max_memories_in_prompt,
+                ),
+                recent=context["messages"][-self._config.service.max_context_messages :]
+                if context
+                else [],
+                user=user,
+                message=message,
+            )
+
         request = TurnRequest(
             turn_id=uuid.uuid4().hex,
             channel=channel,
@@ -200,8 +205,15 @@ class ChatService:
             message=message,
             instance=self.instance_id,
         )
+        # The first prompt only sizes the token reservation; the one sent is built
+        # once the views include the admission (see `_turn`).
         outcome = await self._turn(
-            request, chain, prompt, max_tokens=self._config.service.max_tokens, on_chunk=on_chunk
+            request,
+            chain,
+            build_prompt(),
+            max_tokens=self._config.service.max_tokens,
+            on_chunk=on_chunk,
+            rebuild_prompt=build_prompt,
         )
         if outcome.success:
             self._summarize_in_background(channel)
@@ -256,16 +268,29 @@ class ChatService:
         max_tokens: int,
         temperature: float | None = None,
         on_chunk: ChunkSink | None = None,
+        rebuild_prompt: Callable[[], list[ChatMessage]] | None = None,
     ) -> Outcome:
-        """Admit (or reject), ask the providers, record the answer or the failure."""
-        channel, user = request.channel, request.user
-        decision = await self._admit(request, estimate_tokens(prompt_length(prompt)), max_tokens)
-        if not isinstance(decision, TurnAdmitted):
-            log_kv(logger, "turn_rejected", channel=channel, user=user, window=decision.window)
-            return Outcome.error(decision.detail, turn_id=request.turn_id, reason=decision.reason)
+        """Admit (or reject), ask the providers, record the answer or the failure.
 
+        `rebuild_prompt` builds the prompt again once admitted: admission waits
+        until the views include its own event, hence everything logged before
+        it, so the rebuilt prompt sees the channel's latest turn whichever
+        instance answered it (read-your-writes without an extra round trip).
+        """
+        channel, user = request.channel, request.user
+        # In flight before it is admitted: the sweeper must never see it open and unowned.
         self._in_flight.add(request.turn_id)
         try:
+            decision = await self._admit(
+                request, estimate_tokens(prompt_length(prompt)), max_tokens
+            )
+            if not isinstance(decision, TurnAdmitted):
+                log_kv(logger, "turn_rejected", channel=channel, user=user, window=decision.window)
+                return Outcome.error(
+                    decision.detail, turn_id=request.turn_id, reason=decision.reason
+                )
+            if rebuild_prompt is not None:
+                prompt = rebuild_prompt()
             return await self._finish_turn(
                 request, decision, chain, prompt, temperature=temperature, on_chunk=on_chunk
             )
@@ -460,10 +485,12 @@ class ChatService:
                         seq = await self._store.append(
                             decision, expected_last_seq=position, boundary=boundary
                         )
-                    except IntegrityError:
+                    except IntegrityError as conflict:
                         # Another writer got there first: fold what it wrote, decide again.
                         self.admission_conflicts += 1
-                        known_last = await self._store.last_seq(boundary)
+                        known_last = conflict.actual_last_seq or await self._store.last_seq(
+                            boundary
+                        )
                         await self._wait_for(known_last)
                         # Jitter spreads instances that keep colliding on one user.
                         await asyncio.sleep(
@@ -771,7 +798,8 @@ class ChatService:
         if not owner:
             return False  # written before instances were recorded: wait for the deadline
         if owner == self.instance_id:
-            return True  # ours, from before a restart: nothing here runs it
+            # Ours from before this process started: nothing here runs it any more.
+            return admitted_at < self._started_at
         return not await is_alive(owner)
 
     def turn_deadline_seconds(self) -> float:

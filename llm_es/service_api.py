@@ -321,6 +321,8 @@ class LLMServiceAPI:
             nonlocal index
             await self._nc.publish(reply, orjson.dumps({"chunk": piece, "index": index}))
             index += 1
+            # Let nats-py's flusher send the piece now rather than after the next one.
+            await asyncio.sleep(0)
 
         return send
 

@@ -163,6 +163,12 @@ async def request_atomic_ack(
     )
 
 
+def actual_last_seq(description: str) -> int | None:
+    """The real last sequence nats-server names in a 10071 error ("wrong last sequence: 5")."""
+    number = description.rpartition(":")[2].strip()
+    return int(number) if number.isdigit() else None
+
+
 class EventStore:
     """Append to and read from the `LLM_EVENTS` stream."""
 
@@ -270,7 +276,8 @@ class EventStore:
         error = ack.get("error")
         if error is not None:
             if error.get("err_code") == headers.JS_ERR_WRONG_LAST_SEQUENCE:
-                raise IntegrityError(error.get("description", "wrong last sequence"))
+                description = str(error.get("description", "wrong last sequence"))
+                raise IntegrityError(description, actual_last_seq(description))
             raise OperationalError(f"append refused: {error.get('description', error)}")
         seq: int = ack["seq"]
         return seq

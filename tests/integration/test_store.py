@@ -50,8 +50,9 @@ async def test_user_boundary_spans_channels_but_not_users(store: EventStore) -> 
     """The per-user condition sees the user's events in every channel, not other users'."""
     boundary = store.user_boundary("alice")
     assert await store.append(switched("one", "alice"), expected_last_seq=0, boundary=boundary) == 1
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError) as conflict:
         await store.append(switched("two", "alice"), expected_last_seq=0, boundary=boundary)
+    assert conflict.value.actual_last_seq == 1  # the server names the real position
     bob = store.user_boundary("bob")
     assert await store.append(switched("two", "bob"), expected_last_seq=0, boundary=bob) == 2
     assert await store.append(switched("two", "alice"), expected_last_seq=1, boundary=boundary) == 3
