@@ -5,12 +5,15 @@ dir), a zero-delay fake Ollama (`bench/fake_ollama.py`, or `--llm-url`), a
 trivial NATS echo responder, and the plugin (`llm-es serve`, rate limits off).
 Then, interleaved over `--repeat` rounds, it measures bare NATS request/reply,
 bare HTTP POST /api/chat, and `!chat <message>` turns at each concurrency,
-plus one cell with every worker on one user. At the end it checks that every
-successful turn is durably in the LLM_EVENTS stream, also after restarting
-nats-server. Progress goes to stderr, one JSON object to stdout; see
-bench/README.md for what each figure means.
+plus one cell with every worker on one user. With `--stream` it measures
+instead the time to the first chunk of a streamed `rosey.llm.chat` through
+NATS against the time to the first NDJSON line of the bare provider stream.
+At the end it checks that every successful turn is durably in the LLM_EVENTS
+stream, also after restarting nats-server. Progress goes to stderr, one JSON
+object to stdout; see bench/README.md for what each figure means.
 
     /work/venv/bin/python bench/turns.py --repeat 3 --seconds 3
+    /work/venv/bin/python bench/turns.py --stream --concurrency 1,8
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from llm_es.store import STREAM_NAME
 SCRIPT = pathlib.Path(__file__).resolve()
 BENCH_DIR = SCRIPT.parent
 CHAT_SUBJECT = "rosey.command.chat"
+SERVICE_CHAT_SUBJECT = "rosey.llm.chat"
+SERVICE_STATUS_SUBJECT = "rosey.llm.status"
 ECHO_SUBJECT = "bench.echo"
 MESSAGE = "what is the weather like on the moon today"
 SYSTEM_PROMPT = "You are a helpful assistant in a chat room. Answer briefly."
@@ -62,6 +67,8 @@ STREAM_READ_TIMEOUT_SECONDS = 5.0
 TARGET_OVERHEAD_P50_MS = 3.0
 TARGET_TURNS_PER_S = 300.0
 TARGET_CONCURRENCY = 32
+TARGET_STREAM_OVERHEAD_P50_MS = 2.0
+MAX_STREAM_MESSAGES = 100_000
 # Environment variables that would point the plugin elsewhere than the bench's servers.
 SCRUBBED_ENV = (
     "OLLAMA_HOST",
@@ -103,6 +110,22 @@ def cpu_seconds(pid: int | None) -> float | None:
     # The command name may contain spaces; the fields after its ')' are fixed.
     fields = stat.rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all CPUs spent not idle since boot (/proc/stat; None where it is missing).
+
+    Steal time counts as busy: the host gave that time to someone else.
+    """
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    # cpu user nice system idle iowait irq softirq steal ...
+    ticks = [int(f) for f in fields[1:9]]
+    busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def load_average() -> list[float] | None:
@@ -237,6 +260,21 @@ async def wait_until_plugin_answers(nc: NATS, plugin: Child) -> float:
             raise RuntimeError(f"plugin answered help with an error: {reply.data!r}")
 
 
+async def wait_until_service_answers(nc: NATS, plugin: Child) -> float:
+    """Poll `rosey.llm.status` until the plugin's service answers; returns seconds waited."""
+    started = time.perf_counter()
+    async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+        while True:
+            if plugin.pid is None:
+                raise RuntimeError(f"plugin exited during start; log:\n{plugin.tail()}")
+            try:
+                await nc.request(SERVICE_STATUS_SUBJECT, b"{}", timeout=1.0)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.1)
+                continue
+            return time.perf_counter() - started
+
+
 # ---------------------------------------------------------------- echo responder mode
 
 
@@ -262,14 +300,27 @@ async def echo_responder(url: str, max_seconds: float) -> None:
 
 # ---------------------------------------------------------------- measuring
 
-Op = Callable[[int, int], Awaitable[str | None]]
-"""One operation of worker w, iteration i: None on success, else an error label."""
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timed:
+    """A successful operation that took its own figures, in seconds.
+
+    `latency` replaces the send-to-answer time as the cell's figure (e.g. the
+    time to the first chunk); `extra` holds more, reported as `<name>_p50_ms`...
+    """
+
+    latency: float
+    extra: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+Op = Callable[[int, int], Awaitable[str | Timed | None]]
+"""One operation of worker w, iteration i: None or Timed on success, else an error label."""
 
 
 @dataclasses.dataclass(frozen=True)
 class CellSpec:
     name: str
-    kind: str  # "nats", "http" or "chat"
+    kind: str  # "nats", "http", "chat", "http_stream" or "chat_stream"
     concurrency: int
     one_user: bool = False
 
@@ -280,27 +331,77 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[rank - 1]
 
 
+def provider_body(*, stream: bool) -> bytes:
+    """An Ollama /api/chat body like the plugin's for a first turn in a channel."""
+    return orjson.dumps(
+        {
+            "model": "fake",
+            "messages": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": f"bench-c1-u0: {MESSAGE} #1"},
+            ],
+            "stream": stream,
+            "options": {"temperature": 0.7, "num_predict": 1024},
+        }
+    )
+
+
+class StreamInbox:
+    """One wildcard inbox subscription for every streamed request, routed by its token.
+
+    Each message is stamped when the client library hands it over, so a
+    worker's wake-up delay is not counted (the bare HTTP figure has none either).
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox()
+        self.queues: dict[str, asyncio.Queue[tuple[float, bytes]]] = {}
+        self.sub: Any = None
+        self.next_token = 0
+
+    async def start(self) -> None:
+        self.sub = await self.nc.subscribe(f"{self.prefix}.*", cb=self._route)
+        await self.nc.flush()
+
+    async def _route(self, msg: Any) -> None:
+        queue = self.queues.get(msg.subject.rpartition(".")[2])
+        if queue is not None:
+            queue.put_nowait((time.perf_counter(), msg.data))
+
+    def open(self) -> tuple[str, asyncio.Queue[tuple[float, bytes]]]:
+        self.next_token += 1
+        token = str(self.next_token)
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self.queues[token] = queue
+        return f"{self.prefix}.{token}", queue
+
+    def close(self, reply: str) -> None:
+        self.queues.pop(reply.rpartition(".")[2], None)
+
+
 class Operations:
-    """The three kinds of operation, sharing one NATS client and one HTTP client."""
+    """The kinds of operation, sharing one NATS client and one HTTP client."""
 
     def __init__(self, nc: NATS, http: httpx.AsyncClient) -> None:
         self.nc = nc
         self.http = http
+        self.inbox = StreamInbox(nc)
         self.turn_ids: set[str] = set()
         self.turns_by_identity: collections.Counter[str] = collections.Counter()
         sample = {"channel": "bench-c1-ch0", "user": "bench-c1-u0", "args": f"{MESSAGE} #1"}
         self.echo_payload = orjson.dumps(sample)
-        self.http_body = orjson.dumps(
-            {
-                "model": "fake",
-                "messages": [
-                    {"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": f"bench-c1-u0: {MESSAGE} #1"},
-                ],
-                "stream": False,
-                "options": {"temperature": 0.7, "num_predict": 1024},
-            }
-        )
+        self.http_body = provider_body(stream=False)
+        self.http_stream_body = provider_body(stream=True)
+
+    def user_for(self, identity: str) -> str:
+        """The user name of an identity's next turn, rotating after USER_ROTATION_TURNS.
+
+        Turns are counted per identity across rounds, so users rotate like capped ones.
+        """
+        done = self.turns_by_identity[identity]
+        self.turns_by_identity[identity] += 1
+        return f"{identity}-{done // USER_ROTATION_TURNS}"
 
     async def bare_nats(self, worker: int, i: int) -> str | None:
         try:
@@ -324,15 +425,83 @@ class Operations:
         orjson.loads(response.content)
         return None
 
+    async def bare_http_stream(self, worker: int, i: int) -> str | Timed | None:
+        """POST /api/chat with stream true: time to the first NDJSON line, and to the last."""
+        started = time.perf_counter()
+        first: float | None = None
+        try:
+            async with self.http.stream(
+                "POST",
+                "/api/chat",
+                content=self.http_stream_body,
+                headers={"Content-Type": "application/json"},
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    return f"http {response.status_code}"
+                # Decoded line by line, as the plugin's provider does.
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    if first is None:
+                        first = time.perf_counter() - started
+                    if orjson.loads(line).get("done"):
+                        break
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+        if first is None:
+            return "empty stream"
+        return Timed(first, {"total": time.perf_counter() - started})
+
+    def chat_stream(self, spec: CellSpec) -> Op:
+        """`rosey.llm.chat` with stream true: time to the first chunk, and to the final answer."""
+        tag = f"s{spec.concurrency}"
+
+        async def turn(worker: int, i: int) -> str | Timed | None:
+            user = self.user_for(f"bench-{tag}-u{worker}")
+            payload = orjson.dumps(
+                {
+                    "channel": f"bench-{tag}-ch{worker}",
+                    "user": user,
+                    "message": f"{MESSAGE} #{i}",
+                    "stream": True,
+                }
+            )
+            reply, queue = self.inbox.open()
+            try:
+                started = time.perf_counter()
+                await self.nc.publish(SERVICE_CHAT_SUBJECT, payload, reply=reply)
+                first: float | None = None
+                async with asyncio.timeout(TURN_TIMEOUT_SECONDS):
+                    for _ in range(MAX_STREAM_MESSAGES):
+                        arrived, data = await queue.get()
+                        message = orjson.loads(data)
+                        if "success" not in message:
+                            if first is None:
+                                first = arrived - started
+                            continue
+                        if not message["success"]:
+                            return str(message.get("error"))[:100]
+                        if first is None:
+                            return "final answer before any chunk"
+                        if message.get("done") is not True:
+                            return "final answer without done"
+                        self.turn_ids.add(message["turn_id"])
+                        return Timed(first, {"total": arrived - started})
+                return "too many stream messages"
+            except TimeoutError:
+                return "timeout"
+            finally:
+                self.inbox.close(reply)
+
+        return turn
+
     def chat(self, spec: CellSpec) -> Op:
         tag = f"{'one' if spec.one_user else 'c'}{spec.concurrency}"
 
         async def turn(worker: int, i: int) -> str | None:
-            # Count turns per user identity across rounds, so users rotate like capped ones.
             identity = f"bench-{tag}-single" if spec.one_user else f"bench-{tag}-u{worker}"
-            done = self.turns_by_identity[identity]
-            self.turns_by_identity[identity] += 1
-            user = f"{identity}-{done // USER_ROTATION_TURNS}"
+            user = self.user_for(identity)
             payload = orjson.dumps(
                 {"channel": f"bench-{tag}-ch{worker}", "user": user, "args": f"{MESSAGE} #{i}"}
             )
@@ -355,6 +524,10 @@ class Operations:
             return self.bare_nats
         if spec.kind == "http":
             return self.bare_http
+        if spec.kind == "http_stream":
+            return self.bare_http_stream
+        if spec.kind == "chat_stream":
+            return self.chat_stream(spec)
         return self.chat(spec)
 
 
@@ -365,9 +538,12 @@ async def run_cell(
     seconds: float,
     total_ops: int | None,
     pids: dict[str, int | None],
+    think: float = 0.0,
 ) -> dict[str, Any]:
-    """Closed loop: `concurrency` workers each run op back to back until time or ops run out."""
+    """Closed loop: `concurrency` workers each run op back to back (or `think` seconds
+    apart, untimed) until time or ops run out."""
     latencies: list[float] = []
+    extras: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
     errors: collections.Counter[str] = collections.Counter()
     remaining = [total_ops if total_ops is not None else MAX_OPS_PER_CELL]
     limit = seconds if total_ops is None else MAX_CELL_SECONDS_WITH_TURNS
@@ -378,19 +554,27 @@ async def run_cell(
             if remaining[0] <= 0 or time.perf_counter() >= deadline:
                 return
             remaining[0] -= 1
+            if think > 0 and i > 0:
+                await asyncio.sleep(think)
             started = time.perf_counter()
-            error = await op(w, i)
-            if error is None:
+            outcome = await op(w, i)
+            if outcome is None:
                 latencies.append(time.perf_counter() - started)
+            elif isinstance(outcome, Timed):
+                latencies.append(outcome.latency)
+                for name, value in outcome.extra.items():
+                    extras[name].append(value)
             else:
-                errors[error] += 1
+                errors[outcome] += 1
 
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    machine_before = machine_busy_seconds()
     client_before = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     wall = time.perf_counter() - started
     client_cpu = time.process_time() - client_before
+    machine_after = machine_busy_seconds()
     ok = len(latencies)
     latencies.sort()
     cell: dict[str, Any] = {
@@ -402,6 +586,10 @@ async def run_cell(
         "p99_ms": round(percentile(latencies, 99) * 1000, 3) if ok else None,
         "mean_ms": round(statistics.fmean(latencies) * 1000, 3) if ok else None,
     }
+    for name, values in extras.items():
+        values.sort()
+        cell[f"{name}_p50_ms"] = round(percentile(values, 50) * 1000, 3)
+        cell[f"{name}_p99_ms"] = round(percentile(values, 99) * 1000, 3)
     cpu_ms: dict[str, float | None] = {"client": round(client_cpu * 1000 / max(ok, 1), 3)}
     cpu_cores: dict[str, float | None] = {"client": round(client_cpu / wall, 2)}
     for name, before in cpu_before.items():
@@ -409,6 +597,9 @@ async def run_cell(
         used = None if before is None or after is None else after - before
         cpu_ms[name] = None if used is None else round(used * 1000 / max(ok, 1), 3)
         cpu_cores[name] = None if used is None else round(used / wall, 2)
+    if pids and machine_before is not None and machine_after is not None:
+        # Everything running on the machine, the bench's processes and anyone else's.
+        cpu_cores["machine"] = round((machine_after - machine_before) / wall, 2)
     cell["cpu_ms_per_op"] = cpu_ms
     cell["cpu_cores"] = cpu_cores
     if errors:
@@ -468,6 +659,27 @@ def overheads(
     return result
 
 
+def stream_overheads(
+    rounds: list[dict[str, dict[str, Any]]], concurrency: list[int]
+) -> dict[str, dict[str, float | None]]:
+    """Time to first chunk through NATS minus the bare provider's, per round, then the median."""
+    result: dict[str, dict[str, float | None]] = {}
+    for c in concurrency:
+        figures: dict[str, list[float]] = {"p50_ms": [], "p99_ms": []}
+        for r in rounds:
+            chat, bare = r.get(f"chat_stream_c{c}"), r.get(f"http_stream_c{c}")
+            if not (chat and bare):
+                continue
+            for key, values in figures.items():
+                if None not in (chat[key], bare[key]):
+                    values.append(chat[key] - bare[key])
+        result[f"c{c}"] = {
+            key: round(statistics.median(values), 3) if values else None
+            for key, values in figures.items()
+        }
+    return result
+
+
 # ---------------------------------------------------------------- durability
 
 
@@ -483,6 +695,7 @@ class StreamContents:
     turn_ids: dict[str, set[str]] = dataclasses.field(
         default_factory=lambda: {name: set() for name in TURN_EVENT_TYPES}
     )
+    failed_turn_ids: set[str] = dataclasses.field(default_factory=set)
 
 
 async def read_stream(url: str) -> StreamContents:
@@ -503,6 +716,8 @@ async def read_stream(url: str) -> StreamContents:
                 contents.counts[event_type] += 1
                 if event_type in contents.turn_ids:
                     contents.turn_ids[event_type].add(orjson.loads(msg.data)["turn_id"])
+                elif event_type == "TurnFailed":
+                    contents.failed_turn_ids.add(orjson.loads(msg.data)["turn_id"])
         finally:
             await sub.unsubscribe()
     finally:
@@ -511,22 +726,39 @@ async def read_stream(url: str) -> StreamContents:
 
 
 def durability_report(successful: set[str], contents: StreamContents) -> dict[str, Any]:
-    """Every successful turn must have its admission, its spend and its completion in the log."""
+    """Every successful turn must have its admission, its spend and its completion in the
+    log, and no turn may both complete and fail."""
     missing = {name: len(successful - ids) for name, ids in contents.turn_ids.items()}
     completed = contents.counts["TurnCompleted"]
+    # A turn ends exactly once: a TurnFailed for a turn that completed is a double ending.
+    ended_twice = len(contents.turn_ids["TurnCompleted"] & contents.failed_turn_ids)
     return {
         "events_in_stream": contents.total,
         "events_by_type": dict(sorted(contents.counts.items())),
         "turn_completed_events": completed,
         "successful_turns_missing": missing,
-        "ok": not any(missing.values()) and completed == len(successful),
+        "completed_and_failed_turns": ended_twice,
+        "ok": not any(missing.values()) and completed == len(successful) and not ended_twice,
     }
 
 
 # ---------------------------------------------------------------- the run
 
 
-def cells_for(concurrency: list[int], one_user_concurrency: int) -> list[CellSpec]:
+def cells_for(
+    concurrency: list[int], one_user_concurrency: int, *, stream: bool = False
+) -> list[CellSpec]:
+    if stream:
+        # The bare NATS round trip is there to read the difference against.
+        return [
+            spec
+            for c in concurrency
+            for spec in (
+                CellSpec(f"nats_c{c}", "nats", c),
+                CellSpec(f"http_stream_c{c}", "http_stream", c),
+                CellSpec(f"chat_stream_c{c}", "chat_stream", c),
+            )
+        ]
     cells: list[CellSpec] = []
     for c in concurrency:
         cells += [CellSpec(f"nats_c{c}", "nats", c), CellSpec(f"http_c{c}", "http", c)]
@@ -559,6 +791,9 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
             "one_user_concurrency": args.one_user_concurrency,
             "warm_ops_per_worker": args.warm,
             "plugin_log_level": args.plugin_log_level,
+            "stream": args.stream,
+            "think_ms": args.think_ms,
+            "chunk_delay_ms": None if args.llm_url else args.chunk_delay_ms,
             "llm": args.llm_url or "bench/fake_ollama.py (subprocess, zero delay)",
         },
     }
@@ -573,11 +808,9 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
         if args.llm_url:
             llm_url = args.llm_url.rstrip("/")
         else:
-            llm = Child(
-                "fake-llm",
-                [sys.executable, str(BENCH_DIR / "fake_ollama.py"), "--port", "0"],
-                workdir / "fake_ollama.log",
-            )
+            fake = [sys.executable, str(BENCH_DIR / "fake_ollama.py"), "--port", "0"]
+            fake += ["--chunk-delay-ms", str(args.chunk_delay_ms)]
+            llm = Child("fake-llm", fake, workdir / "fake_ollama.log")
             stack.push_async_callback(llm.stop)
             line = await llm.start(ready_prefix="LISTENING", env=env)
             llm_url = f"http://127.0.0.1:{line.split()[1]}"
@@ -612,13 +845,16 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
         )
         stack.push_async_callback(http.aclose)
         waited = await wait_until_plugin_answers(nc, plugin)
+        if args.stream:
+            waited += await wait_until_service_answers(nc, plugin)
         progress(f"plugin ready after {waited:.1f}s (pid {plugin.pid}, log {plugin.log_path})")
 
         pids = {"plugin": plugin.pid, "nats_server": server.pid}
         pids["llm"] = llm.pid if llm is not None else None
         pids["echo"] = echo.pid
         operations = Operations(nc, http)
-        cells = cells_for(args.concurrency, args.one_user_concurrency)
+        await operations.inbox.start()
+        cells = cells_for(args.concurrency, args.one_user_concurrency, stream=args.stream)
 
         for spec in cells:
             op = operations.op_for(spec)
@@ -638,6 +874,7 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
                     seconds=args.seconds,
                     total_ops=args.turns,
                     pids=pids,
+                    think=args.think_ms / 1000,
                 )
                 measured[spec.name] = cell
                 progress(
@@ -667,6 +904,9 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
 
     result["env"]["load_average_at_end"] = load_average()
     summary = summarize(rounds)
+    if args.stream:
+        result.update(stream_results(summary, rounds, args.concurrency, durability))
+        return result
     overhead = overheads(rounds, args.concurrency)
     c1 = overhead.get("c1", {}).get("p50_ms")
     top = summary.get(f"chat_c{TARGET_CONCURRENCY}", {}).get("per_s")
@@ -714,6 +954,43 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
     return result
 
 
+def stream_results(
+    summary: dict[str, dict[str, Any]],
+    rounds: list[dict[str, dict[str, Any]]],
+    concurrency: list[int],
+    durability: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON of a `--stream` run."""
+    overhead = stream_overheads(rounds, concurrency)
+    c1 = overhead.get("c1", {}).get("p50_ms")
+    return {
+        "formula": {
+            "p50_ms": (
+                "chat_stream_cN: time from publishing the request to the first chunk message "
+                "in the client; http_stream_cN: time from sending the POST to the first NDJSON "
+                "line; nats_cN: a core request/reply round trip"
+            ),
+            "total_p50_ms": "to the final ChatResponse / to the `done` NDJSON line",
+            "stream_overhead_ms": (
+                "chat_stream_cN.pXX_ms - http_stream_cN.pXX_ms at the same concurrency, "
+                "per round, then the median over rounds"
+            ),
+            "per_s": "successful operations / wall seconds of the cell (closed loop)",
+            "cpu_ms_per_op": "CPU time a process used during the cell / successful operations",
+        },
+        "cells": summary,
+        "stream_overhead": overhead,
+        "durability": durability,
+        "targets": {
+            "first_chunk_overhead_p50_c1_ms": c1,
+            "first_chunk_overhead_p50_c1_le_2ms": (
+                None if c1 is None else c1 <= TARGET_STREAM_OVERHEAD_P50_MS
+            ),
+        },
+        "rounds": rounds if len(rounds) > 1 else None,
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -726,14 +1003,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=lambda text: [int(c) for c in text.split(",")],
-        default=[1, 8, 32],
-        help="comma-separated worker counts (1,8,32)",
+        help="comma-separated worker counts (1,8,32; with --stream 1,8)",
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="time to first chunk: streamed rosey.llm.chat vs the bare provider stream",
+    )
+    parser.add_argument(
+        "--chunk-delay-ms",
+        type=float,
+        default=0.0,
+        help="the fake LLM's pause between streamed lines, not before the first (0)",
     )
     parser.add_argument(
         "--one-user-concurrency",
         type=int,
         default=8,
         help="workers in the all-on-one-user chat cell (8; 0 skips the cell)",
+    )
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="pause of each worker between operations, untimed (0: back to back)",
     )
     parser.add_argument("--warm", type=int, default=3, help="untimed ops per worker per cell (3)")
     parser.add_argument("--llm-url", help="use this Ollama-compatible server instead of a fake")
@@ -752,6 +1045,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json-only", action="store_true", help="no progress; compact JSON")
     parser.add_argument("--echo-responder", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.concurrency is None:
+        args.concurrency = [1, 8] if args.stream else [1, 8, 32]
+    if args.stream:
+        args.one_user_concurrency = 0
+    if args.chunk_delay_ms < 0 or args.think_ms < 0:
+        parser.error("--chunk-delay-ms and --think-ms must not be negative")
     if args.repeat < 1 or args.seconds <= 0 or (args.turns is not None and args.turns < 1):
         parser.error("--repeat, --seconds and --turns must be positive")
     if not args.concurrency or min(args.concurrency) < 1 or args.one_user_concurrency < 0:
