@@ -101,6 +101,9 @@ class LegacySurface:
         if self._subscription is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._subscription.unsubscribe()
+                # As at start: the UNSUB must reach the server before "stopped" is true.
+                await self._nc.flush()
+                await self._nc.flush()
             self._subscription = None
         await self._pool.drain(grace_seconds)
 

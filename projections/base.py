@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from llm_es.events import Event
+from llm_es.limits import day_of
 
 View = dict[str, Any]
 
@@ -13,6 +17,8 @@ class Projection(Protocol):
     """A pure fold `(view, event) -> view` over the keys an event touches."""
 
     name: str
+    key_prefix: str
+    """Every key of this view starts with it (`usage.`): tools tell the views apart by it."""
 
     def keys_for(self, event: Event) -> tuple[str, ...]:
         """The view keys this event changes (empty when it does not concern this view)."""
@@ -22,6 +28,22 @@ class Projection(Protocol):
 
         Must not mutate `view`; the result records `seq`.
         """
+
+
+KEY_CACHE_SIZE = 65_536
+"""Names whose encoded view keys are remembered (encoding is a hot spot of every fold)."""
+
+
+def cached_key(key_of: Callable[[str], str]) -> Callable[[str], str]:
+    """`key_of` (a pure name -> key function), remembering recent names."""
+    return functools.lru_cache(maxsize=KEY_CACHE_SIZE)(key_of)
+
+
+def utc_day(moment: datetime) -> str:
+    """`llm_es.limits.day_of`, skipping the conversion for times already in UTC (all of them)."""
+    if moment.tzinfo is UTC:
+        return moment.date().isoformat()
+    return day_of(moment)
 
 
 def iso(event: Event) -> str:

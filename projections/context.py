@@ -11,7 +11,10 @@ from llm_es.events import (
     TurnFailed,
 )
 from llm_es.views import ContextMessage, ContextView, context_key
-from projections.base import View, iso
+from projections.base import View, cached_key, iso
+
+_context_key = cached_key(context_key)
+_CONTEXT_EVENTS = (TurnAdmitted, TurnCompleted, TurnFailed, ContextReset, ContextSummarized)
 
 
 class ContextProjection:
@@ -33,13 +36,8 @@ class ContextProjection:
     def keys_for(self, event: Event) -> tuple[str, ...]:
         if isinstance(event, TurnAdmitted) and event.purpose != "chat":
             return ()  # service completions are not part of any conversation
-        if (
-            isinstance(
-                event, TurnAdmitted | TurnCompleted | TurnFailed | ContextReset | ContextSummarized
-            )
-            and event.channel is not None
-        ):
-            return (context_key(event.channel),)
+        if isinstance(event, _CONTEXT_EVENTS) and event.channel is not None:
+            return (_context_key(event.channel),)
         return ()
 
     def apply(self, key: str, view: View | None, event: Event, seq: int) -> View | None:

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 from llm_es.events import Event, MemoryAdded, MemoryForgotten, MemoryRecalled
-from llm_es.views import MemoryView, memory_key
-from projections.base import View, iso
+from llm_es.views import MemoryView, memories_group
+from projections.base import View, cached_key, iso
+
+_memories_group = cached_key(memories_group)
+
+
+def _memory_key(channel: str, memory_id: str) -> str:
+    """`llm_es.views.memory_key`, with the channel's part remembered."""
+    return f"{_memories_group(channel)}.{memory_id}"
 
 
 class MemoriesProjection:
     """`memories.<channel>.<id>` with `accessed_at` moved by recalls."""
 
     name = "memories"
+    key_prefix = "memories."
 
     def keys_for(self, event: Event) -> tuple[str, ...]:
-        if isinstance(event, MemoryAdded | MemoryForgotten):
-            return (memory_key(event.channel, event.memory_id),)
+        if isinstance(event, (MemoryAdded, MemoryForgotten)):
+            return (_memory_key(event.channel, event.memory_id),)
         if isinstance(event, MemoryRecalled):
-            return tuple(memory_key(event.channel, m) for m in event.memory_ids)
+            return tuple(_memory_key(event.channel, m) for m in event.memory_ids)
         return ()
 
     def apply(self, key: str, view: View | None, event: Event, seq: int) -> View | None:

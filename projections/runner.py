@@ -13,6 +13,13 @@ milliseconds later, then the checkpoints (`persisted`). A crash between the
 two only means the next start folds a few events again, which the per-value
 `seq` makes harmless. Every instance folds the log itself, so each one has
 read-your-writes without waiting for another's KV writes.
+
+Blue/green: which bucket holds the live views is named by the key
+`views.active` of the small bucket `llm_meta` (absent: `llm_data`).
+`llm-replay rebuild` folds the log into a fresh bucket and then moves that
+pointer; `ViewRunner` watches it, starts folding into the new bucket beside
+the old one, and swaps only once the new views have caught up with the old
+ones, so readers never see a half-built view.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -29,11 +38,17 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError, KeyValueError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyValueError,
+)
 from nats.js.kv import KeyValue
 
 from llm_es.codec import UnknownEventError, decode_event
 from llm_es.config import Config
+from llm_es.headers import KV_OPERATION
 from llm_es.kv import read_bucket
 from llm_es.logs import log_kv
 from llm_es.store import EventStore
@@ -51,6 +66,77 @@ FLUSH_RETRY_SECONDS = 0.5
 HEARTBEAT_SECONDS = 1.0
 FLUSH_LINGER_SECONDS = 0.005
 """How long changes gather before a KV write batch: batches grow under load."""
+_WAITER_ORDER = itertools.count()
+"""Tie-breaker of waiters on one sequence; shared, so waiters can move between buckets."""
+SWITCH_CATCH_UP_SECONDS = 300.0
+"""Longest a newly activated bucket may take to catch up before the switch is abandoned."""
+SWITCH_MAX_ROUNDS = 100_000
+
+META_BUCKET = "llm_meta"
+"""Small KV bucket with the blue/green pointer."""
+ACTIVE_VIEWS_KEY = "views.active"
+"""Key in `META_BUCKET`: `{"bucket": name, "generation": n, ...}` of the live views."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveViews:
+    """Which bucket holds the live views, and the pointer's KV revision (0: no pointer yet)."""
+
+    bucket: str
+    generation: int
+    revision: int
+
+
+def views_bucket_config(bucket: str) -> api.KeyValueConfig:
+    """Settings of a views bucket (the live one and every blue/green generation)."""
+    return api.KeyValueConfig(
+        bucket=bucket,
+        history=1,
+        storage=api.StorageType.FILE,
+        direct=True,
+        description="llm-es views, folded from the LLM_EVENTS log",
+    )
+
+
+async def ensure_meta_bucket(js: JetStreamContext) -> KeyValue:
+    """The pointer bucket, created on first use."""
+    try:
+        return await js.key_value(META_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=META_BUCKET,
+                history=5,
+                storage=api.StorageType.FILE,
+                direct=True,
+                description="llm-es: which views bucket is live (blue/green)",
+            )
+        )
+
+
+def parse_active_views(raw: bytes | None, revision: int) -> ActiveViews:
+    """The pointer value as stored; anything unreadable means the default bucket."""
+    if raw:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None
+        if isinstance(value, dict) and isinstance(value.get("bucket"), str) and value["bucket"]:
+            generation = value.get("generation")
+            return ActiveViews(
+                value["bucket"], generation if isinstance(generation, int) else 1, revision
+            )
+    return ActiveViews(BUCKET, 1, revision)
+
+
+async def read_active_views(js: JetStreamContext) -> ActiveViews:
+    """The live views bucket as the pointer names it now (`llm_data` when there is none)."""
+    kv = await ensure_meta_bucket(js)
+    try:
+        entry = await kv.get(ACTIVE_VIEWS_KEY)
+    except (KeyNotFoundError, KeyDeletedError):
+        return ActiveViews(BUCKET, 1, 0)
+    return parse_active_views(entry.value, entry.revision or 0)
 
 
 def context_history_size(config: Config) -> int:
@@ -72,8 +158,8 @@ def default_projections(config: Config) -> list[Projection]:
     ]
 
 
-class ViewRunner:
-    """Folds the event log into KV views and serves reads from memory."""
+class BucketViews:
+    """Folds the event log into the views of one KV bucket and serves reads from memory."""
 
     def __init__(
         self,
@@ -95,7 +181,6 @@ class ViewRunner:
         self._applied = 0
         self._persisted = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._waiter_counter = 0
         self._sub: JetStreamContext.PushSubscription | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_wanted = asyncio.Event()
@@ -116,8 +201,7 @@ class ViewRunner:
         if self._applied >= seq:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiter_counter += 1
-        heapq.heappush(self._waiters, (seq, self._waiter_counter, future))
+        heapq.heappush(self._waiters, (seq, next(_WAITER_ORDER), future))
         await future
 
     async def catch_up(self) -> int:
@@ -187,19 +271,22 @@ class ViewRunner:
                 future.cancel()
         self._waiters.clear()
 
+    @property
+    def bucket(self) -> str:
+        return self._bucket_name
+
+    def take_waiters(self, other: BucketViews) -> None:
+        """Adopt `other`'s pending waiters (a blue/green switch), waking those already met."""
+        for waiter in other._waiters:
+            heapq.heappush(self._waiters, waiter)
+        other._waiters = []
+        self._wake(self._applied)
+
     async def _ensure_bucket(self) -> KeyValue:
         try:
             return await self._js.key_value(self._bucket_name)
         except BucketNotFoundError:
-            return await self._js.create_key_value(
-                api.KeyValueConfig(
-                    bucket=self._bucket_name,
-                    history=1,
-                    storage=api.StorageType.FILE,
-                    direct=True,
-                    description="llm-es views, folded from the LLM_EVENTS log",
-                )
-            )
+            return await self._js.create_key_value(views_bucket_config(self._bucket_name))
 
     async def _load_bucket(self) -> None:
         async with asyncio.timeout(LOAD_TIMEOUT_SECONDS):
@@ -306,6 +393,173 @@ class ViewRunner:
             _, _, future = heapq.heappop(waiters)
             if not future.done():
                 future.set_result(None)
+
+
+class ViewRunner:
+    """The plugin's read side: the views of the live bucket, following blue/green switches.
+
+    With `bucket` given, the views stay in that bucket and the pointer is ignored.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        store: EventStore,
+        projections: Sequence[Projection],
+        *,
+        bucket: str | None = None,
+    ) -> None:
+        self._js = js
+        self._store = store
+        self._projections = list(projections)
+        self._fixed_bucket = bucket
+        self._active: BucketViews | None = None
+        self._watch: JetStreamContext.PushSubscription | None = None
+        self._wanted: str | None = None
+        self._switch_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def views(self) -> BucketViews:
+        if self._active is None:
+            raise RuntimeError("view runner not started")
+        return self._active
+
+    @property
+    def bucket(self) -> str:
+        """The bucket the views are written to now."""
+        return self.views.bucket
+
+    # ------------------------------------------------------------ ViewReader
+
+    @property
+    def position(self) -> int:
+        return self.views.position
+
+    @property
+    def persisted(self) -> int:
+        """Last stream sequence whose views and checkpoints are written to KV."""
+        return self.views.persisted
+
+    async def wait_for(self, seq: int) -> None:
+        await self.views.wait_for(seq)
+
+    async def catch_up(self) -> int:
+        return await self.views.catch_up()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.views.get(key)
+
+    def values_under(self, group: str) -> list[dict[str, Any]]:
+        return self.views.values_under(group)
+
+    def keys_under(self, prefix: str) -> list[str]:
+        return self.views.keys_under(prefix)
+
+    def snapshot(self) -> dict[str, View]:
+        """Every view value (checkpoints excluded), for comparisons and tools."""
+        return self.views.snapshot()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start on the live bucket, then watch the blue/green pointer."""
+        bucket = self._fixed_bucket
+        if bucket is None:
+            bucket = (await read_active_views(self._js)).bucket
+        self._active = self._bucket_views(bucket)
+        await self._active.start()
+        if self._fixed_bucket is None:
+            self._watch = await self._js.subscribe(
+                f"$KV.{META_BUCKET}.{ACTIVE_VIEWS_KEY}",
+                stream=f"KV_{META_BUCKET}",
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                cb=self._on_pointer,
+                manual_ack=True,
+                idle_heartbeat=HEARTBEAT_SECONDS * 5,
+            )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._watch is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._watch.unsubscribe()
+            self._watch = None
+        if self._switch_task is not None:
+            self._switch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._switch_task
+            self._switch_task = None
+        if self._active is not None:
+            await self._active.stop()
+
+    def _bucket_views(self, bucket: str) -> BucketViews:
+        return BucketViews(self._js, self._store, self._projections, bucket=bucket)
+
+    # ------------------------------------------------------------ blue/green
+
+    async def _on_pointer(self, msg: Msg) -> None:
+        if msg.headers and msg.headers.get(KV_OPERATION):
+            return  # a deleted pointer leaves the views where they are
+        wanted = parse_active_views(msg.data, 0).bucket
+        if self._stopping or self._active is None:
+            return
+        self._wanted = wanted
+        if self._switch_task is None or self._switch_task.done():
+            self._switch_task = asyncio.create_task(self._follow_pointer(), name="views-switch")
+
+    async def _follow_pointer(self) -> None:
+        # Bounded: each round either switches or gives up on the bucket it was asked for.
+        for _ in range(100):
+            wanted, self._wanted = self._wanted, None
+            if wanted is None or self._stopping:
+                return
+            if self._active is not None and wanted != self._active.bucket:
+                await self._switch_to(wanted)
+
+    async def _switch_to(self, bucket: str) -> None:
+        """Fold into `bucket` beside the live views; swap once it has caught up with them."""
+        assert self._active is not None
+        try:
+            await self._js.key_value(bucket)
+        except BucketNotFoundError:
+            log_kv(
+                logger,
+                "views_switch_refused",
+                level=logging.ERROR,
+                bucket=bucket,
+                reason="bucket does not exist",
+            )
+            return
+        candidate = self._bucket_views(bucket)
+        try:
+            await candidate.start()
+            async with asyncio.timeout(SWITCH_CATCH_UP_SECONDS):
+                # Both follow the log; the swap happens (no await between the check
+                # and it) only when the candidate is at least where the live views are.
+                for _ in range(SWITCH_MAX_ROUNDS):
+                    if candidate.position >= self._active.position:
+                        break
+                    await candidate.wait_for(self._active.position)
+                else:
+                    raise TimeoutError("the new views kept falling behind the live ones")
+        except (TimeoutError, nats.errors.Error, KeyValueError) as exc:
+            log_kv(
+                logger, "views_switch_failed", level=logging.ERROR, bucket=bucket, error=repr(exc)
+            )
+            await candidate.stop()
+            return
+        previous, self._active = self._active, candidate
+        candidate.take_waiters(previous)
+        await previous.stop()
+        log_kv(
+            logger,
+            "views_switched",
+            bucket=bucket,
+            previous=previous.bucket,
+            position=candidate.position,
+        )
 
 
 def build_view_runner(

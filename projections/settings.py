@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from llm_es.events import Event, PersonaSwitched
 from llm_es.views import SettingsView, settings_key
-from projections.base import View, iso
+from projections.base import View, cached_key, iso
+
+_settings_key = cached_key(settings_key)
 
 
 class SettingsProjection:
     """`channel.<channel>.settings`: persona and who set it when."""
 
     name = "settings"
+    key_prefix = "channel."
 
     def keys_for(self, event: Event) -> tuple[str, ...]:
         if isinstance(event, PersonaSwitched):
-            return (settings_key(event.channel),)
+            return (_settings_key(event.channel),)
         return ()
 
     def apply(self, key: str, view: View | None, event: Event, seq: int) -> View | None:

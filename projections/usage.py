@@ -15,11 +15,12 @@ from llm_es.events import (
     TurnFailed,
     TurnRejected,
 )
-from llm_es.limits import day_of
 from llm_es.views import UsageView, usage_key
-from projections.base import View, iso
+from projections.base import View, cached_key, iso, utc_day
 
 HOUR_SECONDS = 3600
+_usage_key = cached_key(usage_key)
+_TURN_ENDS = (TurnCompleted, TurnFailed)
 
 
 class UsageProjection:
@@ -31,17 +32,17 @@ class UsageProjection:
     """
 
     name = "usage"
+    key_prefix = "usage."
 
     def __init__(self, keep_requests: int = 10_000) -> None:
         self.keep_requests = keep_requests
 
     def keys_for(self, event: Event) -> tuple[str, ...]:
         user = event.user_name
-        return (usage_key(user),) if user is not None else ()
+        return (_usage_key(user),) if user is not None else ()
 
     def apply(self, key: str, view: View | None, event: Event, seq: int) -> View | None:
-        at_ts = event.at.timestamp()
-        day = day_of(event.at)
+        day = utc_day(event.at)
         if view is None:
             usage: UsageView = {
                 "user": event.user_name or "",
@@ -63,7 +64,9 @@ class UsageProjection:
                 usage["day"] = day
                 usage["requests_today"] = usage["rejected_today"] = usage["tokens_today"] = 0
         if isinstance(event, TurnAdmitted):
-            recent = [t for t in usage["recent_requests"] if t > at_ts - HOUR_SECONDS]
+            at_ts = event.at.timestamp()
+            cutoff = at_ts - HOUR_SECONDS
+            recent = [t for t in usage["recent_requests"] if t > cutoff]
             recent.append(round(at_ts, 6))
             usage["recent_requests"] = recent[-self.keep_requests :] if self.keep_requests else []
             usage["requests_today"] += 1
@@ -90,8 +93,9 @@ class UsageProjection:
                     **usage["open_turns"],
                     event.turn_id: {**turn, "reserved_tokens": 0},
                 }
-        elif isinstance(event, TurnCompleted | TurnFailed) and event.turn_id in usage["open_turns"]:
+        elif isinstance(event, _TURN_ENDS) and event.turn_id in usage["open_turns"]:
             open_turns = dict(usage["open_turns"])
             del open_turns[event.turn_id]
             usage["open_turns"] = open_turns
-        return dict(usage)
+        # `usage` is a fresh dict (nested values replaced, never changed in place).
+        return usage  # type: ignore[return-value]

@@ -1,16 +1,399 @@
-"""`llm-replay`: the operators' history tool (its commands arrive with their own issue)."""
+"""The `llm-replay` command: rebuild, verify, state, audit, tail and export the event log.
+
+It connects exactly like `llm-es` (`--nats-url`, `--config` with the `nats`
+section for user/password, token, creds and TLS, the `LLM_ES_NATS_*`
+environment variables), so it works against the embedded server of a running
+`llm-es serve` (nats://127.0.0.1:4222) or any cluster. The config also sets
+what the views depend on (context size, rate limits): pass the plugin's.
+
+Exit codes: 0 ok; 1 `verify` found differences; 2 bad usage (flags, unknown
+user/channel/projection, unreadable time); 3 NATS, the log or the views
+unavailable; 130 interrupted.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import pathlib
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TextIO
+
+import nats.errors
+import orjson
+from nats.aio.client import Client as NATS
+
+from llm_es import __version__
+from llm_es.chat_client import CONNECT_ERRORS, cannot_connect
+from llm_es.config import Config, load_config_sync
+from llm_es.connection import DEFAULT_LOCAL_URL, INITIAL_CONNECT_SECONDS, connect_options
+from llm_es.errors import ConfigError
+from llm_es.events import EVENT_TYPES
+from llm_es.logs import configure_logging
+from replay.audit import FORMATS, GROUPINGS, render, run_audit
+from replay.errors import (
+    EXIT_DIFFERENCES,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    ReplayError,
+    UsageError,
+)
+from replay.output import LineWriter
+from replay.progress import Progress
+from replay.pull import BulkClient
+from replay.reading import EventLog, event_filter
+from replay.rebuild import run_rebuild
+from replay.schemas import check_schemas, write_schemas
+from replay.state import Moment, channel_state, render_channel, render_user, user_state
+from replay.tail import run_export, run_tail
+from replay.times import TIME_HELP, parse_moment
+from replay.verify import run_verify
+
+PROG = "llm-replay"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _name(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Rebuild, verify, inspect, audit and follow the llm-es event log.",
+        epilog="Times: " + TIME_HELP + ". Exit codes: 0 ok, 1 verify found differences, "
+        "2 bad usage, 3 NATS/log/views unavailable.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sub: argparse.ArgumentParser, *, top: bool = False) -> None:
+        default = None if top else argparse.SUPPRESS
+        sub.add_argument(
+            "--config", type=pathlib.Path, default=default, help="the plugin's config.json"
+        )
+        sub.add_argument(
+            "--nats-url",
+            default=default,
+            help="NATS server URL(s); default: $LLM_ES_NATS_URL, the config's nats.url, "
+            "else nats://127.0.0.1:4222 (the embedded server of llm-es serve)",
+        )
+        sub.add_argument(
+            "--log-level",
+            default=os.environ.get("LLM_ES_LOG_LEVEL") if top else argparse.SUPPRESS,
+            help="DEBUG, INFO, WARNING (default) or ERROR",
+        )
+
+    common(parser, top=True)
+
+    def progress_flag(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+
+    rebuild = commands.add_parser(
+        "rebuild", help="fold the log into fresh views and switch to them (blue/green)"
+    )
+    common(rebuild)
+    rebuild.add_argument(
+        "--projection",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="rebuild only this view (context, memories, settings, usage); repeatable",
+    )
+    rebuild.add_argument(
+        "--dry-run", action="store_true", help="fold and compare with the live views; write nothing"
+    )
+    rebuild.add_argument("--json", action="store_true", help="print the report as JSON")
+    progress_flag(rebuild)
+
+    verify = commands.add_parser("verify", help="diff the live views against the log")
+    common(verify)
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument(
+        "--max-diffs", type=_not_negative, default=20, help="differences shown (default 20)"
+    )
+    progress_flag(verify)
+
+    state = commands.add_parser("state", help="a channel's or user's state at a past moment")
+    common(state)
+    who = state.add_mutually_exclusive_group(required=True)
+    who.add_argument("--channel", type=_name, help="context, persona and memories of a channel")
+    who.add_argument("--user", type=_name, help="usage and limits of a user")
+    when = state.add_mutually_exclusive_group()
+    when.add_argument("--at", metavar="TIME", help="as it was at this time")
+    when.add_argument("--seq", type=_positive, metavar="N", help="as it was after sequence N")
+    state.add_argument("--json", action="store_true", help="print JSON")
+
+    audit = commands.add_parser("audit", help="usage per user: requests, tokens, cost")
+    common(audit)
+    scope = audit.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--user", type=_name, help="one user's usage")
+    scope.add_argument("--all", action="store_true", help="every user, ranked by tokens")
+    audit.add_argument("--since", metavar="TIME", help="from this time (inclusive)")
+    audit.add_argument("--until", metavar="TIME", help="up to this time (exclusive)")
+    audit.add_argument(
+        "--by",
+        choices=GROUPINGS,
+        help="group rows by (default: day for --user, none for --all)",
+    )
+    audit.add_argument("--format", choices=FORMATS, default="table", help="default table")
+    audit.add_argument("--limit", type=_positive, help="with --all: only the top N users")
+    progress_flag(audit)
+
+    def selection_flags(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--channel", type=_name, help="only this channel's events")
+        sub.add_argument("--user", type=_name, help="only this user's events")
+        sub.add_argument(
+            "--type",
+            action="append",
+            default=[],
+            choices=sorted(EVENT_TYPES),
+            metavar="TYPE",
+            help="only events of this type (repeatable): " + ", ".join(sorted(EVENT_TYPES)),
+        )
+
+    tail = commands.add_parser(
+        "tail", help="follow the log, one line per event (new events unless a start is given)"
+    )
+    common(tail)
+    selection_flags(tail)
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument("--since", metavar="TIME", help="start with events from this time")
+    start.add_argument("--from-seq", type=_positive, metavar="N", help="start at sequence N")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--limit", type=_positive, metavar="N", help="stop after N events")
+    tail.add_argument(
+        "--no-follow",
+        action="store_true",
+        help="stop at the end of the log instead of waiting (with no start: the whole selection)",
+    )
+
+    export = commands.add_parser("export", help="the raw log as JSON lines")
+    common(export)
+    selection_flags(export)
+    export.add_argument("--format", choices=("jsonl",), default="jsonl", help="jsonl (default)")
+    export.add_argument("--since", metavar="TIME", help="events from this time (inclusive)")
+    export.add_argument("--until", metavar="TIME", help="events before this time")
+    export.add_argument("--from-seq", type=_positive, metavar="N", help="from sequence N")
+    export.add_argument("--to-seq", type=_positive, metavar="N", help="up to sequence N")
+    export.add_argument(
+        "--output", type=pathlib.Path, metavar="FILE", help="write here instead of stdout"
+    )
+
+    schemas = commands.add_parser(
+        "schemas", help="JSON Schemas of the events (for programs reading the log)"
+    )
+    action = schemas.add_mutually_exclusive_group()
+    action.add_argument("--write", type=pathlib.Path, metavar="DIR", help="write them into DIR")
+    action.add_argument(
+        "--check", type=pathlib.Path, metavar="DIR", help="check DIR against the code"
+    )
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    del argv
-    print(
-        "llm-replay: rebuild, verify, state, audit and tail are not built yet. "
-        "To rebuild views today: stop llm-es, delete the KV bucket llm_data, start llm-es.",
-        file=sys.stderr,
+    args = build_parser().parse_args(argv)
+    level = (getattr(args, "log_level", None) or "WARNING").upper()
+    configure_logging(level)
+    if level not in ("DEBUG", "INFO"):
+        # A command closes its own connection: that "disconnected" is no news.
+        logging.getLogger("llm_es.nats").setLevel(logging.ERROR)
+    if args.command == "schemas":
+        return run_schemas(args)
+    try:
+        config = load_config_sync(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        return asyncio.run(run(args, config))
+    except KeyboardInterrupt:
+        return 130
+    except ReplayError as exc:
+        return _fail(str(exc), exc.exit_code)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def run_schemas(args: argparse.Namespace) -> int:
+    """`schemas`: print them, write them into a directory, or check a directory."""
+    from replay.schemas import current_schemas, schema_text
+
+    if args.write is not None:
+        for name in write_schemas(args.write):
+            print(args.write / name)
+        return EXIT_OK
+    if args.check is not None:
+        problems = check_schemas(args.check)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return EXIT_DIFFERENCES if problems else EXIT_OK
+    print(schema_text(current_schemas()), end="")
+    return EXIT_OK
+
+
+async def run(args: argparse.Namespace, config: Config) -> int:
+    """Parse what needs no server, connect, and run the command."""
+    now = datetime.now(UTC)
+
+    def moment(option: str) -> datetime | None:
+        text = getattr(args, option, None)
+        return None if text is None else parse_moment(text, now=now, option=f"--{option}")
+
+    times = {name: moment(name) for name in ("since", "until", "at")}
+    try:
+        nc = await connect(config, args.nats_url)
+    except CONNECT_ERRORS as exc:
+        return _fail(
+            cannot_connect(config, args.nats_url, exc).removeprefix("llm-es: "), EXIT_UNAVAILABLE
+        )
+    try:
+        return await dispatch(args, config, nc, times)
+    except (nats.errors.Error, TimeoutError) as exc:
+        return _fail(f"NATS failed: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE)
+    finally:
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await nc.close()
+
+
+async def connect(config: Config, nats_url: str | None) -> BulkClient:
+    """Connect like `llm-es` does (same options, auth and TLS), failing within seconds."""
+    url = nats_url or config.nats.url or DEFAULT_LOCAL_URL
+    options = await connect_options(config.nats, url, PROG)
+    nc = BulkClient()
+    async with asyncio.timeout(INITIAL_CONNECT_SECONDS):
+        await nc.connect(**options)
+    return nc
+
+
+async def dispatch(
+    args: argparse.Namespace,
+    config: Config,
+    nc: NATS,
+    times: dict[str, datetime | None],
+) -> int:
+    log = EventLog(nc)
+    out = LineWriter()
+    show_progress = not getattr(args, "no_progress", True)
+
+    def progress(label: str, total: int) -> Progress:
+        return Progress(label, total, enabled=show_progress)
+
+    if args.command == "rebuild":
+        report = await run_rebuild(
+            log,
+            config,
+            projection_names=args.projection,
+            dry_run=args.dry_run,
+            progress=progress,
+        )
+        await out.line(_json(report.as_dict()) if args.json else report.render())
+        await out.flush()
+        return EXIT_OK
+    if args.command == "verify":
+        checked = await run_verify(log, config, progress=progress)
+        await out.line(_json(checked.as_dict()) if args.json else checked.render(args.max_diffs))
+        await out.flush()
+        return EXIT_OK if checked.ok else EXIT_DIFFERENCES
+    if args.command == "state":
+        when = Moment(seq=args.seq, at=times["at"])
+        if args.channel is not None:
+            found = await channel_state(log, config, args.channel, when)
+            text = _json(found) if args.json else render_channel(found)
+        else:
+            found = await user_state(log, config, args.user, when)
+            text = _json(found) if args.json else render_user(found)
+        await out.line(text)
+        await out.flush()
+        return EXIT_OK
+    if args.command == "audit":
+        by = args.by if args.by is not None or args.all else "day"
+        bar = progress("audit", 0)
+        with bar:
+            audited = await run_audit(
+                log,
+                user=None if args.all else args.user,
+                by=by,
+                since=times["since"],
+                until=times["until"],
+                limit=args.limit,
+                progress=bar,
+            )
+        await out.line(render(audited, args.format))
+        await out.flush()
+        return EXIT_OK
+    selection = dataclasses.replace(
+        event_filter(channel=args.channel, user=args.user, types=args.type),
+        from_seq=args.from_seq or 1,
     )
-    return 2
+    if args.command == "tail":
+        if args.from_seq is None and times["since"] is None:
+            selection = dataclasses.replace(selection, new_only=not args.no_follow)
+        await run_tail(
+            log,
+            selection,
+            out,
+            as_json=args.json,
+            since=times["since"],
+            limit=args.limit,
+            follow=not args.no_follow,
+        )
+        return EXIT_OK
+    if args.command == "export":
+        if times["since"] and times["until"] and times["until"] <= times["since"]:
+            raise UsageError("--until must be after --since")
+        if args.to_seq is not None:
+            selection = dataclasses.replace(selection, to_seq=args.to_seq)
+        if args.output is None:
+            await run_export(log, selection, out, since=times["since"], until=times["until"])
+            return EXIT_OK
+        stream = await asyncio.to_thread(_open_output, args.output)
+        try:
+            await run_export(
+                log, selection, LineWriter(stream), since=times["since"], until=times["until"]
+            )
+        finally:
+            await asyncio.to_thread(stream.close)
+        return EXIT_OK
+    raise UsageError(f"unknown command {args.command!r}")
+
+
+def _open_output(path: pathlib.Path) -> TextIO:
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--output {path}: {exc.strerror or exc}") from exc
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()

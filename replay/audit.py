@@ -1,0 +1,451 @@
+"""`audit`: requests, rejections, tokens and cost per user and group, traced to log sequences.
+
+Only `TurnAdmitted` (a request), `TurnRejected` and `TokensSpent` (tokens and
+cost) are read, filtered by the server. Each counts on the UTC day of its own
+`at`, exactly as the usage view counts `requests_today`, `rejected_today` and
+`tokens_today`, so an audit of one day equals what the plugin reported that
+day, and an audit of all time equals `total_requests` / `total_tokens`. Every
+row carries the first and last sequence of the events it sums.
+
+Events are read from their JSON without building event objects (the audit
+needs a handful of fields); an event stored with an older schema version is
+decoded, and so upcast, first; one the plugin cannot read is skipped, as the
+plugin skips it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import dataclasses
+import io
+from collections.abc import Iterable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from llm_es.codec import UnknownEventError, decode_event
+from llm_es.events import EVENT_TYPES, TokensSpent, TurnAdmitted, TurnRejected
+from replay.errors import UsageError
+from replay.progress import Progress
+from replay.reading import EventLog, LogSelection, event_filter
+from replay.times import iso_z
+
+GROUPINGS = ("day", "provider", "model", "channel", "purpose")
+FORMATS = ("table", "json", "csv")
+AUDITED_TYPES = (TurnAdmitted.TYPE, TurnRejected.TYPE, TokensSpent.TYPE)
+NO_VALUE = "-"
+"""Group of a rejection under `--by provider|model|purpose` (no provider was asked), and of
+a service completion under `--by channel` (it has no channel)."""
+NO_USER = "(no user)"
+"""Label of spend booked to no user (channel summaries); JSON says `null`."""
+_SCHEMAS = {name: EVENT_TYPES[name].SCHEMA for name in AUDITED_TYPES}
+_DEFAULTS = {
+    name: {
+        f.name: f.default
+        for f in dataclasses.fields(EVENT_TYPES[name])
+        if f.default is not dataclasses.MISSING
+    }
+    for name in AUDITED_TYPES
+}
+"""Fields an event stored before they existed reads as (the class defaults)."""
+_ADMITTED, _REJECTED, _SPENT = AUDITED_TYPES
+
+
+@dataclass(slots=True)
+class AuditRow:
+    """Sums for one group, and the log sequences they come from."""
+
+    user: str | None
+    group: str | None
+    requests: int = 0
+    rejected: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    priced: int = 0
+    estimated: int = 0
+    events: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, other: AuditRow) -> None:
+        self.requests += other.requests
+        self.rejected += other.rejected
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cost += other.cost
+        self.priced += other.priced
+        self.estimated += other.estimated
+        if other.events:
+            self.first_seq = (
+                min(self.first_seq, other.first_seq) if self.events else other.first_seq
+            )
+            self.last_seq = max(self.last_seq, other.last_seq)
+        self.events += other.events
+
+    def as_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        if self.user is not None:
+            row["user"] = self.user
+        if self.group is not None:
+            row["group"] = self.group
+        row.update(
+            requests=self.requests,
+            rejected=self.rejected,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            tokens=self.tokens,
+            cost=round(self.cost, 10) if self.priced else None,
+            estimated=self.estimated,
+            events=self.events,
+            first_seq=self.first_seq or None,
+            last_seq=self.last_seq or None,
+        )
+        return row
+
+
+@dataclass
+class AuditReport:
+    """An audit's rows (ranked), totals and what it covered."""
+
+    user: str | None
+    by: str | None
+    since: datetime | None
+    until: datetime | None
+    log_end: int
+    rows: list[AuditRow] = field(default_factory=list)
+    totals: AuditRow = field(default_factory=lambda: AuditRow(None, None))
+    skipped: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scope": {"user": self.user} if self.user is not None else {"all": True},
+            "by": self.by,
+            "since": iso_z(self.since) if self.since else None,
+            "until": iso_z(self.until) if self.until else None,
+            "log_end": self.log_end,
+            "skipped_events": self.skipped,
+            "rows": [r.as_dict() for r in self.rows],
+            "totals": self.totals.as_dict(),
+        }
+
+
+class _Sums:
+    """The aggregation loop's state: rows by group key."""
+
+    def __init__(
+        self, *, per_user: bool, by: str | None, since: datetime | None, until: datetime | None
+    ) -> None:
+        self.per_user = per_user
+        self.by = by
+        self.since = since
+        self.until = until
+        self.rows: dict[tuple[str | None, str | None], AuditRow] = {}
+        self.skipped = 0
+
+    def feed(self, seq: int, data: bytes) -> None:
+        body = _fields(data)
+        if body is None:
+            self.skipped += 1
+            return
+        if body is _NOT_AUDITED:
+            return
+        try:
+            self._count(seq, body)
+        except (KeyError, TypeError, ValueError):
+            # The fast path met an odd event: decode it properly, as the plugin would.
+            body = _decoded(data)
+            if body is None:
+                self.skipped += 1
+                return
+            self._count(seq, body)
+
+    def _count(self, seq: int, body: dict[str, Any]) -> None:
+        type_name = body["type"]
+        at_text = body["at"]
+        if self.since is not None or self.until is not None:
+            at = _moment(at_text)
+            if (self.since is not None and at < self.since) or (
+                self.until is not None and at >= self.until
+            ):
+                return
+        by = self.by
+        if by is None:
+            group = None
+        elif by == "day":
+            group = at_text[:10] if at_text[-1:] == "Z" else _moment(at_text).date().isoformat()
+        elif by == "channel":
+            group = body["channel"] or NO_VALUE
+        elif type_name == _REJECTED:
+            group = NO_VALUE
+        else:
+            group = body.get(by, _DEFAULTS[type_name].get(by)) or NO_VALUE
+        user = body["user"] if self.per_user else None
+        row = self.rows.get((user, group))
+        if row is None:
+            row = self.rows[(user, group)] = AuditRow(user, group, first_seq=seq, last_seq=seq)
+        if type_name == _SPENT:
+            row.prompt_tokens += int(body["prompt_tokens"])
+            row.completion_tokens += int(body["completion_tokens"])
+            cost = body.get("cost")  # default None: unpriced
+            if cost is not None:
+                row.cost += float(cost)
+                row.priced += 1
+            if body.get("estimated"):
+                row.estimated += 1
+        elif type_name == _ADMITTED:
+            row.requests += 1
+        else:
+            row.rejected += 1
+        row.events += 1
+        # Types may be read side by side (`--all`), so sequences arrive in runs, not in order.
+        if seq > row.last_seq:
+            row.last_seq = seq
+        elif seq < row.first_seq:
+            row.first_seq = seq
+
+
+_NOT_AUDITED: dict[str, Any] = {}
+"""What `_fields` returns for an event of another type (not counted, not skipped)."""
+
+
+def _fields(data: bytes) -> dict[str, Any] | None:
+    """The event's fields (`_NOT_AUDITED` for other types), or None when unreadable."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    type_name = body.get("type")
+    schema = _SCHEMAS.get(type_name)  # type: ignore[arg-type]
+    if schema is None:
+        return _NOT_AUDITED if type_name in EVENT_TYPES else None
+    if body.get("schema") != schema or not isinstance(body.get("at"), str):
+        return _decoded(data)
+    return body
+
+
+def _decoded(data: bytes) -> dict[str, Any] | None:
+    """The event's fields through the real decoder (upcasting old versions), or None."""
+    try:
+        event = decode_event(data)
+    except UnknownEventError:
+        return None
+    if event.TYPE not in _SCHEMAS:
+        return None
+    body = {name: getattr(event, name) for name in event.__dataclass_fields__}
+    body["type"] = event.TYPE
+    body["at"] = iso_z(event.at)
+    return body
+
+
+def _moment(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError("time without offset")
+    return moment.astimezone(UTC)
+
+
+async def run_audit(
+    log: EventLog,
+    *,
+    user: str | None,
+    by: str | None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> AuditReport:
+    """Sum one user's usage (by group), or every user's (`user` None), ranked by tokens."""
+    if by is not None and by not in GROUPINGS:
+        raise UsageError(f"--by {by!r}: choose from {', '.join(GROUPINGS)}")
+    if since is not None and until is not None and until <= since:
+        raise UsageError(f"--until ({iso_z(until)}) must be after --since ({iso_z(since)})")
+    end = await log.end()
+    if user is not None and await log.last_seq_matching(event_filter(user=user).subject) == 0:
+        raise UsageError(f"unknown user {user!r}: no event in the log names them")
+    sums = _Sums(per_user=user is None, by=by, since=since, until=until)
+    if user is not None:
+        # One user's events are few: one consumer on `llm.ev.*.<user>.*`.
+        selections = [event_filter(user=user, types=AUDITED_TYPES)]
+    else:
+        # Every user's: one consumer per audited type, side by side, so the server
+        # skips the other events (sums do not depend on the order they arrive in).
+        selections = [event_filter(types=[t]) for t in AUDITED_TYPES]
+    reached = [0] * len(selections)
+    if progress is not None:
+        progress.total = end
+
+    async def consume(index: int, selection: LogSelection) -> None:
+        selection = dataclasses.replace(selection, to_seq=end)
+        async with aclosing(log.read(selection)) as batches:
+            async for batch in batches:
+                feed = sums.feed
+                for seq, _subject, data in batch:
+                    feed(seq, data)
+                reached[index] = batch[-1][0]
+                if progress is not None:
+                    progress.done = min(reached)
+        reached[index] = end
+
+    await asyncio.gather(*(consume(i, s) for i, s in enumerate(selections)))
+    if progress is not None:
+        progress.done = end
+    report = AuditReport(user=user, by=by, since=since, until=until, log_end=end)
+    report.skipped = sums.skipped
+    report.rows = _ranked(sums.rows.values(), per_user=user is None)
+    for row in report.rows:
+        report.totals.add(row)
+    if limit is not None and user is None:
+        report.rows = _top_users(report.rows, limit)
+    return report
+
+
+def _ranked(rows: Iterable[AuditRow], *, per_user: bool) -> list[AuditRow]:
+    rows = list(rows)
+    if not per_user:
+        return sorted(rows, key=lambda r: r.group or "")
+    per_user_tokens: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        tokens, requests = per_user_tokens.get(row.user or "", (0, 0))
+        per_user_tokens[row.user or ""] = (tokens + row.tokens, requests + row.requests)
+
+    def rank(row: AuditRow) -> tuple[int, int, str, str]:
+        tokens, requests = per_user_tokens[row.user or ""]
+        return (-tokens, -requests, row.user or "", row.group or "")
+
+    return sorted(rows, key=rank)
+
+
+def _top_users(rows: list[AuditRow], limit: int) -> list[AuditRow]:
+    kept: list[AuditRow] = []
+    users: set[str | None] = set()
+    for row in rows:
+        if row.user not in users:
+            if len(users) >= limit:
+                break
+            users.add(row.user)
+        kept.append(row)
+    return kept
+
+
+# ------------------------------------------------------------------ output
+
+
+def render(report: AuditReport, output_format: str) -> str:
+    """The report as an aligned table, JSON or CSV."""
+    if output_format == "json":
+        return orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode()
+    if output_format == "csv":
+        return render_csv(report)
+    return render_table(report)
+
+
+def _columns(report: AuditReport) -> list[str]:
+    columns = []
+    if report.user is None:
+        columns.append("user")
+    if report.by is not None:
+        columns.append(report.by)
+    return columns or ["period"]
+
+
+def _keys(report: AuditReport, row: AuditRow) -> list[str]:
+    keys = []
+    if report.user is None:
+        keys.append(NO_USER if row.user is None else row.user)
+    if report.by is not None:
+        keys.append(NO_VALUE if row.group is None else row.group)
+    return keys or ["all" if report.since is None and report.until is None else "selected"]
+
+
+def render_csv(report: AuditReport) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    fields = [
+        "requests",
+        "rejected",
+        "prompt_tokens",
+        "completion_tokens",
+        "tokens",
+        "cost",
+        "estimated",
+        "events",
+        "first_seq",
+        "last_seq",
+    ]
+    writer.writerow([*_columns(report), *fields])
+    for row in report.rows:
+        values = row.as_dict()
+        writer.writerow(
+            [*_keys(report, row), *("" if values[f] is None else values[f] for f in fields)]
+        )
+    return out.getvalue().rstrip("\n")
+
+
+def render_table(report: AuditReport) -> str:
+    scope = f"user {report.user!r}" if report.user is not None else "all users"
+    period = (
+        f"{iso_z(report.since) if report.since else 'the start'} .. "
+        f"{iso_z(report.until) if report.until else 'now'}"
+    )
+    title = f"audit of {scope}" + (f" by {report.by}" if report.by else "")
+    header = [
+        *_columns(report),
+        "requests",
+        "rejected",
+        "prompt",
+        "completion",
+        "tokens",
+        "cost",
+        "log seqs",
+    ]
+    body: list[list[str]] = []
+    for row in report.rows:
+        body.append([*_keys(report, row), *_numbers(row)])
+    total_label = ["total"] + [""] * (len(_columns(report)) - 1)
+    totals = [*total_label, *_numbers(report.totals)]
+    widths = [len(h) for h in header]
+    for line in [*body, totals]:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, line, strict=True)]
+    keys_count = len(_columns(report))
+
+    def fmt(line: Sequence[str]) -> str:
+        cells = [
+            cell.ljust(width) if index < keys_count or index == len(line) - 1 else cell.rjust(width)
+            for index, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    lines = [f"{title}, {period} (log up to sequence {report.log_end:,})", fmt(header)]
+    lines += [fmt(line) for line in body]
+    if not body:
+        lines.append("(no requests, rejections or tokens in this period)")
+    lines.append(fmt(["-" * w for w in widths]))
+    lines.append(fmt(totals))
+    if report.skipped:
+        lines.append(f"{report.skipped:,} unreadable events skipped, as the plugin skips them")
+    return "\n".join(lines)
+
+
+def _numbers(row: AuditRow) -> list[str]:
+    seqs = f"{row.first_seq}..{row.last_seq}" if row.events else "-"
+    cost = f"{row.cost:.6f}" if row.priced else "-"
+    return [
+        f"{row.requests:,}",
+        f"{row.rejected:,}",
+        f"{row.prompt_tokens:,}",
+        f"{row.completion_tokens:,}",
+        f"{row.tokens:,}",
+        cost,
+        seqs,
+    ]

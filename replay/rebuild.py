@@ -1,0 +1,339 @@
+"""`rebuild`: fold the whole log into a fresh views bucket, then switch to it (blue/green).
+
+The live bucket is never touched: the new generation (`llm_data_2`,
+`llm_data_3`, ...) is written completely, checkpoints last, and only then
+does the pointer `views.active` in bucket `llm_meta` move to it, with a
+compare-and-set so two rebuilds cannot both win. Running `llm-es` instances
+watch the pointer, fold the events appended since the rebuild's checkpoint
+into the new bucket beside their live views, and swap when it has caught up.
+The previous generation is kept (instances that have not switched yet still
+write there); the one before it is deleted.
+
+With `--projection`, only those views are folded again; the others are
+copied from the live bucket with their checkpoints. `--dry-run` folds and
+compares with the live views, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+import orjson
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyValueError, NotFoundError
+
+from llm_es.config import Config
+from llm_es.views import BUCKET, checkpoint_key
+from projections.base import Projection, View
+from projections.runner import (
+    ACTIVE_VIEWS_KEY,
+    ActiveViews,
+    ensure_meta_bucket,
+    views_bucket_config,
+)
+from replay.buckets import active_views, key_kinds, load_bucket, normalized
+from replay.errors import LogUnavailable
+from replay.fold import LogFold, fewer_collections, select_projections
+from replay.progress import Progress
+from replay.reading import EventLog, LogSelection
+from replay.times import iso_z
+
+WRITE_WINDOW = 2000
+"""KV writes in flight at once (pipelined publishes, acks awaited per window)."""
+WRITE_TIMEOUT_SECONDS = 60.0
+
+ProgressFactory = Callable[[str, int], Progress]
+
+
+def bucket_for_generation(generation: int) -> str:
+    """Generation 1 is the original `llm_data`; later ones are `llm_data_<n>`."""
+    return BUCKET if generation <= 1 else f"{BUCKET}_{generation}"
+
+
+@dataclass
+class RebuildReport:
+    """What a rebuild did, for people (`render`) and scripts (`as_dict`)."""
+
+    bucket: str
+    previous: str
+    generation: int
+    projections: list[str]
+    log_end: int
+    events: int
+    skipped: int
+    keys: dict[str, int]
+    dry_run: bool
+    switched: bool = False
+    deleted: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    changes: dict[str, int] | None = None
+    skips: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def events_per_s(self) -> float:
+        total = self.seconds.get("total", 0.0)
+        return round(self.log_end / total, 1) if total > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "previous": self.previous,
+            "generation": self.generation,
+            "projections": self.projections,
+            "log_end": self.log_end,
+            "events": self.events,
+            "skipped": self.skipped,
+            "skips": [{"seq": s, "error": e} for s, e in self.skips],
+            "keys": self.keys,
+            "dry_run": self.dry_run,
+            "switched": self.switched,
+            "deleted": self.deleted,
+            "changes": self.changes,
+            "seconds": self.seconds,
+            "events_per_s": self.events_per_s,
+        }
+
+    def render(self) -> str:
+        keys = ", ".join(f"{kind} {count:,}" for kind, count in self.keys.items())
+        lines = [
+            f"folded {self.events:,} events (log sequences 1..{self.log_end:,}) "
+            f"into {', '.join(self.projections)} in {self.seconds.get('fold', 0):.1f}s",
+            f"views: {keys or 'none'}",
+        ]
+        if self.skipped:
+            lines.append(f"skipped {self.skipped:,} unreadable events (as the plugin does)")
+            lines += [f"  seq {s}: {e}" for s, e in self.skips]
+        if self.dry_run:
+            changes = self.changes or {}
+            lines.append(
+                f"dry run: against the live views in {self.previous}: "
+                f"{changes.get('added', 0):,} keys would be added, "
+                f"{changes.get('changed', 0):,} changed, {changes.get('removed', 0):,} removed, "
+                f"{changes.get('unchanged', 0):,} unchanged; nothing written"
+            )
+        else:
+            lines.append(
+                f"wrote {sum(self.keys.values()):,} keys to {self.bucket} "
+                f"in {self.seconds.get('write', 0):.1f}s"
+            )
+            if self.switched:
+                lines.append(
+                    f"switched: the live views are now {self.bucket} (was {self.previous}); "
+                    "running llm-es instances follow within seconds"
+                )
+            if self.deleted:
+                lines.append(f"deleted the old generation {self.deleted}")
+        lines.append(
+            f"total {self.seconds.get('total', 0):.1f}s, {self.events_per_s:,.0f} events/s"
+        )
+        return "\n".join(lines)
+
+
+async def fold_log(
+    log: EventLog,
+    projections: Sequence[Projection],
+    end: int,
+    *,
+    progress: Progress | None = None,
+) -> LogFold:
+    """Fold log sequences 1..`end` into memory."""
+    fold = LogFold(projections)
+    if end < 1:
+        return fold
+    with fewer_collections():
+        async with aclosing(log.read(LogSelection(to_seq=end))) as batches:
+            async for batch in batches:
+                fold.feed(batch)
+                if progress is not None:
+                    progress.done = fold.position
+    return fold
+
+
+async def run_rebuild(
+    log: EventLog,
+    config: Config,
+    *,
+    projection_names: Sequence[str] = (),
+    dry_run: bool = False,
+    progress: ProgressFactory | None = None,
+) -> RebuildReport:
+    """Rebuild the views (all, or the named projections) into a new bucket and switch to it."""
+    started = time.perf_counter()
+    js = log.js
+    projections = select_projections(config, projection_names)
+    every_projection = select_projections(config)
+    partial = len(projections) < len(every_projection)
+    active = await active_views(js)
+    end = await log.end()
+
+    bar = progress("rebuild", end) if progress else Progress("rebuild", end, enabled=False)
+    with bar:
+        fold = await fold_log(log, projections, end, progress=bar)
+    folded_at = time.perf_counter()
+
+    values: dict[str, View] = dict(fold.values)
+    checkpoints = {p.name: end for p in projections}
+    live: dict[str, bytes] | None = None
+    if partial or dry_run:
+        live = await load_bucket(js, active.bucket)
+    if partial:
+        assert live is not None
+        chosen = {p.name for p in projections}
+        kept = [p for p in every_projection if p.name not in chosen]
+        for key, raw in live.items():
+            if any(key.startswith(p.key_prefix) for p in kept):
+                values[key] = orjson.loads(raw)
+        for projection in kept:
+            stored = live.get(checkpoint_key(projection.name))
+            checkpoints[projection.name] = int(orjson.loads(stored)["seq"]) if stored else 0
+
+    generation = active.generation + 1
+    report = RebuildReport(
+        bucket=bucket_for_generation(generation),
+        previous=active.bucket,
+        generation=generation,
+        projections=[p.name for p in projections],
+        log_end=end,
+        events=fold.events,
+        skipped=fold.skipped,
+        skips=fold.skips,
+        keys=key_kinds(values),
+        dry_run=dry_run,
+    )
+    report.seconds["fold"] = round(folded_at - started, 3)
+    if dry_run:
+        assert live is not None
+        report.changes = compare_with_live(values, live, [p.key_prefix for p in projections])
+        report.seconds["total"] = round(time.perf_counter() - started, 3)
+        return report
+
+    await _write_generation(js, report.bucket, active, values, checkpoints)
+    written_at = time.perf_counter()
+    report.seconds["write"] = round(written_at - folded_at, 3)
+    await _switch(js, active, report)
+    report.switched = True
+    report.deleted = await _delete_old_generation(js, active)
+    report.seconds["switch"] = round(time.perf_counter() - written_at, 3)
+    report.seconds["total"] = round(time.perf_counter() - started, 3)
+    return report
+
+
+def compare_with_live(
+    values: Mapping[str, View], live: Mapping[str, bytes], prefixes: Sequence[str]
+) -> dict[str, int]:
+    """How many keys of the given views a switch would add, change, remove or keep."""
+    changes = {"added": 0, "changed": 0, "removed": 0, "unchanged": 0}
+    for key, value in values.items():
+        raw = live.get(key)
+        if raw is None:
+            changes["added"] += 1
+        elif orjson.loads(raw) == normalized(value):
+            changes["unchanged"] += 1
+        else:
+            changes["changed"] += 1
+    for key in live:
+        if key not in values and key.startswith(tuple(prefixes)):
+            changes["removed"] += 1
+    return changes
+
+
+async def _write_generation(
+    js: JetStreamContext,
+    bucket: str,
+    active: ActiveViews,
+    values: Mapping[str, View],
+    checkpoints: Mapping[str, int],
+) -> None:
+    """Create `bucket` afresh and write the views, then the checkpoints that cover them."""
+    if bucket == active.bucket:
+        raise LogUnavailable(f"refusing to overwrite the live views bucket {bucket}")
+    try:
+        # Left by a rebuild that stopped before switching: never live, safe to drop.
+        await _drop(js, bucket)
+        await js.create_key_value(views_bucket_config(bucket))
+        await publish_values(js, bucket, ((k, orjson.dumps(v)) for k, v in values.items()))
+        await publish_values(
+            js,
+            bucket,
+            (
+                (checkpoint_key(name), orjson.dumps({"seq": seq}))
+                for name, seq in checkpoints.items()
+            ),
+        )
+    except (nats.errors.Error, KeyValueError, TimeoutError) as exc:
+        raise LogUnavailable(f"cannot write the views bucket {bucket}: {exc!r}") from exc
+
+
+async def publish_values(
+    js: JetStreamContext, bucket: str, items: Any, *, window: int = WRITE_WINDOW
+) -> int:
+    """Put keys into a KV bucket with pipelined publishes; every ack is checked."""
+    written = 0
+    pending: list[asyncio.Future[Any]] = []
+    for key, payload in items:
+        pending.append(await js.publish_async(f"$KV.{bucket}.{key}", payload))
+        written += 1
+        if len(pending) >= window:
+            await _settle(pending)
+            pending = []
+    await _settle(pending)
+    return written
+
+
+async def _settle(pending: list[asyncio.Future[Any]]) -> None:
+    if not pending:
+        return
+    async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
+        await asyncio.gather(*pending)
+
+
+async def _switch(js: JetStreamContext, active: ActiveViews, report: RebuildReport) -> None:
+    """Move the pointer to the new bucket, only if nobody moved it since the rebuild began."""
+    pointer = orjson.dumps(
+        {
+            "bucket": report.bucket,
+            "generation": report.generation,
+            "seq": report.log_end,
+            "projections": report.projections,
+            "switched_at": iso_z(datetime.now(UTC)),
+        }
+    )
+    try:
+        meta = await ensure_meta_bucket(js)
+        if active.revision == 0:
+            await meta.create(ACTIVE_VIEWS_KEY, pointer)
+        else:
+            await meta.update(ACTIVE_VIEWS_KEY, pointer, last=active.revision)
+    except KeyValueError as exc:
+        await _drop(js, report.bucket)
+        raise LogUnavailable(
+            "another rebuild switched the views while this one ran; nothing switched "
+            f"({exc.description or type(exc).__name__}); run it again"
+        ) from exc
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise LogUnavailable(f"cannot switch the views pointer: {exc!r}") from exc
+
+
+async def _delete_old_generation(js: JetStreamContext, active: ActiveViews) -> str | None:
+    """Delete the generation before the one just replaced (that one stays for stragglers)."""
+    if active.generation < 2:
+        return None
+    old = bucket_for_generation(active.generation - 1)
+    return old if await _drop(js, old) else None
+
+
+async def _drop(js: JetStreamContext, bucket: str) -> bool:
+    try:
+        await js.delete_key_value(bucket)
+    except (BucketNotFoundError, NotFoundError):
+        return False
+    except (nats.errors.Error, TimeoutError):
+        return False
+    return True

@@ -1,0 +1,159 @@
+"""`tail` follows the log one readable line (or JSON line) per event; `export` dumps it as JSONL.
+
+Both read with an ordered consumer filtered by the server on
+`llm.ev.<channel>.<user>.<EventType>`. `tail --json` prints each event as
+today's code reads it (older schema versions upcast); `export` prints each
+event exactly as stored, with its sequence and subject, for external tools:
+
+    {"seq": 12, "subject": "llm.ev.lobby.alice.TurnAdmitted", "event": {"type": ...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import aclosing
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from llm_es.codec import UnknownEventError, decode_event, encode_event
+from llm_es.events import Event
+from replay.output import LineWriter
+from replay.reading import EventLog, LogSelection
+from replay.times import iso_z
+
+TEXT_CHARS = 80
+MAX_EVENTS = 10**12
+"""Bound of a follow loop that runs until interrupted."""
+START_TIME_SLACK = timedelta(hours=1)
+"""`tail --since`: the server finds the start by its own store time; events are then
+filtered by their `at`, which a writer sets moments before the server stores them."""
+_COMMON_FIELDS = frozenset({"id", "at", "channel", "user", "user_id"})
+
+
+def describe_event(seq: int, event: Event) -> str:
+    """One readable line: sequence, time, channel, user, type and the event's own fields."""
+    channel = event.channel_name or "-"
+    user = event.user_name or "-"
+    parts = [f"#{seq}", iso_z(event.at), channel, user, event.TYPE]
+    for item in dataclasses.fields(event):
+        if item.name in _COMMON_FIELDS:
+            continue
+        parts.append(f"{item.name}={_value(item.name, getattr(event, item.name))}")
+    return " ".join(parts)
+
+
+def _value(name: str, value: Any) -> str:
+    if name == "turn_id" and isinstance(value, str):
+        return value[:8]
+    if isinstance(value, str):
+        flat = value.replace("\n", "\\n")
+        if len(flat) > TEXT_CHARS:
+            flat = flat[: TEXT_CHARS - 1] + "…"
+        return orjson.dumps(flat).decode() if (" " in flat or not flat) else flat
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "-"
+    if value is None:
+        return "-"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def json_line(seq: int, subject: str, event: Event) -> str:
+    """The event as today's code reads it, with its place in the log."""
+    return orjson.dumps(
+        {"seq": seq, "subject": subject, "event": orjson.Fragment(encode_event(event))}
+    ).decode()
+
+
+async def run_tail(
+    log: EventLog,
+    selection: LogSelection,
+    writer: LineWriter,
+    *,
+    as_json: bool = False,
+    since: datetime | None = None,
+    limit: int | None = None,
+    follow: bool = True,
+) -> int:
+    """Print the selected events as they come; returns how many were printed."""
+    if since is not None:
+        selection = dataclasses.replace(selection, start_time=since - START_TIME_SLACK)
+    if not follow:
+        end = await log.end()
+        if end < max(selection.from_seq, 1) and selection.start_time is None:
+            return 0
+        selection = dataclasses.replace(selection, to_seq=end)
+    printed = 0
+    budget = MAX_EVENTS if limit is None else limit
+    if budget <= 0:
+        return 0
+    async with aclosing(log.read(selection, follow=follow)) as batches:
+        async for batch in batches:
+            for seq, subject, data in batch:
+                try:
+                    event = decode_event(data)
+                except UnknownEventError as exc:
+                    await writer.line(f"#{seq} {subject} unreadable event: {exc}")
+                    continue
+                if since is not None and event.at < since:
+                    continue
+                await writer.line(
+                    json_line(seq, subject, event) if as_json else describe_event(seq, event)
+                )
+                printed += 1
+                if printed >= budget:
+                    await writer.flush()
+                    return printed
+            await writer.flush()
+    await writer.flush()
+    return printed
+
+
+def export_line(seq: int, subject: str, data: bytes) -> str:
+    """An event exactly as stored (its JSON object), with sequence and subject."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return orjson.dumps(
+            {"seq": seq, "subject": subject, "event": None, "raw": data.decode("utf-8", "replace")}
+        ).decode()
+    return orjson.dumps({"seq": seq, "subject": subject, "event": orjson.Fragment(data)}).decode()
+
+
+def _stored_at(data: bytes) -> datetime | None:
+    try:
+        body = orjson.loads(data)
+        moment = datetime.fromisoformat(body["at"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+async def run_export(
+    log: EventLog,
+    selection: LogSelection,
+    writer: LineWriter,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    """Write the selected events as JSON lines, up to the log's end now; returns the count."""
+    end = await log.end()
+    to_seq = end if selection.to_seq is None else min(selection.to_seq, end)
+    selection = dataclasses.replace(selection, to_seq=to_seq)
+    written = 0
+    async with aclosing(log.read(selection)) as batches:
+        async for batch in batches:
+            for seq, subject, data in batch:
+                if since is not None or until is not None:
+                    at = _stored_at(data)
+                    # An event whose time cannot be read is kept: export hides nothing.
+                    if at is not None and (
+                        (since is not None and at < since) or (until is not None and at >= until)
+                    ):
+                        continue
+                await writer.line(export_line(seq, subject, data))
+                written += 1
+    await writer.flush()
+    return written
