@@ -13,9 +13,10 @@ import asyncio
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
 
 from llm_es.headers import KV_OPERATION
+from llm_es.views import ACTIVE_VIEWS_KEY, BUCKET, META_BUCKET, parse_active_views
 
 
 async def read_bucket(js: JetStreamContext, bucket: str) -> dict[str, bytes]:
@@ -55,3 +56,13 @@ async def read_bucket(js: JetStreamContext, bucket: str) -> dict[str, bytes]:
     finally:
         await sub.unsubscribe()
     return values
+
+
+async def live_views_bucket(js: JetStreamContext) -> str:
+    """The bucket holding the live views now (blue/green pointer; `llm_data` without one)."""
+    try:
+        kv = await js.key_value(META_BUCKET)
+        entry = await kv.get(ACTIVE_VIEWS_KEY)
+    except (NotFoundError, KeyNotFoundError, KeyDeletedError):
+        return BUCKET
+    return parse_active_views(entry.value, entry.revision or 0).bucket

@@ -29,8 +29,9 @@ from llm_es.chat_client import (
 )
 from llm_es.command_surface import COMMAND_SUBJECT
 from llm_es.config import Config
+from llm_es.kv import live_views_bucket
 from llm_es.store import MIN_SERVER_VERSION, STREAM_NAME, SUBJECT_PREFIX
-from llm_es.views import BUCKET, checkpoint_key
+from llm_es.views import checkpoint_key
 
 # The views `projections` writes (llm_es may not import it to ask).
 PROJECTIONS = ("context", "memories", "settings", "usage")
@@ -132,12 +133,13 @@ async def stream_status(js: JetStreamContext) -> Report:
 
 async def views_status(js: JetStreamContext, last_seq: int) -> tuple[Report, Report]:
     """Keys in the views bucket by kind, and each projection's checkpoint and lag."""
-    views: Report = {"bucket": BUCKET}
+    bucket = await live_views_bucket(js)
+    views: Report = {"bucket": bucket}
     checkpoints: Report = {
         name: {"seq": None, "lag": last_seq, "stored": False} for name in PROJECTIONS
     }
     try:
-        kv = await js.key_value(BUCKET)
+        kv = await js.key_value(bucket)
     except BucketNotFoundError:
         return {**views, "exists": False, "note": NO_VIEWS_YET}, checkpoints
     except READ_ERRORS as exc:

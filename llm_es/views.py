@@ -10,7 +10,10 @@ makes re-applying an event a no-op.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+import orjson
 
 from llm_es.tokens import encode_name
 
@@ -22,6 +25,36 @@ if TYPE_CHECKING:
     from llm_es.store import EventStore
 
 BUCKET = "llm_data"
+"""The views bucket until a blue/green rebuild points `ACTIVE_VIEWS_KEY` elsewhere."""
+
+META_BUCKET = "llm_meta"
+"""Small KV bucket with the blue/green pointer."""
+ACTIVE_VIEWS_KEY = "views.active"
+"""Key in `META_BUCKET`: `{"bucket": name, "generation": n, ...}` of the live views."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveViews:
+    """Which bucket holds the live views, and the pointer's KV revision (0: no pointer yet)."""
+
+    bucket: str
+    generation: int
+    revision: int
+
+
+def parse_active_views(raw: bytes | None, revision: int) -> ActiveViews:
+    """The pointer value as stored; anything unreadable means the default bucket."""
+    if raw:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None
+        if isinstance(value, dict) and isinstance(value.get("bucket"), str) and value["bucket"]:
+            generation = value.get("generation")
+            return ActiveViews(
+                value["bucket"], generation if isinstance(generation, int) else 1, revision
+            )
+    return ActiveViews(BUCKET, 1, revision)
 
 
 def context_key(channel: str) -> str:

@@ -30,7 +30,6 @@ import heapq
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -52,7 +51,14 @@ from llm_es.headers import KV_OPERATION
 from llm_es.kv import read_bucket
 from llm_es.logs import log_kv
 from llm_es.store import EventStore
-from llm_es.views import BUCKET, checkpoint_key
+from llm_es.views import (
+    ACTIVE_VIEWS_KEY,
+    BUCKET,
+    META_BUCKET,
+    ActiveViews,
+    checkpoint_key,
+    parse_active_views,
+)
 from projections.base import Projection, View
 from projections.context import ContextProjection
 from projections.memories import MemoriesProjection
@@ -71,20 +77,6 @@ _WAITER_ORDER = itertools.count()
 SWITCH_CATCH_UP_SECONDS = 300.0
 """Longest a newly activated bucket may take to catch up before the switch is abandoned."""
 SWITCH_MAX_ROUNDS = 100_000
-
-META_BUCKET = "llm_meta"
-"""Small KV bucket with the blue/green pointer."""
-ACTIVE_VIEWS_KEY = "views.active"
-"""Key in `META_BUCKET`: `{"bucket": name, "generation": n, ...}` of the live views."""
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveViews:
-    """Which bucket holds the live views, and the pointer's KV revision (0: no pointer yet)."""
-
-    bucket: str
-    generation: int
-    revision: int
 
 
 def views_bucket_config(bucket: str) -> api.KeyValueConfig:
@@ -112,21 +104,6 @@ async def ensure_meta_bucket(js: JetStreamContext) -> KeyValue:
                 description="llm-es: which views bucket is live (blue/green)",
             )
         )
-
-
-def parse_active_views(raw: bytes | None, revision: int) -> ActiveViews:
-    """The pointer value as stored; anything unreadable means the default bucket."""
-    if raw:
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            value = None
-        if isinstance(value, dict) and isinstance(value.get("bucket"), str) and value["bucket"]:
-            generation = value.get("generation")
-            return ActiveViews(
-                value["bucket"], generation if isinstance(generation, int) else 1, revision
-            )
-    return ActiveViews(BUCKET, 1, revision)
 
 
 async def read_active_views(js: JetStreamContext) -> ActiveViews:

@@ -12,8 +12,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 
 from llm_es.kv import read_bucket
+from llm_es.views import ActiveViews
 from projections.base import View
-from projections.runner import ActiveViews, read_active_views
+from projections.runner import read_active_views
 from replay.errors import LogUnavailable
 
 LOAD_TIMEOUT_SECONDS = 120.0

@@ -30,14 +30,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyValueError, NotFoundError
 
 from llm_es.config import Config
-from llm_es.views import BUCKET, checkpoint_key
+from llm_es.views import ACTIVE_VIEWS_KEY, BUCKET, ActiveViews, checkpoint_key
 from projections.base import Projection, View
-from projections.runner import (
-    ACTIVE_VIEWS_KEY,
-    ActiveViews,
-    ensure_meta_bucket,
-    views_bucket_config,
-)
+from projections.runner import ensure_meta_bucket, views_bucket_config
 from replay.buckets import active_views, key_kinds, load_bucket, normalized
 from replay.errors import LogUnavailable
 from replay.fold import LogFold, fewer_collections, select_projections
