@@ -6,13 +6,8 @@ under test reaches it only through NATS, as an operator's terminal would.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import pathlib
-import shutil
 import socket
-import sys
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,64 +16,23 @@ from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
 from llm_es.chat_client import NO_ANSWER
-from llm_es.config import ENV_OVERRIDES
 from llm_es.embedded import EmbeddedNatsServer
 from llm_es.events import TurnAdmitted
 from llm_es.replies import HELP
 from llm_es.status import NO_LOG_YET
+from tests.support.cli import CliResult, console_script, run_script
 from tests.support.harness import command, event_types, log_events, wait_persisted
 
 CLI_TIMEOUT_SECONDS = 30.0
 MODEL_REPLY = "Hello from the fake model."
 
 
-def _console_script() -> str:
-    beside_python = pathlib.Path(sys.executable).parent / "llm-es"
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which("llm-es")
-    assert found is not None, "the llm-es console script is not installed (pip install -e .)"
-    return found
-
-
-LLM_ES = _console_script()
-
-
-@dataclass(frozen=True)
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def _hermetic_env() -> dict[str, str]:
-    """The parent's environment without the variables that would override the config."""
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ENV_OVERRIDES and not name.startswith("LLM_ES_")
-    }
+LLM_ES = console_script("llm-es")
 
 
 async def run_cli(*args: str, stdin: bytes = b"") -> CliResult:
     """Run `llm-es ARGS` with `stdin` piped in; kill it if it outlives the bound."""
-    process = await asyncio.create_subprocess_exec(
-        LLM_ES,
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=_hermetic_env(),
-    )
-    try:
-        async with asyncio.timeout(CLI_TIMEOUT_SECONDS):
-            stdout, stderr = await process.communicate(stdin)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return CliResult(process.returncode, stdout.decode(), stderr.decode())
+    return await run_script(LLM_ES, *args, stdin=stdin, within=CLI_TIMEOUT_SECONDS)
 
 
 def _closed_port() -> int:

@@ -11,13 +11,8 @@ import asyncio
 import contextlib
 import csv
 import io
-import os
 import pathlib
-import shutil
 import socket
-import sys
-from dataclasses import dataclass
-from typing import Any
 
 import orjson
 import pytest
@@ -25,66 +20,23 @@ from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
 from llm_es.codec import decode_event
-from llm_es.config import ENV_OVERRIDES
 from llm_es.embedded import EmbeddedNatsServer
 from llm_es.events import TokensSpent, TurnAdmitted, TurnCompleted
 from llm_es.views import usage_key
+from tests.support.cli import CliResult, console_script, run_script
 from tests.support.harness import command, log_events, wait_until
 
 CLI_TIMEOUT_SECONDS = 60.0
 pytestmark = pytest.mark.timeout(120)
 
 
-def _console_script() -> str:
-    beside_python = pathlib.Path(sys.executable).parent / "llm-replay"
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which("llm-replay")
-    assert found is not None, "the llm-replay console script is not installed (pip install -e .)"
-    return found
-
-
-LLM_REPLAY = _console_script()
-
-
-@dataclass(frozen=True)
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return orjson.loads(self.stdout)
-
-
-def _hermetic_env() -> dict[str, str]:
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ENV_OVERRIDES and not name.startswith("LLM_ES_")
-    }
+LLM_REPLAY = console_script("llm-replay")
 
 
 async def replay(*args: str, url: str | None = None) -> CliResult:
     """Run `llm-replay [--nats-url URL] ARGS`; kill it if it outlives the bound."""
     argv = ["--nats-url", url, *args] if url else list(args)
-    process = await asyncio.create_subprocess_exec(
-        LLM_REPLAY,
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=_hermetic_env(),
-    )
-    try:
-        async with asyncio.timeout(CLI_TIMEOUT_SECONDS):
-            stdout, stderr = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return CliResult(process.returncode, stdout.decode(), stderr.decode())
+    return await run_script(LLM_REPLAY, *argv, within=CLI_TIMEOUT_SECONDS)
 
 
 async def history(client: NATS) -> None:

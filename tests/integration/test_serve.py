@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import pathlib
 import signal
-import sys
 
 import nats
 import orjson
 import pytest
 
-from llm_es.config import ENV_OVERRIDES
 from llm_es.embedded import pick_free_port
+from tests.support.cli import console_script, hermetic_env
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import command, log_events, wait_until
 
-LLM_ES = str(pathlib.Path(sys.executable).parent / "llm-es")
-
-
-def hermetic_env() -> dict[str, str]:
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ENV_OVERRIDES and not name.startswith("LLM_ES_")
-    }
+LLM_ES = console_script("llm-es")
 
 
 async def start_serve(*args: str) -> asyncio.subprocess.Process:

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import pathlib
-import sys
-
-import orjson
 from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
 from llm_es.embedded import EmbeddedNatsServer
+from tests.support.cli import console_script, run_script
 from tests.support.harness import command
-
-BIN = pathlib.Path(sys.executable).parent
-
-
-async def run(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    async with asyncio.timeout(60):
-        stdout, stderr = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
 
 
 async def test_status_reports_the_live_bucket_after_a_rebuild(
@@ -31,12 +15,13 @@ async def test_status_reports_the_live_bucket_after_a_rebuild(
 ) -> None:
     """After a rebuild switches buckets, status describes the new live bucket, not llm_data."""
     assert (await command(client, "hello"))["success"]
-    code, _, errors = await run(str(BIN / "llm-replay"), "rebuild", "--nats-url", nats_server.url)
-    assert code == 0, errors
-    code, output, errors = await run(
-        str(BIN / "llm-es"), "status", "--nats-url", nats_server.url, "--json"
+    rebuilt = await run_script(
+        console_script("llm-replay"), "rebuild", "--nats-url", nats_server.url
     )
-    assert code == 0, errors
-    report = orjson.loads(output)
-    assert report["views"]["bucket"] != "llm_data"
-    assert report["views"]["bucket"].startswith("llm_data_")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    status = await run_script(
+        console_script("llm-es"), "status", "--nats-url", nats_server.url, "--json"
+    )
+    assert status.returncode == 0, status.stderr
+    bucket = status.json()["views"]["bucket"]
+    assert bucket.startswith("llm_data_")
