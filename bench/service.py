@@ -38,11 +38,9 @@ import os
 import pathlib
 import platform
 import random
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -834,22 +832,7 @@ def main(argv: list[str] | None = None) -> int:
     global QUIET
     args = parse_args(argv)
     QUIET = turns.QUIET = args.json_only
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="llm-es-bench-service-"))
-    try:
-        result = asyncio.run(bounded_run(args, workdir))
-    except KeyboardInterrupt:
-        return 130
-    except asyncio.CancelledError:
-        progress("stopped by SIGTERM")
-        return 143
-    finally:
-        if args.keep_dir:
-            progress(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    option = 0 if args.json_only else orjson.OPT_INDENT_2
-    sys.stdout.write(orjson.dumps(result, option=option).decode() + "\n")
-    return 0
+    return turns.run_in_workdir(bounded_run, args, "llm-es-bench-service-")
 
 
 if __name__ == "__main__":

@@ -1074,9 +1074,18 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(echo_responder(args.echo_responder, args.max_seconds))
         return 0
     QUIET = args.json_only
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="llm-es-bench-"))
+    return run_in_workdir(bounded_run, args, "llm-es-bench-")
+
+
+def run_in_workdir(
+    bounded: Callable[[argparse.Namespace, pathlib.Path], Awaitable[dict[str, Any]]],
+    args: argparse.Namespace,
+    prefix: str,
+) -> int:
+    """Run a bench in a temp dir (kept with --keep-dir) and print its JSON; exit code."""
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        result = asyncio.run(bounded_run(args, workdir))
+        result = asyncio.run(bounded(args, workdir))
     except KeyboardInterrupt:
         return 130
     except asyncio.CancelledError:

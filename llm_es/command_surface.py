@@ -21,6 +21,7 @@ from nats.aio.subscription import Subscription
 from llm_es import replies
 from llm_es.commands import SUBCOMMANDS, ChatCommand, parse_chat_args
 from llm_es.config import Config
+from llm_es.connection import confirm_interest
 from llm_es.dispatch import TaskPool
 from llm_es.errors import LLMESError, OperationalError, ValidationError
 from llm_es.logs import log_kv
@@ -69,11 +70,7 @@ class CommandSurface:
                 )
             )
         # The server must know the subscriptions before anyone is told we are ready.
-        # nats-py (2.16) writes flush()'s PING ahead of SUBs still queued for its
-        # flusher task, so one PONG proves nothing; by the second PING the SUBs
-        # have been written, and its PONG comes after the server processed them.
-        await self._nc.flush()
-        await self._nc.flush()
+        await confirm_interest(self._nc)
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         """Stop taking commands, then let the ones in flight finish (bounded)."""

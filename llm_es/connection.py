@@ -71,6 +71,18 @@ async def connect_options(config: NatsConfig, url: str | None, name: str) -> dic
     return options
 
 
+async def confirm_interest(nc: NATS) -> None:
+    """Return once the server has processed every SUB/UNSUB this client sent so far.
+
+    nats-py (2.16) writes flush()'s PING ahead of SUBs still queued for its
+    flusher task, so one PONG proves nothing; by the second PING the queued
+    protocol lines have been written, and its PONG comes after the server
+    processed them.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
 async def connect(
     config: NatsConfig, url: str | None, name: str = "llm-es", *, keep_reconnecting: bool = True
 ) -> NATS:

@@ -25,6 +25,7 @@ from nats.aio.subscription import Subscription
 
 from llm_es.command_surface import MAX_IN_FLIGHT, QUEUE_GROUP
 from llm_es.config import Config, ServiceConfig
+from llm_es.connection import confirm_interest
 from llm_es.dispatch import TaskPool
 from llm_es.errors import LLMESError, OperationalError, ValidationError
 from llm_es.logs import log_kv
@@ -92,18 +93,15 @@ class LegacySurface:
         self._subscription = await self._nc.subscribe(
             REQUEST_SUBJECT, queue=QUEUE_GROUP, cb=self._dispatch
         )
-        # Two flushes: the first PING can overtake the SUB (see CommandSurface.start).
-        await self._nc.flush()
-        await self._nc.flush()
+        await confirm_interest(self._nc)
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         """Stop taking requests, then let the ones in flight finish (bounded)."""
         if self._subscription is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._subscription.unsubscribe()
-                # As at start: the UNSUB must reach the server before "stopped" is true.
-                await self._nc.flush()
-                await self._nc.flush()
+                # The UNSUB must reach the server before "stopped" is true.
+                await confirm_interest(self._nc)
             self._subscription = None
         await self._pool.drain(grace_seconds)
 

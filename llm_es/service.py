@@ -42,6 +42,7 @@ from llm_es.events import (
     TurnCompleted,
     TurnFailed,
     TurnRejected,
+    utc_now,
 )
 from llm_es.limits import TurnRequest, decide_admission, estimate_tokens, usage_numbers
 from llm_es.logs import log_kv
@@ -123,8 +124,6 @@ class ChatService:
         clock: Callable[[], datetime] | None = None,
         instance_id: str | None = None,
     ) -> None:
-        from llm_es.events import utc_now
-
         self._config = config
         self._store = store
         self._views = views

@@ -36,6 +36,7 @@ from nats.micro.service import EndpointConfig, Service
 
 from llm_es import __version__
 from llm_es.config import Config
+from llm_es.connection import confirm_interest
 from llm_es.dispatch import TaskPool
 from llm_es.errors import LLMESError, OperationalError, ProviderError, ValidationError
 from llm_es.logs import log_kv
@@ -119,9 +120,7 @@ class LLMServiceAPI:
                     handler=self._dispatcher(name),
                 )
             )
-        # nats-py writes a flush's PING ahead of queued SUBs: the second PONG proves them.
-        await self._nc.flush()
-        await self._nc.flush()
+        await confirm_interest(self._nc)
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         if self._micro is not None:
