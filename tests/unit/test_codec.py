@@ -324,3 +324,21 @@ def test_upcasters_are_left_as_they_were() -> None:
     assert ("TurnFailed", 0) not in UPCASTERS
     assert ("PersonaSwitched", -1) not in UPCASTERS
     assert ("PersonaSwitched", 0) not in UPCASTERS
+
+
+def test_fields_with_defaults_may_be_absent_from_older_writers() -> None:
+    """An event written before a defaulted field existed decodes with that field's default."""
+    admitted = next(e for e in SAMPLES if isinstance(e, TurnAdmitted))
+    body = wire(admitted)
+    del body["purpose"], body["instance"]
+    decoded = decode_event(orjson.dumps(body))
+    assert isinstance(decoded, TurnAdmitted)
+    assert (decoded.purpose, decoded.instance) == ("chat", "")
+    assert decoded.message == admitted.message
+
+
+def test_decoded_events_stay_frozen() -> None:
+    """Decoding builds events past the frozen `__init__`, yet they remain immutable."""
+    decoded = decode_event(encode_event(SAMPLES[0]))
+    with pytest.raises(AttributeError):
+        decoded.id = "changed"  # type: ignore[misc]
