@@ -19,6 +19,8 @@ class Projection(Protocol):
     name: str
     key_prefix: str
     """Every key of this view starts with it (`usage.`): tools tell the views apart by it."""
+    event_types: frozenset[type[Event]]
+    """The event classes `keys_for` may return keys for: a replay skips the others unasked."""
 
     def keys_for(self, event: Event) -> tuple[str, ...]:
         """The view keys this event changes (empty when it does not concern this view)."""
@@ -27,6 +29,13 @@ class Projection(Protocol):
         """The key's new value after `event` (stream sequence `seq`); None deletes the key.
 
         Must not mutate `view`; the result records `seq`.
+        """
+
+    def fold(self, key: str, view: View | None, event: Event, seq: int) -> View | None:
+        """What `apply` returns, but free to change `view` in place (often returning it).
+
+        For a caller that owns every value and shares none with readers (a
+        replay folding the log in memory): most of a rebuild's time was copies.
         """
 
 

@@ -10,7 +10,7 @@ from llm_es.events import (
     TurnCompleted,
     TurnFailed,
 )
-from llm_es.views import ContextMessage, ContextView, context_key
+from llm_es.views import ContextView, context_key
 from projections.base import View, cached_key, iso
 
 _context_key = cached_key(context_key)
@@ -29,6 +29,7 @@ class ContextProjection:
 
     name = "context"
     key_prefix = "messages."
+    event_types: frozenset[type[Event]] = frozenset(_CONTEXT_EVENTS)
 
     def __init__(self, max_messages: int) -> None:
         self.max_messages = max_messages
@@ -41,7 +42,13 @@ class ContextProjection:
         return ()
 
     def apply(self, key: str, view: View | None, event: Event, seq: int) -> View | None:
-        current: ContextView = (
+        if view is not None:
+            # Messages and pending turns are never changed in place, only the containers.
+            view = {**view, "messages": list(view["messages"]), "pending": dict(view["pending"])}
+        return self.fold(key, view, event, seq)
+
+    def fold(self, key: str, view: View | None, event: Event, seq: int) -> View | None:
+        context: ContextView = (
             view  # type: ignore[assignment]
             if view is not None
             else {
@@ -53,51 +60,49 @@ class ContextProjection:
                 "pending": {},
             }
         )
-        updated: ContextView = {**current, "seq": seq}
+        context["seq"] = seq
         if isinstance(event, TurnAdmitted):
-            updated["pending"] = {
-                **current["pending"],
-                event.turn_id: {
-                    "user": event.user,
-                    "content": event.message,
-                    "timestamp": iso(event),
-                },
+            context["pending"][event.turn_id] = {
+                "user": event.user,
+                "content": event.message,
+                "timestamp": iso(event),
             }
         elif isinstance(event, TurnCompleted):
-            pending = dict(current["pending"])
-            asked = pending.pop(event.turn_id, None)
-            updated["pending"] = pending
+            asked = context["pending"].pop(event.turn_id, None)
             if asked is not None:
-                question: ContextMessage = {
-                    "role": "user",
-                    "content": asked["content"],
-                    "user_id": asked["user"],
-                    "timestamp": asked["timestamp"],
-                    "turn_id": event.turn_id,
-                    "seq": seq,
-                }
-                answer: ContextMessage = {
-                    "role": "assistant",
-                    "content": event.content,
-                    "user_id": None,
-                    "timestamp": iso(event),
-                    "turn_id": event.turn_id,
-                    "seq": seq,
-                }
-                messages = [*current["messages"], question, answer]
-                updated["messages"] = messages[-self.max_messages :]
+                messages = context["messages"]
+                messages.append(
+                    {
+                        "role": "user",
+                        "content": asked["content"],
+                        "user_id": asked["user"],
+                        "timestamp": asked["timestamp"],
+                        "turn_id": event.turn_id,
+                        "seq": seq,
+                    }
+                )
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": event.content,
+                        "user_id": None,
+                        "timestamp": iso(event),
+                        "turn_id": event.turn_id,
+                        "seq": seq,
+                    }
+                )
+                if self.max_messages and len(messages) > self.max_messages:
+                    del messages[: -self.max_messages]
         elif isinstance(event, TurnFailed):
-            pending = dict(current["pending"])
-            pending.pop(event.turn_id, None)
-            updated["pending"] = pending
+            context["pending"].pop(event.turn_id, None)
         elif isinstance(event, ContextReset):
             # Turns in flight belong to the conversation being cleared: their
             # answers still reach the user but do not seed the new context.
-            updated["messages"] = []
-            updated["summary"] = None
-            updated["pending"] = {}
+            context["messages"] = []
+            context["summary"] = None
+            context["pending"] = {}
         elif isinstance(event, ContextSummarized):
-            updated["summary"] = event.summary
-            updated["summary_seq"] = seq
-            updated["messages"] = [m for m in current["messages"] if m["seq"] > event.through_seq]
-        return updated  # type: ignore[return-value]
+            context["summary"] = event.summary
+            context["summary_seq"] = seq
+            context["messages"] = [m for m in context["messages"] if m["seq"] > event.through_seq]
+        return context  # type: ignore[return-value]

@@ -19,6 +19,7 @@ class MemoriesProjection:
 
     name = "memories"
     key_prefix = "memories."
+    event_types: frozenset[type[Event]] = frozenset({MemoryAdded, MemoryForgotten, MemoryRecalled})
 
     def keys_for(self, event: Event) -> tuple[str, ...]:
         if isinstance(event, (MemoryAdded, MemoryForgotten)):
@@ -46,3 +47,6 @@ class MemoriesProjection:
         if isinstance(event, MemoryRecalled) and view is not None:
             return {**view, "accessed_at": iso(event), "seq": seq}
         return view
+
+    # Every value is built afresh, so folding in place is the same as applying.
+    fold = apply

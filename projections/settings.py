@@ -14,6 +14,7 @@ class SettingsProjection:
 
     name = "settings"
     key_prefix = "channel."
+    event_types: frozenset[type[Event]] = frozenset({PersonaSwitched})
 
     def keys_for(self, event: Event) -> tuple[str, ...]:
         if isinstance(event, PersonaSwitched):
@@ -31,3 +32,6 @@ class SettingsProjection:
             "seq": seq,
         }
         return dict(settings)
+
+    # Every value is built afresh, so folding in place is the same as applying.
+    fold = apply

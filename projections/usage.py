@@ -8,6 +8,7 @@ the expected last sequence of its conditional append.
 from __future__ import annotations
 
 from llm_es.events import (
+    EVENT_TYPES,
     Event,
     TokensSpent,
     TurnAdmitted,
@@ -33,6 +34,8 @@ class UsageProjection:
 
     name = "usage"
     key_prefix = "usage."
+    event_types: frozenset[type[Event]] = frozenset(EVENT_TYPES.values())
+    """Any event naming a user (`keys_for` tells)."""
 
     def __init__(self, keep_requests: int = 10_000) -> None:
         self.keep_requests = keep_requests
@@ -42,6 +45,9 @@ class UsageProjection:
         return (_usage_key(user),) if user is not None else ()
 
     def apply(self, key: str, view: View | None, event: Event, seq: int) -> View | None:
+        return self.fold(key, None if view is None else _own_copy(view), event, seq)
+
+    def fold(self, key: str, view: View | None, event: Event, seq: int) -> View | None:
         day = utc_day(event.at)
         if view is None:
             usage: UsageView = {
@@ -57,7 +63,8 @@ class UsageProjection:
                 "total_tokens": 0,
             }
         else:
-            usage = {**view, "seq": seq}  # type: ignore[typeddict-item]
+            usage = view  # type: ignore[assignment]
+            usage["seq"] = seq
             # Forward only: an event stamped just before midnight by a slower clock,
             # folded after one from the new day, must not zero the new day's counters.
             if day > usage["day"]:
@@ -66,19 +73,23 @@ class UsageProjection:
         if isinstance(event, TurnAdmitted):
             at_ts = event.at.timestamp()
             cutoff = at_ts - HOUR_SECONDS
-            recent = [t for t in usage["recent_requests"] if t > cutoff]
+            recent = usage["recent_requests"]
+            if recent and min(recent) <= cutoff:
+                recent = [t for t in recent if t > cutoff]
             recent.append(round(at_ts, 6))
-            usage["recent_requests"] = recent[-self.keep_requests :] if self.keep_requests else []
+            keep = self.keep_requests
+            if not keep:
+                recent = []
+            elif len(recent) > keep:
+                del recent[:-keep]
+            usage["recent_requests"] = recent
             usage["requests_today"] += 1
             usage["total_requests"] += 1
-            usage["open_turns"] = {
-                **usage["open_turns"],
-                event.turn_id: {
-                    "channel": event.channel,
-                    "admitted_at": iso(event),
-                    "admitted_seq": seq,
-                    "reserved_tokens": event.reserved_tokens,
-                },
+            usage["open_turns"][event.turn_id] = {
+                "channel": event.channel,
+                "admitted_at": iso(event),
+                "admitted_seq": seq,
+                "reserved_tokens": event.reserved_tokens,
             }
         elif isinstance(event, TurnRejected):
             usage["rejected_today"] += 1
@@ -88,14 +99,16 @@ class UsageProjection:
             usage["total_tokens"] += spent
             turn = usage["open_turns"].get(event.turn_id)
             if turn is not None:
-                # Settled: the real figure replaces the reservation.
-                usage["open_turns"] = {
-                    **usage["open_turns"],
-                    event.turn_id: {**turn, "reserved_tokens": 0},
-                }
-        elif isinstance(event, _TURN_ENDS) and event.turn_id in usage["open_turns"]:
-            open_turns = dict(usage["open_turns"])
-            del open_turns[event.turn_id]
-            usage["open_turns"] = open_turns
-        # `usage` is a fresh dict (nested values replaced, never changed in place).
+                turn["reserved_tokens"] = 0  # settled: the real figure replaces the reservation
+        elif isinstance(event, _TURN_ENDS):
+            usage["open_turns"].pop(event.turn_id, None)
         return usage  # type: ignore[return-value]
+
+
+def _own_copy(view: View) -> View:
+    """A copy of a usage value that `fold` may change without touching `view`."""
+    return {
+        **view,
+        "recent_requests": list(view["recent_requests"]),
+        "open_turns": {turn: dict(open_turn) for turn, open_turn in view["open_turns"].items()},
+    }

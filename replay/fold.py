@@ -2,8 +2,10 @@
 
 The runner also skips events already in a value (`seq`) and per-projection
 checkpoints; from sequence 1 into empty views neither ever applies, so this
-is the same fold without them. Events this code cannot read are skipped and
-counted, as the runner skips them.
+is the same fold without them. The values are this fold's own, so it folds
+them in place (`Projection.fold`) instead of copying each one per event.
+Events this code cannot read are skipped and counted, as the runner skips
+them.
 """
 
 from __future__ import annotations
@@ -69,14 +71,26 @@ class LogFold:
         self.skipped = 0
         self.skips: list[tuple[int, str]] = []
         """The first few unreadable events: (sequence, why)."""
+        self._routes: dict[type[Event], list[Projection]] = {}
+
+    def projections_for(self, event_type: type[Event]) -> list[Projection]:
+        """The projections an event of this class may concern (`Projection.event_types`)."""
+        route = self._routes.get(event_type)
+        if route is None:
+            route = self._routes[event_type] = [
+                p
+                for p in self.projections
+                if any(issubclass(event_type, wanted) for wanted in p.event_types)
+            ]
+        return route
 
     def apply(self, event: Event, seq: int) -> None:
         """Fold one event (stream sequence `seq`) into every view it concerns."""
         values = self.values
-        for projection in self.projections:
+        for projection in self.projections_for(type(event)):
             for key in projection.keys_for(event):
                 current = values.get(key)
-                updated = projection.apply(key, current, event, seq)
+                updated = projection.fold(key, current, event, seq)
                 if updated is None:
                     if current is not None:
                         del values[key]
@@ -90,7 +104,7 @@ class LogFold:
         """Decode and fold a batch of stored events."""
         values = self.values
         removed = self.removed
-        projections = self.projections
+        routes = self._routes
         seq = self.position
         folded = 0
         for seq, _subject, data in batch:
@@ -100,10 +114,11 @@ class LogFold:
                 self.skip(seq, str(exc))
                 continue
             # The body of `apply`, inlined: this loop is the rebuild's hot path.
+            projections = routes.get(type(event)) or self.projections_for(type(event))
             for projection in projections:
                 for key in projection.keys_for(event):
                     current = values.get(key)
-                    updated = projection.apply(key, current, event, seq)
+                    updated = projection.fold(key, current, event, seq)
                     if updated is None:
                         if current is not None:
                             del values[key]

@@ -487,6 +487,36 @@ def test_apply_never_mutates_the_view_it_is_given(projection: Projection) -> Non
 
 
 @pytest.mark.parametrize("projection", ALL_PROJECTIONS, ids=lambda p: p.name)
+def test_folding_in_place_gives_what_apply_gives_after_every_event(projection: Projection) -> None:
+    """`fold` (the replay's in-place step) and `apply` (the runner's) agree event by event."""
+    applied: dict[str, View] = {}
+    in_place: dict[str, View] = {}
+    for seq, event in enumerate(mixed_history(), start=1):
+        for key in projection.keys_for(event):
+            for values, step in ((applied, projection.apply), (in_place, projection.fold)):
+                updated = step(key, values.get(key), event, seq)
+                if updated is None:
+                    values.pop(key, None)
+                else:
+                    values[key] = updated
+            assert in_place.get(key) == applied.get(key), f"{key} after {type(event).__name__}"
+    assert in_place == applied
+    assert applied
+
+
+@pytest.mark.parametrize("projection", ALL_PROJECTIONS, ids=lambda p: p.name)
+def test_events_outside_event_types_concern_no_key(projection: Projection) -> None:
+    """A replay may skip a projection for event classes it does not list: they give no keys."""
+    listed = 0
+    for event in mixed_history():
+        if type(event) in projection.event_types:
+            listed += 1
+        else:
+            assert projection.keys_for(event) == (), f"{projection.name}: {type(event).__name__}"
+    assert listed > 0
+
+
+@pytest.mark.parametrize("projection", ALL_PROJECTIONS, ids=lambda p: p.name)
 def test_results_record_the_sequence_they_include(projection: Projection) -> None:
     """Every value a fold writes records the sequence of the event that produced it."""
     for seq, event in enumerate(mixed_history(), start=1):
