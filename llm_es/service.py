@@ -136,8 +136,25 @@ class ChatService:
         self.instance_id = instance_id or f"llm-es-{uuid.uuid4().hex[:12]}"
         self._in_flight: set[str] = set()
         self._started_at = self._clock()
+        self.admitted = 0
+        """Turns this instance admitted (chat, complete and summarize)."""
+        self.rejected = 0
+        """Turns this instance refused by a limit."""
         self.admission_conflicts = 0
         """Conditional appends of admissions that lost a race (and were decided again)."""
+
+    def admission_stats(self) -> dict[str, Any]:
+        """This instance's admission counters (`$SRV.STATS` data of the `chat` endpoint)."""
+        return {
+            "instance": self.instance_id,
+            "admitted": self.admitted,
+            "rejected": self.rejected,
+            "admission_conflicts": self.admission_conflicts,
+            "conflict_retries_per_admitted": (
+                round(self.admission_conflicts / self.admitted, 3) if self.admitted else 0.0
+            ),
+            "turns_in_flight": len(self._in_flight),
+        }
 
     # ---------------------------------------------------------------- reads
 
@@ -479,6 +496,7 @@ class ChatService:
                         # A refusal consumes no budget, so it has no race to lose:
                         # appending it unconditionally keeps floods from contending.
                         await self._wait_for(await self._store.append(decision))
+                        self.rejected += 1
                         return decision
                     try:
                         seq = await self._store.append(
@@ -496,6 +514,7 @@ class ChatService:
                             random.uniform(0, ADMIT_BACKOFF_SECONDS) * min(attempt, 8)
                         )
                         continue
+                    self.admitted += 1
                     await self._wait_for(seq)
                     return decision
                 raise OperationalError("too many concurrent requests for this user; try again")

@@ -32,7 +32,7 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import EndpointConfig, Service
+from nats.micro.service import EndpointConfig, EndpointStats, Service
 
 from llm_es import __version__
 from llm_es.config import Config
@@ -110,6 +110,7 @@ class LLMServiceAPI:
             version=__version__,
             description="LLM chat, completions, summaries and memories for Rosey-Robot plugins",
             queue_group=QUEUE_GROUP,
+            stats_handler=self._stats_data,
         )
         for name in self._endpoints:
             await self._micro.add_endpoint(
@@ -302,6 +303,14 @@ class LLMServiceAPI:
 
     # ------------------------------------------------------------ helpers
 
+    def _stats_data(self, endpoint: EndpointStats) -> dict[str, Any] | None:
+        """`data` of an endpoint in `$SRV.STATS`: the instance's admission counters on `chat`.
+
+        They count every admitted turn of the instance (chat, complete,
+        summarize, `!chat`), so they appear once, not on each endpoint.
+        """
+        return self._chat.admission_stats() if endpoint.name == "chat" else None
+
     def _provider_field(self, body: dict[str, Any]) -> str | None:
         value = body.get("provider")
         if value is None:
@@ -320,8 +329,12 @@ class LLMServiceAPI:
             nonlocal index
             await self._nc.publish(reply, orjson.dumps({"chunk": piece, "index": index}))
             index += 1
-            # Let nats-py's flusher send the piece now rather than after the next one.
-            await asyncio.sleep(0)
+            if index == 1:
+                # Let nats-py's flusher send the first piece now rather than with the
+                # next ones (time to first chunk). Later pieces already read from the
+                # provider go out together in one write, sent as soon as the stream
+                # waits for more.
+                await asyncio.sleep(0)
 
         return send
 

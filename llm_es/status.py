@@ -1,5 +1,8 @@
 """`llm-es status`: the server, the event log, the views and their lag, and who answers.
 
+`instances` lists every running llm-es (the `rosey-llm` service's `$SRV.STATS`
+answers) with its admission counters.
+
 Everything is read from NATS as it is now; nothing is written (the instance
 probe is `!chat help`, which appends no event). Each part reports what it
 could read, so a missing stream or bucket still leaves a useful report.
@@ -43,6 +46,10 @@ READ_TIMEOUT_SECONDS = 5.0
 MAX_KEYS_COUNTED = 10_000_000
 PROBE_CHANNEL = "llm-es-status"
 PROBE_USER = "llm-es-status"
+SERVICE_STATS_SUBJECT = "$SRV.STATS.rosey-llm"
+STATS_GATHER_SECONDS = 0.5
+"""How long `$SRV.STATS` answers are collected (every instance answers the one request)."""
+MAX_INSTANCES_LISTED = 1000
 
 READ_ERRORS = (nats.errors.Error, TimeoutError)
 
@@ -80,6 +87,7 @@ async def gather_status(nc: NATS) -> Report:
         "views": views,
         "checkpoints": checkpoints,
         "instance": await instance_status(nc),
+        "instances": await instances_status(nc),
     }
 
 
@@ -202,6 +210,56 @@ async def instance_status(nc: NATS) -> Report:
     return {**report, "answered": True, "success": success is True}
 
 
+async def instances_status(nc: NATS) -> list[Report]:
+    """Each running instance with its admission counters, from the service's `$SRV.STATS`."""
+    answers: asyncio.Queue[bytes] = asyncio.Queue(MAX_INSTANCES_LISTED)
+
+    async def collect(msg: Any) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            answers.put_nowait(msg.data)
+
+    instances: list[Report] = []
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=collect)
+        try:
+            await nc.publish(SERVICE_STATS_SUBJECT, b"", reply=inbox)
+            await nc.flush(timeout=int(READ_TIMEOUT_SECONDS))
+            await asyncio.sleep(STATS_GATHER_SECONDS)
+        finally:
+            await sub.unsubscribe()
+    except READ_ERRORS:
+        return instances
+    while not answers.empty():
+        instance = _instance_from_stats(answers.get_nowait())
+        if instance is not None:
+            instances.append(instance)
+    return sorted(instances, key=lambda i: str(i["instance"]))
+
+
+def _instance_from_stats(data: bytes) -> Report | None:
+    try:
+        stats = orjson.loads(data)
+        endpoints = stats["endpoints"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    chat = next((e for e in endpoints if isinstance(e, dict) and e.get("name") == "chat"), {})
+    counters = chat.get("data")
+    admissions: dict[str, Any] = counters if isinstance(counters, dict) else {}
+    return {
+        "instance": admissions.get("instance", stats.get("id")),
+        "version": stats.get("version"),
+        "started": stats.get("started"),
+        "requests": sum(int(e.get("num_requests") or 0) for e in endpoints),
+        "errors": sum(int(e.get("num_errors") or 0) for e in endpoints),
+        "admitted": admissions.get("admitted"),
+        "rejected": admissions.get("rejected"),
+        "admission_conflicts": admissions.get("admission_conflicts"),
+        "conflict_retries_per_admitted": admissions.get("conflict_retries_per_admitted"),
+        "turns_in_flight": admissions.get("turns_in_flight"),
+    }
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -256,6 +314,17 @@ def _text_lines(report: Report) -> list[tuple[str, str]]:
     else:
         lines.append(
             ("instance", f"NO ANSWER on {instance['subject']} (is `llm-es serve` running?)")
+        )
+    for running in report["instances"]:
+        lines.append(
+            (
+                f"instance {running['instance']}",
+                f"v{running['version']}, {running['requests']} service requests, "
+                f"admitted {running['admitted']}, rejected {running['rejected']}, "
+                f"admission conflicts {running['admission_conflicts']} "
+                f"({running['conflict_retries_per_admitted']} per admitted), "
+                f"{running['turns_in_flight']} turns in flight",
+            )
         )
     return lines
 

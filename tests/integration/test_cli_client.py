@@ -173,6 +173,11 @@ async def test_status_json_after_a_turn(
         "answered": True,
         "success": True,
     }
+    assert plugin.service is not None
+    [running] = report["instances"]
+    assert running["instance"] == plugin.service.instance_id
+    assert (running["admitted"], running["rejected"], running["admission_conflicts"]) == (1, 0, 0)
+    assert running["turns_in_flight"] == 0
     assert await event_types(client) == ["TurnAdmitted", "TokensSpent", "TurnCompleted"]
 
 
@@ -192,6 +197,9 @@ async def test_status_text_is_aligned_key_value_lines(
     assert fields["events TurnCompleted"] == "1"
     assert fields["checkpoint usage"] == "3 (lag 0)"
     assert fields["instance"] == "answered on rosey.command.chat"
+    assert plugin.service is not None
+    counters = fields[f"instance {plugin.service.instance_id}"]
+    assert "admitted 1, rejected 0, admission conflicts 0" in counters
 
 
 async def test_status_without_an_event_log_says_so_and_exits_0(

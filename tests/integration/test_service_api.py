@@ -245,6 +245,28 @@ async def test_service_is_discoverable(plugin: Plugin, client: NATS) -> None:
     assert stats["name"] == "rosey-llm"
 
 
+async def test_service_stats_carry_the_instance_admission_counters(
+    start: PluginStarter, client: NATS
+) -> None:
+    """$SRV.STATS shows, on the chat endpoint, how many turns this instance admitted,
+    refused and re-decided after losing a race."""
+    plugin = await start(rate_limits=RateLimitsConfig(2, None, None, None))
+    for n in range(3):
+        await call(client, "chat", {"channel": "c", "user": "alice", "message": f"Hi {n}"})
+    completion = {"messages": [{"role": "user", "content": "Say hi"}], "user": "bob"}
+    assert (await call(client, "complete", completion))["success"] is True
+    stats = orjson.loads((await client.request("$SRV.STATS.rosey-llm", b"", timeout=5)).data)
+    by_name = {e["name"]: e for e in stats["endpoints"]}
+    data = by_name["chat"]["data"]
+    assert plugin.service is not None
+    assert data["instance"] == plugin.service.instance_id
+    assert (data["admitted"], data["rejected"]) == (3, 1)  # alice 2 + bob 1; alice's third
+    assert data["admission_conflicts"] == 0
+    assert data["conflict_retries_per_admitted"] == 0.0
+    assert data["turns_in_flight"] == 0
+    assert not by_name["usage"].get("data")
+
+
 async def test_a_stream_that_dies_midway_fails_the_turn_and_stores_no_answer(
     plugin: Plugin, client: NATS, fake_llm: FakeLLMServer
 ) -> None:
