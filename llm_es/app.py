@@ -9,7 +9,9 @@ only then subscribes the command subjects.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import uuid
 from importlib.metadata import entry_points
 
 import nats.errors
@@ -88,7 +90,9 @@ class Plugin:
         self.views: ViewRunner | None = None
         self.service: ChatService | None = None
         self._surface: CommandSurface | None = None
-        self._instance_id = config.service.instance_id or instance_id
+        self._instance_id = (
+            config.service.instance_id or instance_id or f"llm-es-{uuid.uuid4().hex[:12]}"
+        )
         self._registry: InstanceRegistry | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._api: LLMServiceAPI | None = None
@@ -98,7 +102,11 @@ class Plugin:
     async def start(self) -> None:
         await self.store.ensure_stream()
         factory = self._factory or load_view_runner_factory()
-        self.views = factory(self.nc, self.js, self.store, self.config)
+        # The read side learns this instance's name from the config (its lease holder id).
+        service = dataclasses.replace(self.config.service, instance_id=self._instance_id)
+        self.views = factory(
+            self.nc, self.js, self.store, dataclasses.replace(self.config, service=service)
+        )
         await self.views.start()
         async with asyncio.timeout(STARTUP_CATCH_UP_SECONDS):
             position = await self.views.catch_up()
@@ -130,7 +138,13 @@ class Plugin:
         await self.legacy.start()
         if self.config.service.publish_events:
             self._publisher = EventPublisher(
-                self.nc, self.js, self.store, self.config, instance_id=self.service.instance_id
+                self.nc,
+                self.js,
+                self.store,
+                self.config,
+                instance_id=self.service.instance_id,
+                # The same leases bucket as the views: its max_age is one TTL for both.
+                lease_ttl_seconds=self.config.service.instance_ttl_seconds,
             )
             await self._publisher.start()
         log_kv(logger, "plugin_started", log_position=position, provider=provider.name)

@@ -66,6 +66,7 @@ from llm_es.events import (
     TurnFailed,
     TurnRejected,
 )
+from llm_es.lease import KvLease, open_lease
 from llm_es.limits import day_of
 from llm_es.logs import log_kv
 from llm_es.store import EventStore
@@ -85,16 +86,11 @@ MEMORY_ACTIONS = {MemoryAdded: "add", MemoryRecalled: "recall", MemoryForgotten:
 THRESHOLD_NUMERATOR, THRESHOLD_DENOMINATOR = 4, 5
 """A usage threshold event fires at 80% of a limit (integer arithmetic: no rounding surprises)."""
 
-LEASE_BUCKET = "llm_leases"
-"""KV bucket of leases; its `max_age` is the lease TTL (a lease not renewed expires)."""
 LEASE_KEY = "event-publisher"
 POSITION_BUCKET = "llm_publisher"
 POSITION_KEY = "position"
 
 DEFAULT_LEASE_TTL_SECONDS = 10.0
-LEASE_VALID_FRACTION = 0.75
-"""A holder stops publishing this far into the TTL after its last renewal was sent,
-before the server can have expired the lease and let another instance take it."""
 RENEWALS_PER_TTL = 4
 MAX_POLL_SECONDS = 1.0
 """A standby tries to take the lease at least this often."""
@@ -467,27 +463,7 @@ class ObservationFold:
         ]
 
 
-# ---------------------------------------------------------------- lease
-
-
-async def ensure_lease_bucket(js: JetStreamContext, ttl_seconds: float) -> KeyValue:
-    """The leases bucket (created with `max_age = ttl_seconds` on first use)."""
-    try:
-        return await js.key_value(LEASE_BUCKET)
-    except BucketNotFoundError:
-        pass
-    with contextlib.suppress(APIError):  # another instance created it first
-        return await js.create_key_value(
-            api.KeyValueConfig(
-                bucket=LEASE_BUCKET,
-                history=1,
-                ttl=ttl_seconds,
-                storage=api.StorageType.FILE,
-                direct=True,
-                description="llm-es leases: single active workers across instances",
-            )
-        )
-    return await js.key_value(LEASE_BUCKET)
+# ---------------------------------------------------------------- position
 
 
 async def ensure_position_bucket(js: JetStreamContext) -> KeyValue:
@@ -507,62 +483,6 @@ async def ensure_position_bucket(js: JetStreamContext) -> KeyValue:
             )
         )
     return await js.key_value(POSITION_BUCKET)
-
-
-class KvLease:
-    """An exclusive lease on one key of a KV bucket whose `max_age` is the lease's TTL.
-
-    `acquire` creates the key (only if absent), `renew` rewrites it at the
-    revision this holder last wrote, `release` deletes it at that revision. The
-    holder counts the lease as its own only until `LEASE_VALID_FRACTION` of the
-    TTL after it sent the last successful write: by then it has stopped acting,
-    before the server can let anyone else in.
-    """
-
-    def __init__(self, kv: KeyValue, key: str, holder: str, ttl_seconds: float) -> None:
-        self._kv = kv
-        self._key = key
-        self.holder = holder
-        self.ttl_seconds = ttl_seconds
-        self._revision: int | None = None
-        self._valid_until = 0.0
-
-    def held(self) -> bool:
-        return self._revision is not None and time.monotonic() < self._valid_until
-
-    def _value(self) -> bytes:
-        return orjson.dumps({"holder": self.holder, "renewed_at": iso_utc(datetime.now(UTC))})
-
-    async def acquire(self) -> bool:
-        sent = time.monotonic()
-        try:
-            self._revision = await self._kv.create(self._key, self._value())
-        except (KeyWrongLastSequenceError, KeyValueError, APIError, nats.errors.Error):
-            return False
-        self._valid_until = sent + self.ttl_seconds * LEASE_VALID_FRACTION
-        return True
-
-    async def renew(self) -> bool:
-        """Extend the lease; False once it is lost (taken, expired or unreachable too long)."""
-        if self._revision is None:
-            return False
-        sent = time.monotonic()
-        try:
-            self._revision = await self._kv.update(self._key, self._value(), last=self._revision)
-        except KeyWrongLastSequenceError:
-            self._revision = None
-            return False
-        except (KeyValueError, APIError, nats.errors.Error):
-            return self.held()  # unreachable for now: still ours until the deadline
-        self._valid_until = sent + self.ttl_seconds * LEASE_VALID_FRACTION
-        return True
-
-    async def release(self) -> None:
-        revision, self._revision = self._revision, None
-        if revision is None:
-            return
-        with contextlib.suppress(KeyValueError, APIError, nats.errors.Error):
-            await self._kv.delete(self._key, last=revision)
 
 
 # ---------------------------------------------------------------- publisher
@@ -636,13 +556,8 @@ class EventPublisher:
 
     async def start(self) -> None:
         """Open the buckets and start competing for the lease (returns at once)."""
-        leases = await ensure_lease_bucket(self._js, self._lease_ttl)
-        ttl = (await leases.status()).ttl
-        if not ttl:
-            raise OperationalError(
-                f"KV bucket {LEASE_BUCKET} has no max_age: leases would never expire"
-            )
-        self._lease = KvLease(leases, LEASE_KEY, self.instance_id, ttl)
+        self._lease = await open_lease(self._js, LEASE_KEY, self.instance_id, self._lease_ttl)
+        ttl = self._lease.ttl_seconds
         self._positions = await ensure_position_bucket(self._js)
         self._stopping.clear()
         self._supervisor = asyncio.create_task(self._supervise(), name="event-publisher")

@@ -7,19 +7,26 @@ behind it; a value that already records a sequence >= the event's is left
 alone, so replays are harmless.
 
 Reads are served from the in-memory views, and `position` (what waiters wait
-for: read-your-writes) moves as soon as an event is folded. Writing to KV is
-off the request path: changed keys are written in pipelined batches a few
-milliseconds later, then the checkpoints (`persisted`). A crash between the
-two only means the next start folds a few events again, which the per-value
-`seq` makes harmless. Every instance folds the log itself, so each one has
-read-your-writes without waiting for another's KV writes.
+for: read-your-writes) moves as soon as an event is folded. Every instance
+folds the log itself, so each one has read-your-writes without waiting for
+another's KV writes.
+
+Writing to KV is single-active and off the request path: the holder of the
+lease `views.<bucket>` (KV bucket `llm_leases`) writes changed keys in
+pipelined batches a few milliseconds later, and the checkpoints at most once a
+second (`persisted`). The other instances stand by: they remember which keys
+they changed since the stored checkpoints, and the one that takes the lease
+over (when the holder stops, or dies and its lease expires) writes those, so
+nothing is lost. A crash between values and checkpoints only means the next
+start folds a few events again, which the per-value `seq` makes harmless.
 
 Blue/green: which bucket holds the live views is named by the key
 `views.active` of the small bucket `llm_meta` (absent: `llm_data`).
 `llm-replay rebuild` folds the log into a fresh bucket and then moves that
 pointer; `ViewRunner` watches it, starts folding into the new bucket beside
 the old one, and swaps only once the new views have caught up with the old
-ones, so readers never see a half-built view.
+ones, so readers never see a half-built view. Each bucket has its own lease,
+so each generation has its own writer.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import contextlib
 import heapq
 import itertools
 import logging
+import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +58,7 @@ from llm_es.codec import UnknownEventError, decode_event
 from llm_es.config import Config
 from llm_es.headers import KV_OPERATION
 from llm_es.kv import read_bucket
+from llm_es.lease import KvLease, open_lease
 from llm_es.logs import log_kv
 from llm_es.store import EventStore
 from llm_es.views import (
@@ -77,6 +87,14 @@ _WAITER_ORDER = itertools.count()
 SWITCH_CATCH_UP_SECONDS = 300.0
 """Longest a newly activated bucket may take to catch up before the switch is abandoned."""
 SWITCH_MAX_ROUNDS = 100_000
+CHECKPOINT_INTERVAL_SECONDS = 1.0
+"""Checkpoints are written at most this often (and at stop and takeover); values every batch."""
+STANDBY_POLL_SECONDS = 1.0
+"""A standby reads the stored checkpoints and tries to take the lease this often."""
+RENEWALS_PER_TTL = 3
+DEFAULT_LEASE_TTL_SECONDS = 15.0
+"""Lease TTL asked for when a runner creates the leases bucket (`service.instance_ttl_seconds`)."""
+STOP_FLUSH_SECONDS = 5.0
 
 
 def views_bucket_config(bucket: str) -> api.KeyValueConfig:
@@ -135,8 +153,37 @@ def default_projections(config: Config) -> list[Projection]:
     ]
 
 
+def views_lease_key(bucket: str) -> str:
+    """The lease (in bucket `llm_leases`) whose holder writes the views bucket `bucket`."""
+    return f"views.{bucket}"
+
+
+def _stored_seq(raw: bytes | None) -> int:
+    """The sequence of a stored checkpoint value; anything unreadable counts as 0."""
+    try:
+        value = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return 0
+    seq = value.get("seq") if isinstance(value, dict) else None
+    return seq if type(seq) is int and seq > 0 else 0
+
+
 class BucketViews:
-    """Folds the event log into the views of one KV bucket and serves reads from memory."""
+    """Folds the event log into the views of one KV bucket and serves reads from memory.
+
+    Every instance folds the log (reads and read-your-writes come from its own
+    memory). With `instance_id` given, only the holder of the lease
+    `views.<bucket>` (KV bucket `llm_leases`, TTL = its `max_age`) writes the
+    bucket; without it this runner writes unconditionally (one process alone).
+
+    A standby keeps, for every key it changed, the sequence of its last change
+    (`_dirty`, bounded by the number of keys), and forgets the entries the
+    stored checkpoints cover (every change up to a checkpoint is in KV). When it
+    takes the lease it writes what is left, then its checkpoints, so a handover
+    loses nothing. It writes nothing before its fold reaches the highest stored
+    checkpoint, so no value older than what a checkpoint vouches for ever
+    replaces a newer one, and checkpoints never move back.
+    """
 
     def __init__(
         self,
@@ -145,6 +192,8 @@ class BucketViews:
         projections: Sequence[Projection],
         *,
         bucket: str = BUCKET,
+        instance_id: str | None = None,
+        lease_ttl_seconds: float = DEFAULT_LEASE_TTL_SECONDS,
     ) -> None:
         self._js = js
         self._store = store
@@ -154,14 +203,28 @@ class BucketViews:
         self._values: dict[str, View] = {}
         self._groups: dict[str, set[str]] = {}
         self._checkpoints: dict[str, int] = {}
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, int] = {}
+        """Changed keys not known to be in KV -> stream sequence of their last change."""
         self._applied = 0
+        self._written = 0
+        """Every change up to this sequence is in KV (its checkpoints may lag behind)."""
         self._persisted = 0
+        self._floor = 0
+        """No writes before the fold reaches it: the highest stored checkpoint at takeover."""
+        self._last_checkpoint = 0.0
+        self._checkpoint_now = False
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._sub: JetStreamContext.PushSubscription | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_wanted = asyncio.Event()
         self._stopping = False
+        self._instance_id = instance_id
+        self._lease_ttl = lease_ttl_seconds
+        self._lease: KvLease | None = None
+        self._holding = False
+        self._writer: str | None = None
+        self._lease_task: asyncio.Task[None] | None = None
+        self._halt = asyncio.Event()
 
     # ------------------------------------------------------------ ViewReader
 
@@ -171,7 +234,10 @@ class BucketViews:
 
     @property
     def persisted(self) -> int:
-        """Last stream sequence whose views and checkpoints are written to KV."""
+        """Last stream sequence whose views and checkpoints are in KV.
+
+        The writer's own; a standby reports the lowest checkpoint it last read.
+        """
         return self._persisted
 
     async def wait_for(self, seq: int) -> None:
@@ -199,17 +265,40 @@ class BucketViews:
         """Every view value (checkpoints excluded), for comparisons and tools."""
         return {k: v for k, v in self._values.items() if not k.startswith("checkpoint.")}
 
+    # ------------------------------------------------------------ who writes
+
+    def lease_held(self) -> bool:
+        """Whether this instance writes the bucket now (always, when it runs without a lease)."""
+        if self._instance_id is None:
+            return True
+        return self._holding and self._lease is not None and self._lease.held()
+
+    @property
+    def writer(self) -> str | None:
+        """The instance writing the bucket as this one last saw it (itself while it holds
+        the lease; None when nobody holds it or no lease is used)."""
+        return self._writer
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Load the bucket, then follow the log from the lowest checkpoint."""
+        """Load the bucket, try for the lease, follow the log from the lowest checkpoint."""
         self._kv = await self._ensure_bucket()
         await self._load_bucket()
         for projection in self._projections:
             stored = self._values.get(checkpoint_key(projection.name))
             self._checkpoints[projection.name] = int(stored["seq"]) if stored else 0
         start = min(self._checkpoints.values(), default=0)
-        self._applied = self._persisted = start
+        self._applied = self._persisted = self._written = start
+        if self._instance_id is not None:
+            self._lease = await open_lease(
+                self._js, views_lease_key(self._bucket_name), self._instance_id, self._lease_ttl
+            )
+            try:  # at once: an instance alone writes from its first event
+                await self._try_lease()
+            except (TimeoutError, nats.errors.Error) as exc:
+                log_kv(logger, "views_lease_failed", level=logging.WARNING, error=repr(exc))
+            self._lease_task = asyncio.create_task(self._lease_loop(), name="views-lease")
         self._flush_task = asyncio.create_task(self._flush_loop(), name="view-flush")
         self._sub = await self._js.subscribe(
             f"{self._store.prefix}.>",
@@ -224,25 +313,46 @@ class BucketViews:
             # restart the views resume within seconds (nats-py's default is 5 s).
             idle_heartbeat=HEARTBEAT_SECONDS,
         )
-        log_kv(logger, "views_started", bucket=self._bucket_name, from_seq=start + 1)
+        log_kv(
+            logger,
+            "views_started",
+            bucket=self._bucket_name,
+            from_seq=start + 1,
+            writing=self.lease_held(),
+        )
 
     async def stop(self) -> None:
-        """Stop following the log after writing what was applied."""
+        """Stop following the log; the writer writes what was applied, then hands the lease over."""
         self._stopping = True
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
+        if self._lease_task is not None:
+            self._halt.set()
+            await _finish(self._lease_task)
+            self._lease_task = None
         if self._flush_task is not None:
             self._flush_wanted.set()
             self._flush_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flush_task
             self._flush_task = None
-        if self._dirty or self._applied > self._persisted:
+        if self.lease_held():
             with contextlib.suppress(nats.errors.Error, KeyValueError, asyncio.TimeoutError):
-                async with asyncio.timeout(5):
-                    await self._flush_once()
+                async with asyncio.timeout(STOP_FLUSH_SECONDS):
+                    await self._flush_once(final=True)
+        if self._lease is not None and self._holding:
+            self._holding = False
+            self._writer = None
+            await self._lease.release()
+            log_kv(
+                logger,
+                "views_lease_released",
+                bucket=self._bucket_name,
+                holder=self._lease.holder,
+                persisted=self._persisted,
+            )
         for _, _, future in self._waiters:
             if not future.done():
                 future.cancel()
@@ -271,6 +381,103 @@ class BucketViews:
         for key, raw in stored.items():
             self._store_value(key, orjson.loads(raw))
 
+    # ------------------------------------------------------------ the lease
+
+    async def _lease_loop(self) -> None:
+        """Renew the lease while holding it (every third of its TTL); else, every
+        `STANDBY_POLL_SECONDS`, forget what the stored checkpoints cover and try to take it."""
+        assert self._lease is not None
+        lease = self._lease
+        renew_every = lease.ttl_seconds / RENEWALS_PER_TTL
+        while not self._halt.is_set():
+            try:
+                if self._holding:
+                    if not await lease.renew():
+                        self._lose_lease()
+                else:
+                    await self._try_lease()
+            except Exception:  # the loop must outlive any one failure; logged in full
+                logger.exception("views_lease_loop_failed bucket=%s", self._bucket_name)
+            interval = renew_every if self._holding else min(STANDBY_POLL_SECONDS, renew_every)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._halt.wait()
+
+    async def _try_lease(self) -> None:
+        """A standby's round: forget what KV already has, then try to become the writer."""
+        assert self._lease is not None
+        stored = await self._stored_checkpoints()
+        self._forget_stored(stored)
+        self._persisted = min(stored.values(), default=0)
+        if self._stopping or not await self._lease.acquire():
+            self._writer = await self._lease.current_holder()
+            return
+        try:
+            # Read again now that no one else writes: the previous holder's last word.
+            stored = await self._stored_checkpoints()
+        except BaseException:
+            await self._lease.release()
+            raise
+        self._forget_stored(stored)
+        self._floor = max(stored.values(), default=0)
+        self._written = self._persisted = min(stored.values(), default=0)
+        self._checkpoint_now = True
+        self._holding = True
+        self._writer = self._lease.holder
+        log_kv(
+            logger,
+            "views_lease_acquired",
+            bucket=self._bucket_name,
+            holder=self._lease.holder,
+            position=self._applied,
+            stored=self._floor,
+            pending_keys=len(self._dirty),
+        )
+        self._flush_wanted.set()
+
+    def _lose_lease(self) -> None:
+        assert self._lease is not None
+        self._holding = False
+        self._writer = None
+        log_kv(
+            logger,
+            "views_lease_lost",
+            level=logging.WARNING,
+            bucket=self._bucket_name,
+            holder=self._lease.holder,
+            persisted=self._persisted,
+        )
+
+    async def _stored_checkpoints(self) -> dict[str, int]:
+        """Each projection's checkpoint as KV holds it now (0 when absent)."""
+        assert self._kv is not None
+        kv = self._kv
+
+        async def stored(name: str) -> int:
+            try:
+                entry = await kv.get(checkpoint_key(name))
+            except (KeyNotFoundError, KeyDeletedError):
+                return 0
+            return _stored_seq(entry.value)
+
+        names = [p.name for p in self._projections]
+        seqs = await asyncio.gather(*(stored(name) for name in names))
+        return dict(zip(names, seqs, strict=True))
+
+    def _forget_stored(self, stored: dict[str, int]) -> None:
+        """Drop the changed keys whose last change a stored checkpoint covers."""
+        if not self._dirty:
+            return
+        prefixes = [(p.key_prefix, stored.get(p.name, 0)) for p in self._projections]
+
+        def covered(key: str, seq: int) -> bool:
+            for prefix, checkpoint in prefixes:
+                if key.startswith(prefix):
+                    return seq <= checkpoint
+            return False
+
+        self._dirty = {k: s for k, s in self._dirty.items() if not covered(k, s)}
+
     # ------------------------------------------------------------ folding
 
     async def _on_message(self, msg: Msg) -> None:
@@ -286,7 +493,8 @@ class BucketViews:
             self._apply(event, seq)
         self._applied = seq
         self._wake(seq)
-        self._flush_wanted.set()
+        if self._holding or self._instance_id is None:
+            self._flush_wanted.set()
 
     def _apply(self, event: Any, seq: int) -> None:
         for projection in self._projections:
@@ -300,10 +508,10 @@ class BucketViews:
                 if updated is None:
                     if current is not None:
                         self._drop_value(key)
-                        self._dirty.add(key)
+                        self._dirty[key] = seq
                 else:
                     self._store_value(key, updated)
-                    self._dirty.add(key)
+                    self._dirty[key] = seq
 
     def _store_value(self, key: str, value: View) -> None:
         self._values[key] = value
@@ -323,7 +531,13 @@ class BucketViews:
 
     async def _flush_loop(self) -> None:
         while not self._stopping:
-            await self._flush_wanted.wait()
+            wait = self._checkpoint_wait()
+            if wait is None:
+                await self._flush_wanted.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._flush_wanted.wait()
             await asyncio.sleep(FLUSH_LINGER_SECONDS)
             self._flush_wanted.clear()
             try:
@@ -333,19 +547,41 @@ class BucketViews:
                 self._flush_wanted.set()
                 await asyncio.sleep(FLUSH_RETRY_SECONDS)
 
-    async def _flush_once(self) -> None:
-        """Write changed keys, then the checkpoints that say they are written."""
-        target = self._applied
-        if target <= self._persisted and not self._dirty:
+    def _checkpoint_wait(self) -> float | None:
+        """Seconds until written values are due to get their checkpoints (None: none waiting)."""
+        if self._written <= self._persisted or not self.lease_held():
+            return None
+        due = self._last_checkpoint + CHECKPOINT_INTERVAL_SECONDS
+        return max(0.0, due - time.monotonic())
+
+    async def _flush_once(self, *, final: bool = False) -> None:
+        """Write changed keys, then the checkpoints that say they are written.
+
+        Values go out every batch; checkpoints at most every
+        `CHECKPOINT_INTERVAL_SECONDS`, and at once when `final` or after a takeover.
+        Only the writer writes, and only once its fold has reached the floor.
+        """
+        if not self.lease_held() or self._applied < self._floor:
             return
         assert self._kv is not None
         kv = self._kv
-        keys, self._dirty = self._dirty, set()
-        try:
-            await asyncio.gather(*(self._write(kv, key) for key in keys))
-        except BaseException:
-            self._dirty |= keys
-            raise
+        target = self._applied
+        if self._dirty:
+            batch, self._dirty = self._dirty, {}
+            try:
+                await asyncio.gather(*(self._write(kv, key) for key in batch))
+            except BaseException:
+                for key, seq in batch.items():
+                    self._dirty.setdefault(key, seq)
+                raise
+        self._written = max(self._written, target)
+        if self._written <= self._persisted:
+            return
+        due = time.monotonic() - self._last_checkpoint >= CHECKPOINT_INTERVAL_SECONDS
+        if (final or self._checkpoint_now or due) and self.lease_held():
+            await self._write_checkpoints(kv, self._written)
+
+    async def _write_checkpoints(self, kv: KeyValue, target: int) -> None:
         for name, checkpoint in self._checkpoints.items():
             if checkpoint < target:
                 self._checkpoints[name] = target
@@ -356,6 +592,8 @@ class BucketViews:
             checkpoint_writes.append(kv.put(checkpoint_key(name), orjson.dumps(value)))
         await asyncio.gather(*checkpoint_writes)
         self._persisted = target
+        self._last_checkpoint = time.monotonic()
+        self._checkpoint_now = False
 
     async def _write(self, kv: KeyValue, key: str) -> None:
         value = self._values.get(key)
@@ -372,10 +610,23 @@ class BucketViews:
                 future.set_result(None)
 
 
+async def _finish(task: asyncio.Task[None]) -> None:
+    """Wait (bounded) for a task told to stop, then cancel it."""
+    try:
+        async with asyncio.timeout(STOP_FLUSH_SECONDS):
+            await asyncio.shield(task)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class ViewRunner:
     """The plugin's read side: the views of the live bucket, following blue/green switches.
 
     With `bucket` given, the views stay in that bucket and the pointer is ignored.
+    With `instance_id` given, only the holder of each bucket's lease writes it
+    (see `BucketViews`); without it this runner writes unconditionally.
     """
 
     def __init__(
@@ -385,11 +636,15 @@ class ViewRunner:
         projections: Sequence[Projection],
         *,
         bucket: str | None = None,
+        instance_id: str | None = None,
+        lease_ttl_seconds: float = DEFAULT_LEASE_TTL_SECONDS,
     ) -> None:
         self._js = js
         self._store = store
         self._projections = list(projections)
         self._fixed_bucket = bucket
+        self._instance_id = instance_id
+        self._lease_ttl = lease_ttl_seconds
         self._active: BucketViews | None = None
         self._watch: JetStreamContext.PushSubscription | None = None
         self._wanted: str | None = None
@@ -415,8 +670,17 @@ class ViewRunner:
 
     @property
     def persisted(self) -> int:
-        """Last stream sequence whose views and checkpoints are written to KV."""
+        """Last stream sequence whose views and checkpoints are in KV (see `BucketViews`)."""
         return self.views.persisted
+
+    def lease_held(self) -> bool:
+        """Whether this instance writes the live views bucket now."""
+        return self.views.lease_held()
+
+    @property
+    def writer(self) -> str | None:
+        """The instance writing the live views bucket, as this one last saw it."""
+        return self.views.writer
 
     async def wait_for(self, seq: int) -> None:
         await self.views.wait_for(seq)
@@ -472,7 +736,14 @@ class ViewRunner:
             await self._active.stop()
 
     def _bucket_views(self, bucket: str) -> BucketViews:
-        return BucketViews(self._js, self._store, self._projections, bucket=bucket)
+        return BucketViews(
+            self._js,
+            self._store,
+            self._projections,
+            bucket=bucket,
+            instance_id=self._instance_id,
+            lease_ttl_seconds=self._lease_ttl,
+        )
 
     # ------------------------------------------------------------ blue/green
 
@@ -527,6 +798,9 @@ class ViewRunner:
             )
             await candidate.stop()
             return
+        except asyncio.CancelledError:
+            await candidate.stop()  # hands its lease over instead of leaving it to expire
+            raise
         previous, self._active = self._active, candidate
         candidate.take_waiters(previous)
         await previous.stop()
@@ -542,6 +816,18 @@ class ViewRunner:
 def build_view_runner(
     nc: NATS, js: JetStreamContext, store: EventStore, config: Config
 ) -> ViewRunner:
-    """Entry point `llm_es.views:default`: what `llm-es serve` runs for the read side."""
+    """Entry point `llm_es.views:default`: what `llm-es serve` runs for the read side.
+
+    Writing the views is single-active across instances: the lease holder is
+    `service.instance_id` (a fresh random id when the config names none), the
+    TTL `service.instance_ttl_seconds`.
+    """
     del nc  # the runner needs only JetStream; the signature is the entry point's contract
-    return ViewRunner(js, store, default_projections(config))
+    service = config.service
+    return ViewRunner(
+        js,
+        store,
+        default_projections(config),
+        instance_id=service.instance_id or f"llm-es-{uuid.uuid4().hex[:12]}",
+        lease_ttl_seconds=service.instance_ttl_seconds,
+    )

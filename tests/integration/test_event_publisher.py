@@ -59,12 +59,19 @@ PUBLISHED_TYPES = (
 
 @pytest.fixture
 def start(start: PluginStarter) -> PluginStarter:
-    """Plugins without their own event publisher: these tests run the publishers themselves."""
+    """Plugins without their own event publisher: these tests run the publishers themselves.
+
+    The plugin's views create the shared leases bucket first, so its TTL (the bucket's
+    max_age) is the plugin's `instance_ttl_seconds`: set to the publishers' TTL.
+    """
 
     async def _start(config: Config | None = None, **kwargs: Any) -> Plugin:
         if config is None:
+            kwargs.setdefault("instance_ttl_seconds", LEASE_TTL)
             return await start(publish_events=False, **kwargs)
-        service = dataclasses.replace(config.service, publish_events=False)
+        service = dataclasses.replace(
+            config.service, publish_events=False, instance_ttl_seconds=LEASE_TTL
+        )
         return await start(dataclasses.replace(config, service=service))
 
     return _start

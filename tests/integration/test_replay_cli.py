@@ -24,7 +24,7 @@ from llm_es.embedded import EmbeddedNatsServer
 from llm_es.events import TokensSpent, TurnAdmitted, TurnCompleted
 from llm_es.views import usage_key
 from tests.support.cli import CliResult, console_script, run_script
-from tests.support.harness import command, log_events, wait_until
+from tests.support.harness import command, log_events, wait_persisted, wait_until
 
 CLI_TIMEOUT_SECONDS = 60.0
 pytestmark = pytest.mark.timeout(120)
@@ -74,17 +74,9 @@ async def test_verify_exits_1_with_a_diff_naming_key_live_and_rebuilt(
 ) -> None:
     """A tampered view makes `verify` exit 1 and print the key and both values."""
     await history(client)
-    await wait_until(lambda: plugin.views is not None and plugin.views.position > 0)
+    # Every view written, so no later write of the runner undoes the tampering.
+    await wait_persisted(client)
     kv = await client.jetstream().key_value("llm_data")
-
-    async def persisted() -> bool:
-        try:
-            entry = await kv.get(usage_key("bob"))
-        except Exception:
-            return False
-        return entry.value is not None
-
-    await wait_until(persisted, within=10)
     entry = await kv.get(usage_key("bob"))
     assert entry.value is not None
     tampered = {**orjson.loads(entry.value), "total_tokens": 123456}

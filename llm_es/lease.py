@@ -1,0 +1,134 @@
+"""An exclusive lease with a TTL on one key of KV bucket `llm_leases`: one active worker
+across instances.
+
+The bucket's `max_age` is the lease TTL, so a holder that stops renewing (it
+died, or lost its connection) loses the lease without anyone deleting it. The
+bucket is created on first use with the TTL its creator asks for; every lease
+then uses the TTL the bucket has (`KvLease.ttl_seconds`), whoever asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import UTC, datetime
+
+import nats.errors
+import orjson
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError, BucketNotFoundError, KeyValueError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from llm_es.errors import OperationalError
+
+LEASE_BUCKET = "llm_leases"
+"""KV bucket of leases; its `max_age` is the lease TTL (a lease not renewed expires)."""
+
+LEASE_VALID_FRACTION = 0.75
+"""A holder stops acting this far into the TTL after its last renewal was sent,
+before the server can have expired the lease and let another instance take it."""
+
+
+async def ensure_lease_bucket(js: JetStreamContext, ttl_seconds: float) -> KeyValue:
+    """The leases bucket (created with `max_age = ttl_seconds` on first use)."""
+    try:
+        return await js.key_value(LEASE_BUCKET)
+    except BucketNotFoundError:
+        pass
+    with contextlib.suppress(APIError):  # another instance created it first
+        return await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=LEASE_BUCKET,
+                history=1,
+                ttl=ttl_seconds,
+                storage=api.StorageType.FILE,
+                direct=True,
+                description="llm-es leases: single active workers across instances",
+            )
+        )
+    return await js.key_value(LEASE_BUCKET)
+
+
+async def open_lease(js: JetStreamContext, key: str, holder: str, ttl_seconds: float) -> KvLease:
+    """A lease on `key` for `holder`, with the TTL of the leases bucket (created if needed)."""
+    leases = await ensure_lease_bucket(js, ttl_seconds)
+    ttl = (await leases.status()).ttl
+    if not ttl:
+        raise OperationalError(
+            f"KV bucket {LEASE_BUCKET} has no max_age: leases would never expire"
+        )
+    return KvLease(leases, key, holder, ttl)
+
+
+class KvLease:
+    """An exclusive lease on one key of a KV bucket whose `max_age` is the lease's TTL.
+
+    `acquire` creates the key (only if absent), `renew` rewrites it at the
+    revision this holder last wrote, `release` deletes it at that revision. The
+    holder counts the lease as its own only until `LEASE_VALID_FRACTION` of the
+    TTL after it sent the last successful write: by then it has stopped acting,
+    before the server can let anyone else in.
+    """
+
+    def __init__(self, kv: KeyValue, key: str, holder: str, ttl_seconds: float) -> None:
+        self._kv = kv
+        self._key = key
+        self.holder = holder
+        self.ttl_seconds = ttl_seconds
+        self._revision: int | None = None
+        self._valid_until = 0.0
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    def held(self) -> bool:
+        return self._revision is not None and time.monotonic() < self._valid_until
+
+    def _value(self) -> bytes:
+        renewed_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        return orjson.dumps({"holder": self.holder, "renewed_at": renewed_at})
+
+    async def acquire(self) -> bool:
+        sent = time.monotonic()
+        try:
+            self._revision = await self._kv.create(self._key, self._value())
+        except (KeyWrongLastSequenceError, KeyValueError, APIError, nats.errors.Error):
+            return False
+        self._valid_until = sent + self.ttl_seconds * LEASE_VALID_FRACTION
+        return True
+
+    async def renew(self) -> bool:
+        """Extend the lease; False once it is lost (taken, expired or unreachable too long)."""
+        if self._revision is None:
+            return False
+        sent = time.monotonic()
+        try:
+            self._revision = await self._kv.update(self._key, self._value(), last=self._revision)
+        except KeyWrongLastSequenceError:
+            self._revision = None
+            return False
+        except (KeyValueError, APIError, nats.errors.Error):
+            return self.held()  # unreachable for now: still ours until the deadline
+        self._valid_until = sent + self.ttl_seconds * LEASE_VALID_FRACTION
+        return True
+
+    async def release(self) -> None:
+        revision, self._revision = self._revision, None
+        if revision is None:
+            return
+        with contextlib.suppress(KeyValueError, APIError, nats.errors.Error):
+            await self._kv.delete(self._key, last=revision)
+
+    async def current_holder(self) -> str | None:
+        """Who holds the lease as the bucket says now (None: nobody, or unreadable)."""
+        try:
+            entry = await self._kv.get(self._key)
+        except (KeyValueError, APIError, nats.errors.Error):
+            return None
+        try:
+            value = orjson.loads(entry.value or b"")
+        except orjson.JSONDecodeError:
+            return None
+        holder = value.get("holder") if isinstance(value, dict) else None
+        return holder if isinstance(holder, str) else None
