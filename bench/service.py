@@ -69,6 +69,8 @@ from projections.usage import UsageProjection
 
 SERVICE_CHAT_SUBJECT = "rosey.llm.chat"
 SERVICE_PING_SUBJECT = "$SRV.PING.rosey-llm"
+SERVICE_STATS_SUBJECT = "$SRV.STATS.rosey-llm"
+ADMISSION_COUNTERS = ("admitted", "rejected", "admission_conflicts")
 ADMIT_STREAM = "BENCH_ADMIT"
 ADMIT_PREFIX = "bench.admit"
 BURST_SIZE = 32
@@ -523,6 +525,33 @@ async def service_instances(nc: NATS) -> int:
     return len(ids)
 
 
+async def admission_counters(nc: NATS) -> dict[str, dict[str, int]]:
+    """Each instance's admission counters (`$SRV.STATS`, the `chat` endpoint's data)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    counters: dict[str, dict[str, int]] = {}
+    try:
+        await nc.publish(SERVICE_STATS_SUBJECT, b"", reply=inbox)
+        deadline = time.perf_counter() + PING_COLLECT_SECONDS
+        for _ in range(1000):
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except nats.errors.TimeoutError:
+                break
+            if not msg.data:
+                continue
+            endpoints = orjson.loads(msg.data).get("endpoints") or []
+            data = next((e.get("data") for e in endpoints if e.get("name") == "chat"), None)
+            if isinstance(data, dict):
+                counters[str(data["instance"])] = {k: int(data[k]) for k in ADMISSION_COUNTERS}
+    finally:
+        await sub.unsubscribe()
+    return counters
+
+
 async def wait_for_instances(nc: NATS, wanted: int, plugins: list[Child]) -> float:
     started = time.perf_counter()
     async with asyncio.timeout(turns.READY_TIMEOUT_SECONDS):
@@ -592,10 +621,13 @@ async def run_service(
             "i2": collections.Counter(),
         }
 
+        admissions = {label: dict.fromkeys(ADMISSION_COUNTERS, 0) for label in ("i1", "i2")}
+
         async def measure(
             label: str, pids: dict[str, int | None], round_index: int
         ) -> dict[str, dict[str, Any]]:
             measured: dict[str, dict[str, Any]] = {}
+            before = await admission_counters(nc)
             for spec in specs:
                 cell = await run_cell(
                     ops.chat(spec),
@@ -616,6 +648,11 @@ async def run_service(
                 burst_latencies[f"{label}_bursts"].append(time.perf_counter() - started)
                 burst_latencies[label].extend(latencies)
                 burst_errors[label].update(errors)
+            after = await admission_counters(nc)
+            for instance, counts in after.items():
+                earlier = before.get(instance, {})
+                for name in ADMISSION_COUNTERS:
+                    admissions[label][name] += counts[name] - earlier.get(name, 0)
             return measured
 
         for round_index in range(args.repeat):
@@ -674,9 +711,21 @@ async def run_service(
         a, b = r.get(f"i1_chat_c{top}"), r.get(f"i2_chat_c{top}")
         if a and b and a["per_s"]:
             ratios.append(b["per_s"] / a["per_s"])
+    plugin_admissions = {
+        label: {
+            **counts,
+            "conflict_retries_per_admitted": round(
+                counts["admission_conflicts"] / counts["admitted"], 3
+            )
+            if counts["admitted"]
+            else None,
+        }
+        for label, counts in admissions.items()
+    }
     return {
         "cells": summary,
         "one_user_bursts": bursts,
+        "plugin_admissions": plugin_admissions,
         "durability": durability,
         "scaling": {
             "concurrency": top,
