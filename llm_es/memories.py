@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import functools
 import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
@@ -13,6 +15,8 @@ from llm_es.views import MemoryView
 
 MEMORY_ID = re.compile(r"[0-9a-f]{8}")
 DEFAULT_IMPORTANCE = 3
+MEMORY_KEYWORDS_CACHED = 8192
+"""Memory texts whose keywords are remembered (ranking runs on every chat turn)."""
 _WORD = re.compile(r"\w+")
 _STOPWORDS = frozenset(
     [
@@ -95,16 +99,28 @@ def keywords(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
 
 
+@functools.lru_cache(maxsize=MEMORY_KEYWORDS_CACHED)
+def _memory_keywords(content: str) -> tuple[str, ...]:
+    # Sorted, so a prefix lookup is one bisection. A memory's text never changes,
+    # and every chat turn ranks the channel's memories (twice: to size the
+    # reservation, then for the prompt sent).
+    return tuple(sorted(keywords(content)))
+
+
 def relevance(query_words: set[str], memory: MemoryView) -> int:
     """How many query words a memory contains (whole word or word prefix)."""
-    memory_words = keywords(memory["content"])
+    memory_words = _memory_keywords(memory["content"])
+    size = len(memory_words)
     score = 0
     for word in query_words:
-        # A prefix, not any substring: "cat" finds "cats" but not "education".
-        if word in memory_words or (
-            len(word) >= 3 and any(m.startswith(word) for m in memory_words)
-        ):
-            score += 1
+        # The first memory word >= `word` is `word` itself or, if any memory word
+        # starts with it, one of those. A prefix, not any substring: "cat" finds
+        # "cats" but not "education".
+        index = bisect.bisect_left(memory_words, word)
+        if index < size:
+            found = memory_words[index]
+            if found == word or (len(word) >= 3 and found.startswith(word)):
+                score += 1
     return score
 
 

@@ -18,6 +18,7 @@ from llm_es.memories import (
     new_memory_id,
     normalize_memory_id,
     rank_memories,
+    relevance,
 )
 from llm_es.views import MemoryView
 
@@ -153,6 +154,28 @@ def test_word_prefixes_match_but_inner_substrings_do_not() -> None:
     assert rank_memories("cat", memories, 5) == []
     assert rank_memories("py", memories, 5) == []  # too short to count as a prefix
     assert ids(rank_memories("education", memories, 5)) == ["00000002"]
+
+
+def test_relevance_counts_exactly_the_query_words_a_memory_has_or_starts() -> None:
+    """The bisection lookup scores like the plain definition: a query word counts when the
+    memory has it, or (3+ letters) has a word starting with it."""
+    texts = [
+        "cats and catalogs sit on the catwalk",
+        "Python pythons pyramid",
+        "a b ab abc abcd",
+        "zebra zeal zealous zero",
+        "",
+    ]
+    queries = ["cat", "cats", "catalog", "ca", "pyt", "py", "abc", "ab", "zeal", "zer", "zz", "a"]
+    for text in texts:
+        words = keywords(text)
+        for query in queries:
+            wanted = sum(
+                1
+                for q in keywords(query)
+                if q in words or (len(q) >= 3 and any(w.startswith(q) for w in words))
+            )
+            assert relevance(keywords(query), memory("00000001", text)) == wanted, (text, query)
 
 
 def test_limit_bounds_the_result() -> None:
