@@ -32,11 +32,11 @@ from nats.aio.client import Client as NATS
 from llm_es import __version__
 from llm_es.chat_client import CONNECT_ERRORS, cannot_connect
 from llm_es.config import Config, load_config_sync
-from llm_es.connection import DEFAULT_LOCAL_URL, INITIAL_CONNECT_SECONDS, connect_options
 from llm_es.errors import ConfigError
 from llm_es.events import EVENT_TYPES
 from llm_es.logs import configure_logging
 from replay.audit import FORMATS, GROUPINGS, render, run_audit
+from replay.connecting import ConnectRecipe, connect
 from replay.errors import (
     EXIT_DIFFERENCES,
     EXIT_OK,
@@ -47,7 +47,6 @@ from replay.errors import (
 )
 from replay.output import LineWriter
 from replay.progress import Progress
-from replay.pull import BulkClient
 from replay.reading import EventLog, event_filter
 from replay.rebuild import run_rebuild
 from replay.schemas import check_schemas, write_schemas
@@ -286,23 +285,14 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             await nc.close()
 
 
-async def connect(config: Config, nats_url: str | None) -> BulkClient:
-    """Connect like `llm-es` does (same options, auth and TLS), failing within seconds."""
-    url = nats_url or config.nats.url or DEFAULT_LOCAL_URL
-    options = await connect_options(config.nats, url, PROG)
-    nc = BulkClient()
-    async with asyncio.timeout(INITIAL_CONNECT_SECONDS):
-        await nc.connect(**options)
-    return nc
-
-
 async def dispatch(
     args: argparse.Namespace,
     config: Config,
     nc: NATS,
     times: dict[str, datetime | None],
 ) -> int:
-    log = EventLog(nc)
+    # Rebuild and verify read a long log in a child process that connects the same way.
+    log = EventLog(nc, recipe=ConnectRecipe(args.config, args.nats_url))
     out = LineWriter()
     show_progress = not getattr(args, "no_progress", True)
 

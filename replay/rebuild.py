@@ -138,12 +138,12 @@ async def fold_log(
     *,
     progress: Progress | None = None,
 ) -> LogFold:
-    """Fold log sequences 1..`end` into memory."""
+    """Fold log sequences 1..`end` into memory (a long log is read in a child process)."""
     fold = LogFold(projections)
     if end < 1:
         return fold
     with fewer_collections():
-        async with aclosing(log.read(LogSelection(to_seq=end))) as batches:
+        async with aclosing(log.read_all(LogSelection(to_seq=end))) as batches:
             async for batch in batches:
                 fold.feed(batch)
                 if progress is not None:

@@ -24,6 +24,7 @@ from tests.support.harness import (
     log_events,
     raw_request,
     stored_view,
+    wait_persisted,
 )
 
 SUBJECT = "rosey.command.chat"
@@ -253,6 +254,7 @@ async def test_odd_names_round_trip_through_subjects_and_keys(
         assert decoded == (event.channel_name, event.user_name)
         pairs.add(decoded)
     assert pairs == set(ODD_NAMES)
+    await wait_persisted(client)  # the views reach KV in batches, after the replies
     kv_state = await client.jetstream().stream_info(
         f"KV_{BUCKET}", subjects_filter=f"$KV.{BUCKET}.messages.>"
     )
