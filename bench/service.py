@@ -502,13 +502,14 @@ class ServiceOps:
         return latencies, errors
 
 
-async def service_instances(nc: NATS) -> int:
-    """How many `rosey-llm` instances answer `$SRV.PING` (replies gathered for a moment)."""
+async def gather_replies(nc: NATS, subject: str) -> list[bytes]:
+    """Every answer to one request on `subject` within `PING_COLLECT_SECONDS`
+    (each service instance answers `$SRV.*` once)."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
-    ids: set[str] = set()
+    replies: list[bytes] = []
     try:
-        await nc.publish(SERVICE_PING_SUBJECT, b"", reply=inbox)
+        await nc.publish(subject, b"", reply=inbox)
         deadline = time.perf_counter() + PING_COLLECT_SECONDS
         for _ in range(1000):
             left = deadline - time.perf_counter()
@@ -519,36 +520,26 @@ async def service_instances(nc: NATS) -> int:
             except nats.errors.TimeoutError:
                 break
             if msg.data:  # an empty message is the server's "no responders" status
-                ids.add(str(orjson.loads(msg.data).get("id")))
+                replies.append(msg.data)
     finally:
         await sub.unsubscribe()
-    return len(ids)
+    return replies
+
+
+async def service_instances(nc: NATS) -> int:
+    """How many `rosey-llm` instances answer `$SRV.PING`."""
+    replies = await gather_replies(nc, SERVICE_PING_SUBJECT)
+    return len({str(orjson.loads(data).get("id")) for data in replies})
 
 
 async def admission_counters(nc: NATS) -> dict[str, dict[str, int]]:
     """Each instance's admission counters (`$SRV.STATS`, the `chat` endpoint's data)."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
     counters: dict[str, dict[str, int]] = {}
-    try:
-        await nc.publish(SERVICE_STATS_SUBJECT, b"", reply=inbox)
-        deadline = time.perf_counter() + PING_COLLECT_SECONDS
-        for _ in range(1000):
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                break
-            try:
-                msg = await sub.next_msg(timeout=left)
-            except nats.errors.TimeoutError:
-                break
-            if not msg.data:
-                continue
-            endpoints = orjson.loads(msg.data).get("endpoints") or []
-            data = next((e.get("data") for e in endpoints if e.get("name") == "chat"), None)
-            if isinstance(data, dict):
-                counters[str(data["instance"])] = {k: int(data[k]) for k in ADMISSION_COUNTERS}
-    finally:
-        await sub.unsubscribe()
+    for data in await gather_replies(nc, SERVICE_STATS_SUBJECT):
+        endpoints = orjson.loads(data).get("endpoints") or []
+        chat = next((e.get("data") for e in endpoints if e.get("name") == "chat"), None)
+        if isinstance(chat, dict):
+            counters[str(chat["instance"])] = {k: int(chat[k]) for k in ADMISSION_COUNTERS}
     return counters
 
 

@@ -1,5 +1,7 @@
 """Running each incoming message in its own task, bounded, and draining them at stop.
 
+Also `finish_task`: how a component stops one background task it told to stop.
+
 nats-py calls a subscription's callback for one message at a time; a handler
 that awaits a model would hold up every other channel. A TaskPool starts a
 task per message (at most `limit` at once: past that, the callback waits,
@@ -9,6 +11,7 @@ which pushes back on the subscription) and waits for them at stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
@@ -39,3 +42,16 @@ class TaskPool:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def finish_task(task: asyncio.Task[None] | None, grace_seconds: float) -> None:
+    """Wait for a task told to stop to end by itself (at most `grace_seconds`), then cancel it."""
+    if task is None or task.done():
+        return
+    try:
+        async with asyncio.timeout(grace_seconds):
+            await asyncio.shield(task)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -53,6 +53,7 @@ from nats.js.kv import KeyValue
 
 from llm_es.codec import UnknownEventError, decode_event
 from llm_es.config import Config, RateLimitsConfig
+from llm_es.dispatch import finish_task
 from llm_es.errors import OperationalError
 from llm_es.events import (
     ContextSummarized,
@@ -568,9 +569,9 @@ class EventPublisher:
         self._stopping.set()
         # The supervisor first (it may be starting a worker), then the worker, which
         # notices the flag between two log events.
-        await _finish(self._supervisor)
+        await finish_task(self._supervisor, STOP_GRACE_SECONDS)
         self._supervisor = None
-        await _finish(self._worker)
+        await finish_task(self._worker, STOP_GRACE_SECONDS)
         await self._step_down()
         log_kv(logger, "event_publisher_stopped", instance=self.instance_id, position=self.position)
 
@@ -831,19 +832,6 @@ class EventPublisher:
             return decode_event(msg.data).at
         except UnknownEventError:
             return None
-
-
-async def _finish(task: asyncio.Task[None] | None) -> None:
-    """Wait for a task to end by itself (bounded), then cancel it."""
-    if task is None or task.done():
-        return
-    try:
-        async with asyncio.timeout(STOP_GRACE_SECONDS):
-            await asyncio.shield(task)
-    except TimeoutError:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _position_of(raw: bytes | None) -> int:

@@ -56,6 +56,7 @@ from nats.js.kv import KeyValue
 
 from llm_es.codec import UnknownEventError, decode_event
 from llm_es.config import Config
+from llm_es.dispatch import finish_task
 from llm_es.headers import KV_OPERATION
 from llm_es.kv import read_bucket
 from llm_es.lease import KvLease, open_lease
@@ -333,7 +334,7 @@ class BucketViews:
             self._sub = None
         if self._lease_task is not None:
             self._halt.set()
-            await _finish(self._lease_task)
+            await finish_task(self._lease_task, STOP_FLUSH_SECONDS)
             self._lease_task = None
         if self._flush_task is not None:
             self._flush_wanted.set()
@@ -611,17 +612,6 @@ class BucketViews:
             _, _, future = heapq.heappop(waiters)
             if not future.done():
                 future.set_result(None)
-
-
-async def _finish(task: asyncio.Task[None]) -> None:
-    """Wait (bounded) for a task told to stop, then cancel it."""
-    try:
-        async with asyncio.timeout(STOP_FLUSH_SECONDS):
-            await asyncio.shield(task)
-    except TimeoutError:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 class ViewRunner:

@@ -27,6 +27,7 @@ from projections.runner import (
     default_projections,
     views_lease_key,
 )
+from replay.fold import LogFold
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import (
     bucket_snapshot,
@@ -152,17 +153,10 @@ async def traffic(
 
 async def folded_from_scratch(client: NATS, config: Config) -> dict[str, View]:
     """Every view value folded from sequence 1 in memory, the way a rebuild would."""
-    values: dict[str, View] = {}
-    projections = default_projections(config)
+    fold = LogFold(default_projections(config))
     for seq, event in await log_events(client):
-        for projection in projections:
-            for key in projection.keys_for(event):
-                updated = projection.apply(key, values.get(key), event, seq)
-                if updated is None:
-                    values.pop(key, None)
-                else:
-                    values[key] = updated
-    return values
+        fold.apply(event, seq)
+    return fold.values
 
 
 async def assert_bucket_is_the_whole_log(
