@@ -91,7 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sample-config":
         print(DEFAULT_CONFIG_JSON)
         return 0
-    configure_logging(args.log_level or ("INFO" if args.command == "serve" else "WARNING"))
+    level = (args.log_level or ("INFO" if args.command == "serve" else "WARNING")).upper()
+    configure_logging(level)
+    if args.command != "serve" and level not in ("DEBUG", "INFO"):
+        # `chat` and `status` close their own connection at the end: that
+        # "disconnected" is no news to the person at the terminal.
+        logging.getLogger("llm_es.nats").setLevel(logging.ERROR)
     try:
         config = load_config_sync(args.config)
     except ConfigError as exc:

@@ -189,6 +189,7 @@ async def test_status_text_is_aligned_key_value_lines(
     await wait_persisted(client)
     result = await run_cli("status", "--nats-url", nats_server.url)
     assert result.returncode == 0, result.stderr
+    assert "nats_disconnected" not in result.stderr  # its own close is no news
     lines = result.stdout.splitlines()
     columns = {len(line) - len(line.split(":", 1)[1].lstrip()) for line in lines}
     assert len(columns) == 1, lines
