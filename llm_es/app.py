@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import uuid
 from importlib.metadata import entry_points
 
 import nats.errors
@@ -22,7 +21,7 @@ from llm_es.config import Config
 from llm_es.errors import ConfigError, LLMESError
 from llm_es.event_publisher import EventPublisher
 from llm_es.legacy import LegacySurface
-from llm_es.liveness import InstanceRegistry
+from llm_es.liveness import InstanceRegistry, new_instance_id
 from llm_es.logs import log_kv
 from llm_es.providers import build_provider
 from llm_es.providers.base import LLMProvider
@@ -90,9 +89,7 @@ class Plugin:
         self.views: ViewRunner | None = None
         self.service: ChatService | None = None
         self._surface: CommandSurface | None = None
-        self._instance_id = (
-            config.service.instance_id or instance_id or f"llm-es-{uuid.uuid4().hex[:12]}"
-        )
+        self._instance_id = config.service.instance_id or instance_id or new_instance_id()
         self._registry: InstanceRegistry | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._api: LLMServiceAPI | None = None

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -69,6 +68,7 @@ from llm_es.events import (
 )
 from llm_es.lease import KvLease, open_lease
 from llm_es.limits import day_of
+from llm_es.liveness import new_instance_id
 from llm_es.logs import log_kv
 from llm_es.store import EventStore
 
@@ -528,7 +528,7 @@ class EventPublisher:
         self._js = js
         self._store = store
         self._config = config
-        self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        self.instance_id = instance_id or new_instance_id()
         self._lease_ttl = lease_ttl_seconds
         self._from_beginning = from_beginning
         self._lease: KvLease | None = None

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 
 import nats.errors
 import orjson
@@ -25,6 +26,11 @@ from llm_es.tokens import encode_name
 logger = logging.getLogger("llm_es.liveness")
 
 INSTANCES_BUCKET = "llm_instances"
+
+
+def new_instance_id() -> str:
+    """A name for an instance whose config names none (`service.instance_id`)."""
+    return f"llm-es-{uuid.uuid4().hex[:12]}"
 
 
 class InstanceRegistry:

@@ -45,6 +45,7 @@ from llm_es.events import (
     utc_now,
 )
 from llm_es.limits import TurnRequest, decide_admission, estimate_tokens, usage_numbers
+from llm_es.liveness import new_instance_id
 from llm_es.logs import log_kv
 from llm_es.memories import (
     DEFAULT_IMPORTANCE,
@@ -133,7 +134,7 @@ class ChatService:
         # append keeps them exact across processes.
         self._user_locks: dict[str, asyncio.Lock] = {}
         self._summarizing: dict[str, asyncio.Task[bool]] = {}
-        self.instance_id = instance_id or f"llm-es-{uuid.uuid4().hex[:12]}"
+        self.instance_id = instance_id or new_instance_id()
         self._in_flight: set[str] = set()
         self._started_at = self._clock()
         self.admitted = 0

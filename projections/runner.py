@@ -37,7 +37,6 @@ import heapq
 import itertools
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,6 +59,7 @@ from llm_es.dispatch import finish_task
 from llm_es.headers import KV_OPERATION
 from llm_es.kv import read_bucket
 from llm_es.lease import KvLease, open_lease
+from llm_es.liveness import new_instance_id
 from llm_es.logs import log_kv
 from llm_es.store import EventStore
 from llm_es.views import (
@@ -821,6 +821,6 @@ def build_view_runner(
         js,
         store,
         default_projections(config),
-        instance_id=service.instance_id or f"llm-es-{uuid.uuid4().hex[:12]}",
+        instance_id=service.instance_id or new_instance_id(),
         lease_ttl_seconds=service.instance_ttl_seconds,
     )
