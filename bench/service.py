@@ -63,13 +63,13 @@ from llm_es.errors import IntegrityError, OperationalError
 from llm_es.events import TurnRejected
 from llm_es.limits import TurnRequest, decide_admission, estimate_tokens
 from llm_es.service import ADMIT_BACKOFF_SECONDS
+from llm_es.status import gather_replies, instances_status
 from llm_es.store import STREAM_NAME, SUBJECT_PREFIX, EventStore
 from llm_es.views import UsageView, usage_key
 from projections.usage import UsageProjection
 
 SERVICE_CHAT_SUBJECT = "rosey.llm.chat"
 SERVICE_PING_SUBJECT = "$SRV.PING.rosey-llm"
-SERVICE_STATS_SUBJECT = "$SRV.STATS.rosey-llm"
 ADMISSION_COUNTERS = ("admitted", "rejected", "admission_conflicts")
 ADMIT_STREAM = "BENCH_ADMIT"
 ADMIT_PREFIX = "bench.admit"
@@ -502,45 +502,18 @@ class ServiceOps:
         return latencies, errors
 
 
-async def gather_replies(nc: NATS, subject: str) -> list[bytes]:
-    """Every answer to one request on `subject` within `PING_COLLECT_SECONDS`
-    (each service instance answers `$SRV.*` once)."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    replies: list[bytes] = []
-    try:
-        await nc.publish(subject, b"", reply=inbox)
-        deadline = time.perf_counter() + PING_COLLECT_SECONDS
-        for _ in range(1000):
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                break
-            try:
-                msg = await sub.next_msg(timeout=left)
-            except nats.errors.TimeoutError:
-                break
-            if msg.data:  # an empty message is the server's "no responders" status
-                replies.append(msg.data)
-    finally:
-        await sub.unsubscribe()
-    return replies
-
-
 async def service_instances(nc: NATS) -> int:
     """How many `rosey-llm` instances answer `$SRV.PING`."""
-    replies = await gather_replies(nc, SERVICE_PING_SUBJECT)
+    replies = await gather_replies(nc, SERVICE_PING_SUBJECT, seconds=PING_COLLECT_SECONDS)
     return len({str(orjson.loads(data).get("id")) for data in replies})
 
 
 async def admission_counters(nc: NATS) -> dict[str, dict[str, int]]:
-    """Each instance's admission counters (`$SRV.STATS`, the `chat` endpoint's data)."""
-    counters: dict[str, dict[str, int]] = {}
-    for data in await gather_replies(nc, SERVICE_STATS_SUBJECT):
-        endpoints = orjson.loads(data).get("endpoints") or []
-        chat = next((e.get("data") for e in endpoints if e.get("name") == "chat"), None)
-        if isinstance(chat, dict):
-            counters[str(chat["instance"])] = {k: int(chat[k]) for k in ADMISSION_COUNTERS}
-    return counters
+    """Each instance's admission counters (`$SRV.STATS`, as `llm-es status` reads them)."""
+    return {
+        str(running["instance"]): {name: int(running[name] or 0) for name in ADMISSION_COUNTERS}
+        for running in await instances_status(nc)
+    }
 
 
 async def wait_for_instances(nc: NATS, wanted: int, plugins: list[Child]) -> float:

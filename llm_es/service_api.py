@@ -64,6 +64,8 @@ logger = logging.getLogger("llm_es.service_api")
 SERVICE_NAME = "rosey-llm"
 SUBJECT_PREFIX = "rosey.llm"
 QUEUE_GROUP = "llm-es"
+ADMISSION_STATS_ENDPOINT = "chat"
+"""The endpoint whose `$SRV.STATS` data carries the instance's admission counters."""
 MAX_IN_FLIGHT = 512
 HEALTH_PROBE_SECONDS = 30.0
 MAX_SUMMARIZE_CHARACTERS_FACTOR = 8
@@ -309,7 +311,9 @@ class LLMServiceAPI:
         They count every admitted turn of the instance (chat, complete,
         summarize, `!chat`), so they appear once, not on each endpoint.
         """
-        return self._chat.admission_stats() if endpoint.name == "chat" else None
+        if endpoint.name == ADMISSION_STATS_ENDPOINT:
+            return self._chat.admission_stats()
+        return None
 
     def _provider_field(self, body: dict[str, Any]) -> str | None:
         value = body.get("provider")

@@ -33,6 +33,7 @@ from llm_es.chat_client import (
 from llm_es.command_surface import COMMAND_SUBJECT
 from llm_es.config import Config
 from llm_es.kv import live_views_bucket
+from llm_es.service_api import ADMISSION_STATS_ENDPOINT, SERVICE_NAME
 from llm_es.store import MIN_SERVER_VERSION, STREAM_NAME, SUBJECT_PREFIX
 from llm_es.views import checkpoint_key
 
@@ -46,10 +47,10 @@ READ_TIMEOUT_SECONDS = 5.0
 MAX_KEYS_COUNTED = 10_000_000
 PROBE_CHANNEL = "llm-es-status"
 PROBE_USER = "llm-es-status"
-SERVICE_STATS_SUBJECT = "$SRV.STATS.rosey-llm"
+SERVICE_STATS_SUBJECT = f"$SRV.STATS.{SERVICE_NAME}"
 STATS_GATHER_SECONDS = 0.5
-"""How long `$SRV.STATS` answers are collected (every instance answers the one request)."""
-MAX_INSTANCES_LISTED = 1000
+"""How long `$SRV.*` answers are collected (every instance answers the one request)."""
+MAX_REPLIES = 1000
 
 READ_ERRORS = (nats.errors.Error, TimeoutError)
 
@@ -210,30 +211,36 @@ async def instance_status(nc: NATS) -> Report:
     return {**report, "answered": True, "success": success is True}
 
 
-async def instances_status(nc: NATS) -> list[Report]:
-    """Each running instance with its admission counters, from the service's `$SRV.STATS`."""
-    answers: asyncio.Queue[bytes] = asyncio.Queue(MAX_INSTANCES_LISTED)
+async def gather_replies(
+    nc: NATS, subject: str, *, seconds: float = STATS_GATHER_SECONDS
+) -> list[bytes]:
+    """The answers to one request on `subject` that arrive within `seconds` (at most
+    `MAX_REPLIES`): every instance of a service answers a `$SRV.*` request once. Empty
+    messages (the server's "no responders") are left out."""
+    answers: list[bytes] = []
 
     async def collect(msg: Any) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            answers.put_nowait(msg.data)
+        if msg.data and len(answers) < MAX_REPLIES:
+            answers.append(msg.data)
 
-    instances: list[Report] = []
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=collect)
     try:
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, cb=collect)
-        try:
-            await nc.publish(SERVICE_STATS_SUBJECT, b"", reply=inbox)
-            await nc.flush(timeout=int(READ_TIMEOUT_SECONDS))
-            await asyncio.sleep(STATS_GATHER_SECONDS)
-        finally:
-            await sub.unsubscribe()
+        await nc.publish(subject, b"", reply=inbox)
+        await nc.flush(timeout=int(READ_TIMEOUT_SECONDS))
+        await asyncio.sleep(seconds)
+    finally:
+        await sub.unsubscribe()
+    return answers
+
+
+async def instances_status(nc: NATS) -> list[Report]:
+    """Each running instance with its admission counters, from the service's `$SRV.STATS`."""
+    try:
+        answers = await gather_replies(nc, SERVICE_STATS_SUBJECT)
     except READ_ERRORS:
-        return instances
-    while not answers.empty():
-        instance = _instance_from_stats(answers.get_nowait())
-        if instance is not None:
-            instances.append(instance)
+        return []
+    instances = [i for i in map(_instance_from_stats, answers) if i is not None]
     return sorted(instances, key=lambda i: str(i["instance"]))
 
 
@@ -243,7 +250,10 @@ def _instance_from_stats(data: bytes) -> Report | None:
         endpoints = stats["endpoints"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
-    chat = next((e for e in endpoints if isinstance(e, dict) and e.get("name") == "chat"), {})
+    chat = next(
+        (e for e in endpoints if isinstance(e, dict) and e.get("name") == ADMISSION_STATS_ENDPOINT),
+        {},
+    )
     counters = chat.get("data")
     admissions: dict[str, Any] = counters if isinstance(counters, dict) else {}
     return {
