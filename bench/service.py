@@ -38,7 +38,6 @@ import os
 import pathlib
 import platform
 import random
-import signal
 import statistics
 import sys
 import time
@@ -833,19 +832,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def bounded_run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]:
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    async with asyncio.timeout(args.max_seconds):
-        return await run(args, workdir)
-
-
 def main(argv: list[str] | None = None) -> int:
     global QUIET
     args = parse_args(argv)
     QUIET = turns.QUIET = args.json_only
-    return turns.run_in_workdir(bounded_run, args, "llm-es-bench-service-")
+    return turns.run_in_workdir(run, args, "llm-es-bench-service-")
 
 
 if __name__ == "__main__":

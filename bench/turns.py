@@ -1058,15 +1058,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def bounded_run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]:
-    # SIGTERM cancels the run like Ctrl-C does, so the children are still stopped in order.
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    async with asyncio.timeout(args.max_seconds):
-        return await run(args, workdir)
-
-
 def main(argv: list[str] | None = None) -> int:
     global QUIET
     args = parse_args(argv)
@@ -1074,18 +1065,29 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(echo_responder(args.echo_responder, args.max_seconds))
         return 0
     QUIET = args.json_only
-    return run_in_workdir(bounded_run, args, "llm-es-bench-")
+    return run_in_workdir(run, args, "llm-es-bench-")
 
 
-def run_in_workdir(
-    bounded: Callable[[argparse.Namespace, pathlib.Path], Awaitable[dict[str, Any]]],
-    args: argparse.Namespace,
-    prefix: str,
-) -> int:
-    """Run a bench in a temp dir (kept with --keep-dir) and print its JSON; exit code."""
+BenchRun = Callable[[argparse.Namespace, pathlib.Path], Awaitable[dict[str, Any]]]
+
+
+async def bounded(
+    bench: BenchRun, args: argparse.Namespace, workdir: pathlib.Path
+) -> dict[str, Any]:
+    """`bench` within `--max-seconds`; SIGTERM cancels it like Ctrl-C does, so the
+    children are still stopped in order."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    async with asyncio.timeout(args.max_seconds):
+        return await bench(args, workdir)
+
+
+def run_in_workdir(bench: BenchRun, args: argparse.Namespace, prefix: str) -> int:
+    """Run a bench in a temp dir (kept with --keep-dir), bounded, and print its JSON; exit code."""
     workdir = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        result = asyncio.run(bounded(args, workdir))
+        result = asyncio.run(bounded(bench, args, workdir))
     except KeyboardInterrupt:
         return 130
     except asyncio.CancelledError:
