@@ -210,13 +210,6 @@ class ServiceConfig:
             minimum=1,
         ),
     )
-    open_provider_early: bool = dataclasses.field(
-        default=True,
-        metadata=_meta(
-            "Open the provider request while the turn is admitted, holding its last byte "
-            "until the admission is logged (saves its setup from the time to first token)."
-        ),
-    )
     publish_events: bool = dataclasses.field(
         default=True,
         metadata=_meta(

@@ -44,7 +44,6 @@ from llm_es.events import (
     TurnRejected,
     utc_now,
 )
-from llm_es.held_call import HeldCall
 from llm_es.limits import TurnRequest, decide_admission, estimate_tokens, usage_numbers
 from llm_es.liveness import new_instance_id
 from llm_es.logs import log_kv
@@ -296,25 +295,11 @@ class ChatService:
         instance answered it (read-your-writes without an extra round trip).
         """
         channel, user = request.channel, request.user
-        held: HeldCall | None = None
-
-        def open_early(decision: TurnAdmitted) -> None:
-            # Decided, about to be appended: the request's setup overlaps the append.
-            nonlocal held
-            if held is None and self._config.service.open_provider_early:
-                held = HeldCall(
-                    chain[0],
-                    prompt,
-                    max_tokens=decision.max_tokens,
-                    temperature=temperature,
-                    streamed=on_chunk is not None,
-                )
-
         # In flight before it is admitted: the sweeper must never see it open and unowned.
         self._in_flight.add(request.turn_id)
         try:
             decision = await self._admit(
-                request, estimate_tokens(prompt_length(prompt)), max_tokens, on_decided=open_early
+                request, estimate_tokens(prompt_length(prompt)), max_tokens
             )
             if not isinstance(decision, TurnAdmitted):
                 log_kv(logger, "turn_rejected", channel=channel, user=user, window=decision.window)
@@ -323,22 +308,10 @@ class ChatService:
                 )
             if rebuild_prompt is not None:
                 prompt = rebuild_prompt()
-            if held is not None and not held.matches(prompt, decision.max_tokens):
-                # The views moved (another turn, a memory): ask with the new prompt.
-                await held.withdraw()
-                held = None
             return await self._finish_turn(
-                request,
-                decision,
-                chain,
-                prompt,
-                temperature=temperature,
-                on_chunk=on_chunk,
-                held=held,
+                request, decision, chain, prompt, temperature=temperature, on_chunk=on_chunk
             )
         finally:
-            if held is not None:
-                await held.withdraw()
             self._in_flight.discard(request.turn_id)
 
     async def _finish_turn(
@@ -350,7 +323,6 @@ class ChatService:
         *,
         temperature: float | None,
         on_chunk: ChunkSink | None,
-        held: HeldCall | None = None,
     ) -> Outcome:
         """Ask the providers for an admitted turn and record how it ended."""
         channel, user = request.channel, request.user
@@ -360,12 +332,7 @@ class ChatService:
             # so it must not end any later than that here.
             async with asyncio.timeout(self.turn_deadline_seconds()):
                 provider, result, passed_over = await self._ask(
-                    chain,
-                    prompt,
-                    decision.max_tokens,
-                    temperature=temperature,
-                    on_chunk=on_chunk,
-                    held=held,
+                    chain, prompt, decision.max_tokens, temperature=temperature, on_chunk=on_chunk
                 )
         except TimeoutError:
             provider_name = chain[0].name
@@ -457,31 +424,24 @@ class ChatService:
         *,
         temperature: float | None = None,
         on_chunk: ChunkSink | None = None,
-        held: HeldCall | None = None,
     ) -> tuple[LLMProvider, CompletionResult, tuple[str, ...]]:
         """Ask each provider in turn until one answers; only outages move down the chain.
 
-        `held`, the first provider's call opened during admission, is used
-        instead of a new one. A stream that already passed pieces on is never
-        retried elsewhere: the caller has seen part of an answer.
+        A stream that already passed pieces on is never retried elsewhere: the
+        caller has seen part of an answer.
         """
         passed_over: list[str] = []
         for provider in chain:
             streamed = False
-            opened = held if held is not None and provider is held.provider else None
             try:
                 if on_chunk is None:
-                    result = await (
-                        opened.result()
-                        if opened is not None
-                        else provider.chat(prompt, max_tokens=max_tokens, temperature=temperature)
+                    result = await provider.chat(
+                        prompt, max_tokens=max_tokens, temperature=temperature
                     )
                 else:
                     final: CompletionResult | None = None
                     async with contextlib.aclosing(
-                        opened.pieces()
-                        if opened is not None
-                        else provider.stream(prompt, max_tokens=max_tokens, temperature=temperature)
+                        provider.stream(prompt, max_tokens=max_tokens, temperature=temperature)
                     ) as pieces:
                         async for piece in pieces:
                             if isinstance(piece, CompletionResult):
@@ -510,17 +470,9 @@ class ChatService:
         raise AssertionError("an empty provider chain")  # provider_chain never returns one
 
     async def _admit(
-        self,
-        request: TurnRequest,
-        prompt_estimate: int,
-        max_tokens: int,
-        *,
-        on_decided: Callable[[TurnAdmitted], None] | None = None,
+        self, request: TurnRequest, prompt_estimate: int, max_tokens: int
     ) -> TurnAdmitted | TurnRejected:
-        """Decide and append admission with the per-user conditional append; retry on races.
-
-        `on_decided` sees each admission decision just before it is appended.
-        """
+        """Decide and append admission with the per-user conditional append; retry on races."""
         lock = self._user_locks.setdefault(request.user, asyncio.Lock())
         async with lock:
             boundary = self._store.user_boundary(request.user)
@@ -547,8 +499,6 @@ class ChatService:
                         await self._wait_for(await self._store.append(decision))
                         self.rejected += 1
                         return decision
-                    if on_decided is not None:
-                        on_decided(decision)
                     try:
                         seq = await self._store.append(
                             decision, expected_last_seq=position, boundary=boundary

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -51,16 +50,8 @@ class LLMProvider(ABC):
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-        release: asyncio.Future[None] | None = None,
     ) -> CompletionResult:
-        """Answer a conversation (non-streaming).
-
-        With `release`, the request goes out at once but the last byte of its
-        body waits until the future is done, so the server holds an incomplete
-        request it cannot act on; cancelling the call meanwhile withdraws it
-        (the connection is closed). Nothing else about the call (a retry, an
-        error) happens before the release either.
-        """
+        """Answer a conversation (non-streaming)."""
 
     @abstractmethod
     async def complete(
@@ -82,11 +73,8 @@ class LLMProvider(ABC):
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-        release: asyncio.Future[None] | None = None,
     ) -> AsyncGenerator[str | CompletionResult, None]:
         """Yield content pieces as they arrive, then one final CompletionResult.
-
-        `release` holds the request's last byte as in `chat`.
 
         Failures before the answer starts (a 429/5xx status, no connection) are
         retried like `chat`; once it has started nothing is retried, and a stream

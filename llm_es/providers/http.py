@@ -20,7 +20,7 @@ import functools
 import logging
 import ssl
 import string
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -64,7 +64,6 @@ MAX_DETAIL_CHARS = 300
 
 # HTTP header names, in one place.
 AUTHORIZATION = "Authorization"
-CONTENT_LENGTH = "Content-Length"
 CONTENT_TYPE = "Content-Type"
 JSON_CONTENT_TYPE = "application/json"
 
@@ -195,25 +194,15 @@ class HTTPProvider(LLMProvider):
     # -- requests ----------------------------------------------------------------
 
     async def _request_json(
-        self,
-        method: str,
-        path: str,
-        body: Mapping[str, Any] | None = None,
-        *,
-        release: asyncio.Future[None] | None = None,
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        """The JSON object a 200 answer carries, retrying as the policy allows.
-
-        With `release`, the first attempt holds its body's last byte until the
-        future is done (see `LLMProvider.chat`).
-        """
+        """The JSON object a 200 answer carries, retrying as the policy allows."""
         content = None if body is None else orjson.dumps(body)
+        headers = None if body is None else {CONTENT_TYPE: JSON_CONTENT_TYPE}
         for retries_done in range(self._retry.max_retries + 1):
             try:
                 with self._http.lease() as client:
-                    response = await client.request(
-                        method, path, **_request_content(content, release, retries_done)
-                    )
+                    response = await client.request(method, path, content=content, headers=headers)
             except httpx.HTTPError as exc:
                 error = self._transport_error(exc, mid_stream=False)
                 cause: BaseException = exc
@@ -221,31 +210,24 @@ class HTTPProvider(LLMProvider):
                 if response.status_code == 200:
                     return self._decode_object(response.content)
                 error = cause = self._status_error(response)
-            await _released(release)
             await self._wait_or_raise(error, cause, retries_done)
         raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
 
-    async def _stream_lines(
-        self,
-        path: str,
-        body: Mapping[str, Any],
-        *,
-        release: asyncio.Future[None] | None = None,
-    ) -> AsyncGenerator[str, None]:
+    async def _stream_lines(self, path: str, body: Mapping[str, Any]) -> AsyncGenerator[str, None]:
         """The lines of a streamed 200 answer to POST `path`.
 
         Failures before the answer starts are retried; once it has started (status
         200 received) nothing is, and a connection lost mid-way raises
-        `ProviderStreamBroken`. With `release`, the first attempt holds its body's
-        last byte until the future is done. Use inside `contextlib.aclosing`.
+        `ProviderStreamBroken`. Use inside `contextlib.aclosing`.
         """
         content = orjson.dumps(body)
+        headers = {CONTENT_TYPE: JSON_CONTENT_TYPE}
         for retries_done in range(self._retry.max_retries + 1):
             started = False
             try:
                 with self._http.lease() as client:
                     async with client.stream(
-                        "POST", path, **_request_content(content, release, retries_done)
+                        "POST", path, content=content, headers=headers
                     ) as response:
                         if response.status_code != 200:
                             await response.aread()
@@ -261,7 +243,6 @@ class HTTPProvider(LLMProvider):
                 error = cause = exc
             if started:
                 _raise(error, cause)
-            await _released(release)
             await self._wait_or_raise(error, cause, retries_done)
 
     async def _wait_or_raise(
@@ -373,37 +354,3 @@ def _standard_reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown Status"
-
-
-def _request_content(
-    content: bytes | None, release: asyncio.Future[None] | None, retries_done: int
-) -> dict[str, Any]:
-    """The body arguments of one attempt: held back by one byte on a first attempt
-    with an unreleased `release`, whole otherwise."""
-    if content is None:
-        return {}
-    headers = {CONTENT_TYPE: JSON_CONTENT_TYPE}
-    if release is None or release.done() or retries_done > 0 or not content:
-        return {"content": content, "headers": headers}
-    # An explicit length keeps httpx from switching to chunked encoding for an
-    # iterator body: the server sees an ordinary request that is not complete yet.
-    headers[CONTENT_LENGTH] = str(len(content))
-    return {"content": _held_body(content, release), "headers": headers}
-
-
-async def _held_body(content: bytes, release: asyncio.Future[None]) -> AsyncIterator[bytes]:
-    """`content` with its last byte sent only once `release` is done.
-
-    Until then the server holds an incomplete request it cannot act on;
-    cancelling the call closes the connection and the request never was.
-    """
-    yield content[:-1]
-    # Shielded: a cancelled call must not cancel the future other calls may share.
-    await asyncio.shield(release)
-    yield content[-1:]
-
-
-async def _released(release: asyncio.Future[None] | None) -> None:
-    """Wait for `release`: nothing about a held request (a retry, an error) acts before it."""
-    if release is not None and not release.done():
-        await asyncio.shield(release)

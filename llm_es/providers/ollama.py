@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
@@ -42,11 +41,10 @@ class OllamaProvider(HTTPProvider):
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-        release: asyncio.Future[None] | None = None,
     ) -> CompletionResult:
         chosen_model = model or self.default_model
         body = self._chat_body(messages, chosen_model, temperature, max_tokens, stream=False)
-        data = self._checked(await self._request_json("POST", CHAT_PATH, body, release=release))
+        data = self._checked(await self._request_json("POST", CHAT_PATH, body))
         content = _message_content(data)
         if content is None:
             raise ProviderBadResponse(self.name, "Ollama returned no message content")
@@ -76,11 +74,10 @@ class OllamaProvider(HTTPProvider):
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-        release: asyncio.Future[None] | None = None,
     ) -> AsyncGenerator[str | CompletionResult, None]:
         chosen_model = model or self.default_model
         body = self._chat_body(messages, chosen_model, temperature, max_tokens, stream=True)
-        return self._stream_ndjson(CHAT_PATH, body, chosen_model, release)
+        return self._stream_ndjson(CHAT_PATH, body, chosen_model)
 
     def stream_complete(
         self,
@@ -150,18 +147,14 @@ class OllamaProvider(HTTPProvider):
         return body
 
     async def _stream_ndjson(
-        self,
-        path: str,
-        body: dict[str, Any],
-        model: str,
-        release: asyncio.Future[None] | None = None,
+        self, path: str, body: dict[str, Any], model: str
     ) -> AsyncGenerator[str | CompletionResult, None]:
         """One JSON object per line; pieces in `message.content` (chat) or `response`
         (generate); the line with `done: true` carries the usage."""
         pieces: list[str] = []
         final: CompletionResult | None = None
         trailing = 0
-        async with contextlib.aclosing(self._stream_lines(path, body, release=release)) as lines:
+        async with contextlib.aclosing(self._stream_lines(path, body)) as lines:
             async for line in lines:
                 if final is not None:
                     # Read to the end, so the connection goes back to the pool.

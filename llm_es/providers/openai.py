@@ -7,7 +7,6 @@ Authorization header, as local servers expect.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -73,11 +72,10 @@ class OpenAICompatibleProvider(HTTPProvider):
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-        release: asyncio.Future[None] | None = None,
     ) -> CompletionResult:
         chosen_model = model or self.default_model
         body = self._body(messages, chosen_model, temperature, max_tokens)
-        data = await self._request_json("POST", CHAT_PATH, body, release=release)
+        data = await self._request_json("POST", CHAT_PATH, body)
         return self._completion(data, chosen_model)
 
     async def complete(
@@ -103,14 +101,13 @@ class OpenAICompatibleProvider(HTTPProvider):
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-        release: asyncio.Future[None] | None = None,
     ) -> AsyncGenerator[str | CompletionResult, None]:
         chosen_model = model or self.default_model
         body = self._body(messages, chosen_model, temperature, max_tokens)
         body["stream"] = True
         # Without this a streamed answer carries no usage at all.
         body["stream_options"] = {"include_usage": True}
-        return self._stream_sse(body, chosen_model, release)
+        return self._stream_sse(body, chosen_model)
 
     async def is_available(self) -> bool:
         return await self._probe(MODELS_PATH)
@@ -169,7 +166,7 @@ class OpenAICompatibleProvider(HTTPProvider):
         )
 
     async def _stream_sse(
-        self, body: dict[str, Any], model: str, release: asyncio.Future[None] | None = None
+        self, body: dict[str, Any], model: str
     ) -> AsyncGenerator[str | CompletionResult, None]:
         """Server-sent events: `data: <chunk>` per event, `data: [DONE]` at the end.
 
@@ -184,7 +181,7 @@ class OpenAICompatibleProvider(HTTPProvider):
         done = False
         trailing = 0
         async with (
-            contextlib.aclosing(self._stream_lines(CHAT_PATH, body, release=release)) as lines,
+            contextlib.aclosing(self._stream_lines(CHAT_PATH, body)) as lines,
             contextlib.aclosing(_sse_data(lines)) as events,
         ):
             async for data in events:
