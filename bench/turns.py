@@ -795,6 +795,7 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
             "think_ms": args.think_ms,
             "chunk_delay_ms": None if args.llm_url else args.chunk_delay_ms,
             "llm": args.llm_url or "bench/fake_ollama.py (subprocess, zero delay)",
+            "plugin_service_settings": dict(args.service_settings),
         },
     }
     server = EmbeddedNatsServer(workdir / "nats", port=0)
@@ -825,7 +826,10 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
         await echo.start(ready_prefix="READY", env=env)
 
         config_path = workdir / "config.json"
-        config_path.write_bytes(orjson.dumps(plugin_config(llm_url)))
+        config = plugin_config(llm_url)
+        if args.service_settings:
+            config.setdefault("service", {}).update(args.service_settings)
+        config_path.write_bytes(orjson.dumps(config))
         serve_args = ["serve", "--nats-url", url, "--config", str(config_path)]
         serve_args += ["--log-level", args.plugin_log_level]
         if args.plugin_profile:
@@ -991,6 +995,17 @@ def stream_results(
     }
 
 
+def service_setting(text: str) -> tuple[str, Any]:
+    """`KEY=JSON` from the command line as (key, decoded value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=JSON, got {text!r}")
+    try:
+        return key, orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not JSON") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1037,6 +1052,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--plugin-profile",
         type=pathlib.Path,
         help="run the plugin under cProfile and write its stats here (slows it down)",
+    )
+    parser.add_argument(
+        "--service-setting",
+        dest="service_settings",
+        metavar="KEY=JSON",
+        type=service_setting,
+        action="append",
+        default=[],
+        help="a `service.KEY` of the plugin's config, e.g. publish_events=false (for A/B runs)",
     )
     parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs, data)")
     parser.add_argument(
