@@ -24,6 +24,7 @@ class ServerThread:
         self._thread.start()
         self.server = EmbeddedNatsServer(data_dir, port=0)
         self.url = self.run(self.server.start())
+        self.run(_add_sentinel_stream(self.url))
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the server's loop and return its result (60 s at most)."""
@@ -35,7 +36,7 @@ class ServerThread:
         self.run(self.server.start())
 
     def delete_all_streams(self) -> None:
-        """Delete every stream on the server."""
+        """Delete every stream on the server but the sentinel."""
         self.run(_delete_all_streams(self.url))
 
     def close(self) -> None:
@@ -48,11 +49,27 @@ class ServerThread:
             self._loop.close()
 
 
+SENTINEL_STREAM = "CONTRACT_SENTINEL"
+"""A stream kept for the whole session. When an account's last stream is deleted,
+nats-server removes the account's `streams` directory in the background, and a
+stream created right then fails with "could not create storage directory"
+(seen as a 500 "error creating store for stream" every ten runs or so)."""
+
+
+async def _add_sentinel_stream(url: str) -> None:
+    nc = await nats.connect(url, max_reconnect_attempts=2)
+    try:
+        await nc.jetstream().add_stream(name=SENTINEL_STREAM, subjects=["contract-sentinel"])
+    finally:
+        await nc.close()
+
+
 async def _delete_all_streams(url: str) -> None:
     nc = await nats.connect(url, max_reconnect_attempts=2)
     try:
         js = nc.jetstream()
-        for name in await js.streams_info():
-            await js.delete_stream(name.config.name or "")
+        for info in await js.streams_info():
+            if info.config.name != SENTINEL_STREAM:
+                await js.delete_stream(info.config.name or "")
     finally:
         await nc.close()
