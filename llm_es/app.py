@@ -142,6 +142,7 @@ class Plugin:
                 instance_id=self.service.instance_id,
                 # The same leases bucket as the views: its max_age is one TTL for both.
                 lease_ttl_seconds=self.config.service.instance_ttl_seconds,
+                feed=self.views,
             )
             await self._publisher.start()
         log_kv(logger, "plugin_started", log_position=position, provider=provider.name)

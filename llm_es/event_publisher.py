@@ -1,7 +1,8 @@
 """Observability events `rosey.event.llm.*`, derived from the event log by one active publisher.
 
 Nothing here is called by a request handler: the publisher follows `llm.ev.>`
-with an ordered consumer and maps what was recorded to the seed's events
+(through the views' fold in the plugin, else with an ordered consumer of its
+own) and maps what was recorded to the seed's events
 (`ObservationFold`, pure), so the events say what the log says and can be
 derived again from any position (`EventPublisher.republish`).
 
@@ -71,6 +72,7 @@ from llm_es.limits import day_of
 from llm_es.liveness import new_instance_id
 from llm_es.logs import log_kv
 from llm_es.store import EventStore
+from llm_es.views import EventFeed
 
 logger = logging.getLogger("llm_es.event_publisher")
 
@@ -101,6 +103,8 @@ IDLE_POLL_SECONDS = 0.2
 CONSUMER_HEARTBEAT_SECONDS = 1.0
 DERIVE_BUFFER = 4096
 """Log events read ahead of the publisher at most."""
+FEED_BUFFER = 65_536
+"""Events the views may hand on ahead of the publisher before it reads the log instead."""
 REPLAY_CHECK_EVERY = 1024
 """While folding without publishing, the publisher checks for stop and lease this often."""
 POSITION_SAVE_EVENTS = 256
@@ -499,9 +503,88 @@ class _Step:
 
     seq: int
     observations: list[Observation]
-    caught_up: bool
     replayed: bool = False
     """Folded without publishing (at or before the starting position): a chance to stop."""
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """The last log sequence folded by one derivation, wherever the events came from."""
+
+    last: int
+
+    def fold(
+        self, fold: ObservationFold, seq: int, event: Event | None, after: int
+    ) -> _Step | None:
+        """Fold the event after `last`: its step past `after`, now and then one before."""
+        self.last = seq
+        observations = [] if event is None else fold.apply(seq, event)
+        if seq > after:
+            return _Step(seq, observations)
+        if seq % REPLAY_CHECK_EVERY == 0:
+            return _Step(seq, [], replayed=True)
+        return None
+
+
+class _Following:
+    """The views' events (`EventFeed`) buffered for one derivation.
+
+    The views hand each event on synchronously while folding, so the buffer
+    cannot push back: past `FEED_BUFFER` waiting events it stops following
+    and marks itself overflowed, and the derivation reads the log instead.
+    """
+
+    def __init__(self, feed: EventFeed) -> None:
+        self._events: deque[tuple[int, Event | None]] = deque()
+        self._ready = asyncio.Event()
+        self.overflowed = False
+        self.start, self._stop = feed.follow(self._listen)
+
+    def _listen(self, seq: int, event: Event | None) -> None:
+        if self.overflowed:
+            return
+        if len(self._events) >= FEED_BUFFER:
+            self.overflowed = True
+            self._stop()
+        else:
+            self._events.append((seq, event))
+        self._ready.set()
+
+    def take(self) -> tuple[int, Event | None] | None:
+        return self._events.popleft() if self._events else None
+
+    async def wait(self) -> None:
+        """Until an event is buffered or the feed overflowed (callers bound the wait)."""
+        if self._events or self.overflowed:
+            return
+        self._ready.clear()
+        await self._ready.wait()
+
+    def close(self) -> None:
+        self._stop()
+
+
+async def _read_feed(
+    fold: ObservationFold, cursor: _Cursor, after: int, following: _Following
+) -> AsyncGenerator[_Step | None, None]:
+    """`_derive`'s steps from the views' feed, until it overflows (None when idle a while)."""
+    while True:
+        taken = following.take()
+        if taken is None:
+            if following.overflowed:
+                return
+            try:
+                async with asyncio.timeout(IDLE_POLL_SECONDS):
+                    await following.wait()
+            except TimeoutError:
+                yield None
+            continue
+        seq, event = taken
+        if seq <= cursor.last:
+            continue  # already read from the log
+        step = cursor.fold(fold, seq, event, after)
+        if step is not None:
+            yield step
 
 
 class EventPublisher:
@@ -510,7 +593,9 @@ class EventPublisher:
     Start one per plugin instance; at most one of them publishes at a time, the
     others stand by and take over when it stops or dies. With no stored
     position (the first start ever), publishing starts at the log's end, or at
-    its first event with `from_beginning=True`.
+    its first event with `from_beginning=True`. With `feed` (the plugin's
+    views), the leader takes the events the views fold instead of following
+    the log itself (see `EventFeed`).
     """
 
     def __init__(
@@ -523,8 +608,10 @@ class EventPublisher:
         instance_id: str | None = None,
         lease_ttl_seconds: float = DEFAULT_LEASE_TTL_SECONDS,
         from_beginning: bool = False,
+        feed: EventFeed | None = None,
     ) -> None:
         self._nc = nc
+        self._feed = feed
         self._js = js
         self._store = store
         self._config = config
@@ -714,7 +801,9 @@ class EventPublisher:
             position = await self._claim_position()
             self._leading = True
             log_kv(logger, "event_publisher_leading", instance=self.instance_id, position=position)
-            async with contextlib.aclosing(self._derive(position, until=None)) as steps:
+            async with contextlib.aclosing(
+                self._derive(position, until=None, feed=self._feed)
+            ) as steps:
                 async for step in steps:
                     if self._stopping.is_set() or not lease.held():
                         return
@@ -742,14 +831,43 @@ class EventPublisher:
 
     # ------------------------------------------------------------ reading the log
 
-    async def _derive(self, after: int, *, until: int | None) -> AsyncGenerator[_Step | None, None]:
+    async def _derive(
+        self, after: int, *, until: int | None, feed: EventFeed | None = None
+    ) -> AsyncGenerator[_Step | None, None]:
         """Steps for the log events after `after` (up to `until`), None when idle a while.
 
         The fold starts early enough (`fold_window_start`) that its thresholds
-        are exact; events up to `after` are folded without being yielded.
+        are exact; events up to `after` are folded without being yielded. With
+        `feed` (and no `until`), the log is read only up to where the feed
+        starts, then the events come from the feed; if the feed overflows (this
+        publisher fell behind), the log is read again from where it stopped.
         """
         fold = ObservationFold(self._config.rate_limits)
-        first = await self._fold_start(after)
+        cursor = _Cursor(await self._fold_start(after) - 1)
+        # Bounded like the publisher's life: each round ends only on an overflow.
+        while True:
+            following = _Following(feed) if feed is not None and until is None else None
+            try:
+                end = until if following is None else following.start
+                if end is None or cursor.last < end:
+                    async with contextlib.aclosing(
+                        self._read_log(fold, cursor, after, until=end)
+                    ) as steps:
+                        async for step in steps:
+                            yield step
+                if following is None:
+                    return
+                async for step in _read_feed(fold, cursor, after, following):
+                    yield step
+                log_kv(logger, "event_feed_overflowed", level=logging.WARNING, seq=cursor.last)
+            finally:
+                if following is not None:
+                    following.close()
+
+    async def _read_log(
+        self, fold: ObservationFold, cursor: _Cursor, after: int, *, until: int | None
+    ) -> AsyncGenerator[_Step | None, None]:
+        """`_derive`'s steps read from the log with an ordered consumer of this publisher."""
         # A bounded hand-off queue: a full one holds the subscription's callback, so
         # flow control stops the server instead of memory growing. Taking ready
         # messages without awaiting is several times faster than `next_msg`.
@@ -759,13 +877,12 @@ class EventPublisher:
             stream=self._store.stream,
             ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            config=api.ConsumerConfig(opt_start_seq=first),
+            config=api.ConsumerConfig(opt_start_seq=cursor.last + 1),
             cb=arrived.put,
             manual_ack=True,
             idle_heartbeat=CONSUMER_HEARTBEAT_SECONDS,
         )
         try:
-            last = first - 1
             while True:
                 try:
                     msg = arrived.get_nowait()
@@ -777,22 +894,18 @@ class EventPublisher:
                         yield None
                         continue
                 seq = msg.metadata.sequence.stream
-                if seq <= last:
+                if seq <= cursor.last:
                     continue  # redelivered after an ordered-consumer reset
                 if until is not None and seq > until:
                     return
-                last = seq
+                event: Event | None = None
                 try:
                     event = decode_event(msg.data)
                 except UnknownEventError as exc:
                     log_kv(logger, "event_skipped", level=logging.ERROR, seq=seq, error=str(exc))
-                    observations: list[Observation] = []
-                else:
-                    observations = fold.apply(seq, event)
-                if seq > after:
-                    yield _Step(seq, observations, caught_up=msg.metadata.num_pending == 0)
-                elif seq % REPLAY_CHECK_EVERY == 0:
-                    yield _Step(seq, [], caught_up=False, replayed=True)
+                step = cursor.fold(fold, seq, event, after)
+                if step is not None:
+                    yield step
                 if until is not None and seq >= until:
                     return
         finally:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
     from llm_es.config import Config
+    from llm_es.events import Event
     from llm_es.store import EventStore
 
 BUCKET = "llm_data"
@@ -174,7 +175,25 @@ class ViewReader(Protocol):
         """Every key starting with `prefix`."""
 
 
-class ViewRunner(ViewReader, Protocol):
+EventListener = Callable[[int, "Event | None"], None]
+"""Called with a log sequence and its event (None: one this code cannot read)."""
+
+
+class EventFeed(Protocol):
+    """The log events a read side folds, handed on in process to whoever follows them.
+
+    One read of the log per process: the event publisher follows the views'
+    fold instead of a second consumer of its own, which would double the
+    server's pushes and this process's decoding for every event.
+    """
+
+    def follow(self, listener: EventListener) -> tuple[int, Callable[[], None]]:
+        """Call `listener` for every log event after the returned sequence, in log order,
+        as it is folded (synchronously: the listener must not block); the returned
+        function stops it. Events up to that sequence are the caller's to read."""
+
+
+class ViewRunner(ViewReader, EventFeed, Protocol):
     """A read side that can be started and stopped by `llm-es serve`."""
 
     async def start(self) -> None:

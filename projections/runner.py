@@ -37,7 +37,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import nats.errors
@@ -56,6 +56,7 @@ from nats.js.kv import KeyValue
 from llm_es.codec import UnknownEventError, decode_event
 from llm_es.config import Config
 from llm_es.dispatch import finish_task
+from llm_es.events import Event
 from llm_es.headers import KV_OPERATION
 from llm_es.kv import read_bucket
 from llm_es.lease import KvLease, open_lease
@@ -67,6 +68,7 @@ from llm_es.views import (
     BUCKET,
     META_BUCKET,
     ActiveViews,
+    EventListener,
     checkpoint_key,
     parse_active_views,
 )
@@ -198,10 +200,13 @@ class BucketViews:
         bucket: str = BUCKET,
         instance_id: str | None = None,
         lease_ttl_seconds: float = DEFAULT_LEASE_TTL_SECONDS,
+        on_event: EventListener | None = None,
     ) -> None:
         self._js = js
         self._store = store
         self._projections = list(projections)
+        self._on_event = on_event
+        """Told of every event folded, after the fold and its waiters (see `EventFeed`)."""
         self._bucket_name = bucket
         self._kv: KeyValue | None = None
         self._values: dict[str, View] = {}
@@ -488,6 +493,7 @@ class BucketViews:
         seq = msg.metadata.sequence.stream
         if seq <= self._applied:
             return
+        event: Event | None = None
         try:
             event = decode_event(msg.data)
         except UnknownEventError as exc:
@@ -497,6 +503,8 @@ class BucketViews:
             self._apply(event, seq)
         self._applied = seq
         self._wake(seq)
+        if self._on_event is not None:
+            self._on_event(seq, event)
         if self._holding or self._instance_id is None:
             self._flush_wanted.set()
 
@@ -639,6 +647,9 @@ class ViewRunner:
         self._instance_id = instance_id
         self._lease_ttl = lease_ttl_seconds
         self._active: BucketViews | None = None
+        self._listeners: list[EventListener] = []
+        self._delivered = 0
+        """Highest sequence handed to the listeners (by whichever bucket folded it first)."""
         self._watch: JetStreamContext.PushSubscription | None = None
         self._wanted: str | None = None
         self._switch_task: asyncio.Task[None] | None = None
@@ -694,6 +705,26 @@ class ViewRunner:
         """Every view value (checkpoints excluded), for comparisons and tools."""
         return self.views.snapshot()
 
+    # ------------------------------------------------------------ EventFeed
+
+    def follow(self, listener: EventListener) -> tuple[int, Callable[[], None]]:
+        """See `llm_es.views.EventFeed`. Across a blue/green switch both buckets fold
+        the log; each event is handed on once, by the first fold to reach it."""
+        self._listeners.append(listener)
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return max(self._delivered, self.views.position), stop
+
+    def _deliver(self, seq: int, event: Event | None) -> None:
+        if seq <= self._delivered:
+            return
+        self._delivered = seq
+        for listener in tuple(self._listeners):
+            listener(seq, event)
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -736,6 +767,7 @@ class ViewRunner:
             bucket=bucket,
             instance_id=self._instance_id,
             lease_ttl_seconds=self._lease_ttl,
+            on_event=self._deliver,
         )
 
     # ------------------------------------------------------------ blue/green

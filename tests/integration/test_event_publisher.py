@@ -18,6 +18,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from llm_es import event_publisher
 from llm_es.app import Plugin
 from llm_es.config import Config, RateLimitsConfig
 from llm_es.embedded import EmbeddedNatsServer
@@ -36,8 +37,16 @@ from llm_es.events import (
 )
 from llm_es.store import EventStore
 from tests.integration.conftest import PluginStarter
+from tests.support.cli import console_script, run_script
 from tests.support.fake_llm import FakeLLMServer
-from tests.support.harness import command, log_events, wait_until
+from tests.support.harness import (
+    command,
+    log_events,
+    make_config,
+    start_plugin,
+    stop_plugin,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -115,12 +124,17 @@ async def received(client: NATS) -> AsyncIterator[Received]:
 PublisherFactory = Callable[..., Awaitable[EventPublisher]]
 
 
-@pytest.fixture
+@pytest.fixture(params=["own-consumer", "views-feed"])
 async def publishers(
-    nats_server: EmbeddedNatsServer, start: PluginStarter
+    request: pytest.FixtureRequest, nats_server: EmbeddedNatsServer, start: PluginStarter
 ) -> AsyncIterator[PublisherFactory]:
-    """Start publishers, each on its own connection as a separate instance would be."""
+    """Start publishers, each on its own connection as a separate instance would be.
+
+    Every test runs twice: publishers reading the log with their own consumer,
+    and publishers taking the events the plugin's views fold (as in `llm-es serve`).
+    """
     running: list[tuple[EventPublisher, NATS]] = []
+    from_views = request.param == "views-feed"
 
     async def _start(
         plugin: Plugin, name: str, *, lead: bool = True, **kwargs: Any
@@ -134,6 +148,7 @@ async def publishers(
             plugin.config,
             instance_id=name,
             lease_ttl_seconds=LEASE_TTL,
+            feed=plugin.views if from_views else None,
             **kwargs,
         )
         running.append((publisher, nc))
@@ -502,6 +517,72 @@ async def test_first_start_begins_at_the_end_of_the_log(
     (response,) = await received.wait_for("response")
     assert response["seq"] > end
     assert all(body["seq"] > end for _, body in received.events)
+
+
+# ---------------------------------------------------------------- the views' feed
+
+
+async def test_a_publisher_that_falls_behind_the_views_feed_reads_the_log_instead(
+    start: PluginStarter,
+    nats_server: EmbeddedNatsServer,
+    client: NATS,
+    received: Received,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no room to buffer the views' events (every event overflows the feed), the
+    publisher keeps reading the log instead: every event is published exactly once."""
+    monkeypatch.setattr(event_publisher, "FEED_BUFFER", 0)
+    plugin = await start(rate_limits=NO_LIMITS)
+    assert plugin.views is not None
+    nc = await nats.connect(nats_server.url, max_reconnect_attempts=2)
+    js = nc.jetstream()
+    publisher = EventPublisher(
+        nc,
+        js,
+        EventStore(nc, js),
+        plugin.config,
+        instance_id="behind",
+        lease_ttl_seconds=LEASE_TTL,
+        from_beginning=True,
+        feed=plugin.views,
+    )
+    await publisher.start()
+    try:
+        await traffic(client, 8, "burst")
+        await caught_up(publisher, client)
+        expected = expected_seqs(await log_events(client))
+        await wait_until(lambda: sum(received.seqs().values()) >= sum(expected.values()))
+        assert received.seqs() == expected
+    finally:
+        await publisher.stop()
+        await nc.drain()
+
+
+async def test_plugin_publishes_every_event_once_across_a_blue_green_switch(
+    nats_server: EmbeddedNatsServer, fake_llm: FakeLLMServer, client: NATS, received: Received
+) -> None:
+    """`llm-es serve`'s publisher follows the views; a rebuild folds a new bucket from the
+    log's start beside the live one and swaps: no event is published twice or lost."""
+    config = make_config(fake_llm.base_url, rate_limits=NO_LIMITS)
+    assert config.service.publish_events
+    plugin, nc = await start_plugin(nats_server.url, config)
+    try:
+        await command(client, "first", channel="ch0", user="user0")
+        # From the beginning of the log on: the plugin's publisher published this event.
+        await received.wait_for("response")
+        await traffic(client, 4, "before")
+        rebuilt = await run_script(
+            console_script("llm-replay"), "rebuild", "--nats-url", nats_server.url
+        )
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        await wait_until(lambda: plugin.views is not None and plugin.views.bucket != "llm_data")
+        await traffic(client, 4, "after")
+        expected = expected_seqs(await log_events(client))
+        await wait_until(lambda: sum(received.seqs().values()) >= sum(expected.values()))
+        await asyncio.sleep(0.2)  # room for a duplicate to show up
+        assert received.seqs() == expected
+    finally:
+        await stop_plugin(plugin, nc)
 
 
 # ---------------------------------------------------------------- re-derivation
