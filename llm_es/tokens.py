@@ -18,6 +18,8 @@ NO_NAME = "_"
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _ESCAPE = re.compile(r"=([0-9A-F]{2})")
 _TOKEN = re.compile(r"(?:[A-Za-z0-9_-]|=[0-9A-F]{2})+")
+# One C-level match instead of a per-byte loop: names are encoded several times a turn.
+_READABLE = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 
 
 def encode_name(name: str) -> str:
@@ -26,12 +28,12 @@ def encode_name(name: str) -> str:
         raise ValidationError("name must not be empty")
     if name == NO_NAME:
         return "=5F"
+    if _READABLE.fullmatch(name):
+        return name
     try:
         raw = name.encode()
     except UnicodeEncodeError as exc:  # lone surrogates, e.g. from undecodable argv bytes
         raise ValidationError(f"name is not valid Unicode text: {name!r}") from exc
-    if name.isascii() and all(b in _SAFE for b in raw):
-        return name
     return "".join(chr(b) if b in _SAFE else f"={b:02X}" for b in raw)
 
 
