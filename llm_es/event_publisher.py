@@ -857,8 +857,9 @@ class EventPublisher:
                             yield step
                 if following is None:
                     return
-                async for step in _read_feed(fold, cursor, after, following):
-                    yield step
+                async with contextlib.aclosing(_read_feed(fold, cursor, after, following)) as steps:
+                    async for step in steps:
+                        yield step
                 log_kv(logger, "event_feed_overflowed", level=logging.WARNING, seq=cursor.last)
             finally:
                 if following is not None:
