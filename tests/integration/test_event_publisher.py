@@ -124,6 +124,24 @@ async def received(client: NATS) -> AsyncIterator[Received]:
 PublisherFactory = Callable[..., Awaitable[EventPublisher]]
 
 
+async def connect_publisher(
+    url: str, plugin: Plugin, name: str, **kwargs: Any
+) -> tuple[EventPublisher, NATS]:
+    """A publisher named `name` on its own connection, as a separate instance would be."""
+    nc = await nats.connect(url, max_reconnect_attempts=2)
+    js = nc.jetstream()
+    publisher = EventPublisher(
+        nc,
+        js,
+        EventStore(nc, js),
+        plugin.config,
+        instance_id=name,
+        lease_ttl_seconds=LEASE_TTL,
+        **kwargs,
+    )
+    return publisher, nc
+
+
 @pytest.fixture(params=["own-consumer", "views-feed"])
 async def publishers(
     request: pytest.FixtureRequest, nats_server: EmbeddedNatsServer, start: PluginStarter
@@ -139,18 +157,8 @@ async def publishers(
     async def _start(
         plugin: Plugin, name: str, *, lead: bool = True, **kwargs: Any
     ) -> EventPublisher:
-        nc = await nats.connect(nats_server.url, max_reconnect_attempts=2)
-        js = nc.jetstream()
-        publisher = EventPublisher(
-            nc,
-            js,
-            EventStore(nc, js),
-            plugin.config,
-            instance_id=name,
-            lease_ttl_seconds=LEASE_TTL,
-            feed=plugin.views if from_views else None,
-            **kwargs,
-        )
+        feed = plugin.views if from_views else None
+        publisher, nc = await connect_publisher(nats_server.url, plugin, name, feed=feed, **kwargs)
         running.append((publisher, nc))
         await publisher.start()
         if lead:
@@ -534,17 +542,8 @@ async def test_a_publisher_that_falls_behind_the_views_feed_reads_the_log_instea
     monkeypatch.setattr(event_publisher, "FEED_BUFFER", 0)
     plugin = await start(rate_limits=NO_LIMITS)
     assert plugin.views is not None
-    nc = await nats.connect(nats_server.url, max_reconnect_attempts=2)
-    js = nc.jetstream()
-    publisher = EventPublisher(
-        nc,
-        js,
-        EventStore(nc, js),
-        plugin.config,
-        instance_id="behind",
-        lease_ttl_seconds=LEASE_TTL,
-        from_beginning=True,
-        feed=plugin.views,
+    publisher, nc = await connect_publisher(
+        nats_server.url, plugin, "behind", from_beginning=True, feed=plugin.views
     )
     await publisher.start()
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import nats
@@ -208,6 +208,32 @@ async def test_one_instance_writes_and_each_reads_its_own_writes(
     assert writers([first, second]) == [first]
 
 
+async def take_over_during_traffic(
+    client: NATS,
+    fake_llm: FakeLLMServer,
+    successor: Plugin,
+    *,
+    hand_over: Callable[[], Awaitable[None]],
+    lossy: bool,
+) -> None:
+    """Run `hand_over` (the writer stops or dies) while commands keep coming, and wait
+    until `successor` holds the lease; the traffic must still be running by then."""
+    chats = len(fake_llm.chat_requests)
+    enough = asyncio.Event()
+    background = asyncio.create_task(
+        traffic(client, MAX_ROUNDS, "during", until=enough, lossy=lossy)
+    )
+    try:
+        await wait_until(lambda: len(fake_llm.chat_requests) >= chats + 4)
+        await hand_over()
+        await wait_until(lambda: runner(successor).lease_held(), within=TAKEOVER_WITHIN)
+        enough.set()
+        assert not background.done(), "the traffic ran across the takeover"
+    finally:
+        enough.set()
+        await background
+
+
 async def test_a_stopped_writer_hands_over_and_nothing_is_lost(
     instances: Instances, client: NATS, fake_llm: FakeLLMServer
 ) -> None:
@@ -217,18 +243,9 @@ async def test_a_stopped_writer_hands_over_and_nothing_is_lost(
     second = await instances.start("second")
     assert writers([first, second]) == [first]
     await traffic(client, 6, "before")
-    chats = len(fake_llm.chat_requests)
-    enough = asyncio.Event()
-    background = asyncio.create_task(traffic(client, MAX_ROUNDS, "during", until=enough))
-    try:
-        await wait_until(lambda: len(fake_llm.chat_requests) >= chats + 4)
-        await instances.stop("first")
-        await wait_until(lambda: runner(second).lease_held(), within=TAKEOVER_WITHIN)
-        enough.set()
-        assert not background.done(), "the traffic ran across the handover"
-    finally:
-        enough.set()
-        await background
+    await take_over_during_traffic(
+        client, fake_llm, second, hand_over=lambda: instances.stop("first"), lossy=False
+    )
     assert runner(second).writer == "second"
     await traffic(client, 4, "after")
     await assert_bucket_is_the_whole_log(client, second, fake_llm)
@@ -246,21 +263,12 @@ async def test_a_dead_writer_is_replaced_after_the_lease_ttl(
     second = await instances.start("second")
     assert writers([first, second]) == [first]
     await traffic(client, 6, "before")
-    chats = len(fake_llm.chat_requests)
-    enough = asyncio.Event()
-    background = asyncio.create_task(
-        traffic(client, MAX_ROUNDS, "during", until=enough, lossy=True)
-    )
-    try:
-        await wait_until(lambda: len(fake_llm.chat_requests) >= chats + 4)
+
+    async def die() -> None:
         await instances.kill("first")
         assert not runner(second).lease_held()
-        await wait_until(lambda: runner(second).lease_held(), within=TAKEOVER_WITHIN)
-        enough.set()
-        assert not background.done(), "the traffic ran across the takeover"
-    finally:
-        enough.set()
-        await background
+
+    await take_over_during_traffic(client, fake_llm, second, hand_over=die, lossy=True)
     await traffic(client, 4, "after")
     await assert_bucket_is_the_whole_log(client, second, fake_llm)
 
