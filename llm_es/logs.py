@@ -106,7 +106,6 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     _writer = _BatchWriter(records, sys.stderr, formatter)
     _writer.start()
-    atexit.register(stop_logging)
 
 
 def stop_logging() -> None:
@@ -115,3 +114,7 @@ def stop_logging() -> None:
     writer, _writer = _writer, None
     if writer is not None:
         writer.stop()
+
+
+# Once per process (not per configure_logging call): drains the queue at exit.
+atexit.register(stop_logging)
