@@ -8,18 +8,23 @@
     ├── StoreError               event log failures (PEP 249 names)
     │   ├── IntegrityError       a conditional append lost the race
     │   └── OperationalError     the log could not be reached or written
-    └── ProviderError            an LLM provider call failed (.provider, .status)
+    └── ProviderError            a provider call failed (.provider, .status, .usage)
         ├── ProviderUnavailable  could not connect, or the connection dropped
         ├── ProviderTimeout      no answer within the configured timeout
         ├── ProviderAuthError    401/403: the API key is missing, wrong or not allowed
         ├── ProviderRateLimited  429 after the retries (.retry_after: seconds or None)
-        ├── ProviderBadRequest   another 4xx: unknown model, bad parameters, no credit
+        ├── ProviderBadRequest   another 4xx (unknown model, bad parameters, no credit),
+        │                        or an error object that names no HTTP status
         └── ProviderBadResponse  a 5xx after the retries, or a body we cannot read
             └── ProviderStreamBroken  a stream ended before its final chunk
 
-Connection errors, 429 and 5xx are retried by the providers before one of these
-is raised; a stream is never retried once it has yielded content, and a broken
-one raises (its partial text is not an answer).
+The status is the HTTP status, or the `code` of an error object a provider sent
+with a 200 (OpenRouter does so for failures of the model behind it): either way
+it picks the class. Connection errors, 429 and 5xx are retried by the providers
+before one of these is raised; a stream is never retried once it has started,
+and a broken one raises (its partial text is not an answer). An error raised
+once a stream has started (status 200 received) has `prompt_consumed` set and,
+in `usage`, what the call had used by then (`PartialUsage`): those tokens are owed.
 
 Messages never contain secrets: provider errors carry the provider name, the
 HTTP status and the server's own error text (with the key scrubbed, and left
@@ -28,6 +33,8 @@ the user-info of a URL.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class LLMESError(Exception):
@@ -76,11 +83,30 @@ class OperationalError(StoreError):
     """The event log could not be reached or refused a write for another reason."""
 
 
+@dataclass(frozen=True, slots=True)
+class PartialUsage:
+    """What a provider call that failed after the provider started answering had used."""
+
+    model: str
+    prompt_tokens: int | None = None
+    """As the provider reported it before failing; None when it had not (most do so last)."""
+    completion_tokens: int | None = None
+    """As the provider reported it before failing; None when it had not."""
+    completion_chars: int = 0
+    """Characters of answer received before the failure (to estimate what it cost)."""
+    cost: float | None = None
+    """OpenRouter's `usage.cost`, when it reported one."""
+
+
 class ProviderError(LLMESError):
     """An LLM provider call failed; `str()` is safe to show to users.
 
-    `status` is the HTTP status when the server answered one, `retry_after` the
-    seconds it asked us to wait (Retry-After), when it did.
+    `status` is the HTTP status when the server answered one (or the code of an
+    error object sent with a 200), `retry_after` the seconds it asked us to
+    wait (Retry-After), when it did. `prompt_consumed` is True when a stream
+    failed after the provider had started answering (status 200 received), so
+    it has read the prompt and may bill for it; `usage` then says what the
+    call had used, as far as the stream tells.
     """
 
     def __init__(
@@ -90,11 +116,15 @@ class ProviderError(LLMESError):
         status: int | None = None,
         *,
         retry_after: float | None = None,
+        prompt_consumed: bool = False,
+        usage: PartialUsage | None = None,
     ) -> None:
         super().__init__(message)
         self.provider = provider
         self.status = status
         self.retry_after = retry_after
+        self.prompt_consumed = prompt_consumed
+        self.usage = usage
 
 
 class ProviderUnavailable(ProviderError):
@@ -114,7 +144,8 @@ class ProviderRateLimited(ProviderError):
 
 
 class ProviderBadRequest(ProviderError):
-    """The provider refused the request itself (a 4xx other than 401, 403, 429)."""
+    """The provider refused the request itself (a 4xx other than 401, 403, 429), or sent an
+    error object with a 200 that names no HTTP status."""
 
 
 class ProviderBadResponse(ProviderError):

@@ -99,6 +99,10 @@ class LLMProvider(ABC):
             max_tokens=max_tokens,
         )
 
+    def throttled(self) -> bool:
+        """True while the backend is refusing llm-es with 429 and its wait has not passed."""
+        return False
+
     @abstractmethod
     async def is_available(self) -> bool:
         """True when the backend answers its health/model-list endpoint."""

@@ -9,7 +9,14 @@ each pool tiny while the total stays `shards * SHARD_CONNECTIONS`.
 
 `HTTPProvider`: one JSON request or one line stream with the retries of
 `RetryPolicy`, and every failure turned into the `ProviderError` tree with a
-message that names the provider and the problem and never a secret.
+message that names the provider and the problem and never a secret. An error
+object inside a 200 answer counts as the status its `code` names, and a 429
+either way marks the provider as throttled for the wait it asked for.
+
+Stream lines end at LF (or CR LF) only, as SSE and NDJSON define them. httpx's
+`aiter_lines` also ends a line at U+2028, U+2029, U+0085 and a few control
+characters, which OpenAI and Ollama send raw inside JSON strings (openai-python
+issue #1230): an answer holding one would be cut in two.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import functools
 import logging
 import ssl
 import string
+import time
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar, NoReturn
@@ -44,8 +52,10 @@ from llm_es.providers.retry import RetryPolicy, retry_after_seconds
 
 __all__ = [
     "AVAILABILITY_TIMEOUT_SECONDS",
+    "MAX_LINE_BYTES",
     "MAX_TRAILING_LINES",
     "SHARD_CONNECTIONS",
+    "THROTTLE_WITHOUT_RETRY_AFTER_SECONDS",
     "HTTPProvider",
     "ShardedClient",
     "header_value",
@@ -61,6 +71,10 @@ MAX_TRAILING_LINES = 64
 """Lines read after a stream's final chunk so its connection can be reused; then it is dropped."""
 MAX_DETAIL_CHARS = 300
 """Longest piece of a server's own error text put into a message."""
+MAX_LINE_BYTES = 1024 * 1024
+"""Longest stream line read; a longer one breaks the stream (a chunk is a few hundred bytes)."""
+THROTTLE_WITHOUT_RETRY_AFTER_SECONDS = 60.0
+"""How long a 429 that names no wait keeps `throttled()` true."""
 
 # HTTP header names, in one place.
 AUTHORIZATION = "Authorization"
@@ -167,6 +181,8 @@ class HTTPProvider(LLMProvider):
         self._timeout = timeout
         self._retry = retry_policy
         self._secrets = tuple(secret for secret in secrets if secret)
+        self._throttled_until: float | None = None
+        """`time.monotonic()` until which the last 429 asked us to wait; None once answered."""
         self._http = ShardedClient(
             base_url=self._base_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, MAX_CONNECT_SECONDS)),
@@ -179,6 +195,13 @@ class HTTPProvider(LLMProvider):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    def throttled(self) -> bool:
+        """True while the wait asked by the last 429 (an HTTP status, or an error object's
+        code) lasts: its Retry-After, else `THROTTLE_WITHOUT_RETRY_AFTER_SECONDS`.
+        An answer received since clears it."""
+        until = self._throttled_until
+        return until is not None and time.monotonic() < until
 
     async def _probe(self, path: str) -> bool:
         """True when GET `path` answers 200 within the availability timeout (no retries)."""
@@ -208,17 +231,24 @@ class HTTPProvider(LLMProvider):
                 cause: BaseException = exc
             else:
                 if response.status_code == 200:
-                    return self._decode_object(response.content)
-                error = cause = self._status_error(response)
+                    data = self._decode_object(response.content)
+                    body_error = self._body_error(data, response.headers)
+                    if body_error is None:
+                        self._throttled_until = None
+                        return data
+                    error = cause = body_error
+                else:
+                    error = cause = self._status_error(response)
             await self._wait_or_raise(error, cause, retries_done)
         raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
 
     async def _stream_lines(self, path: str, body: Mapping[str, Any]) -> AsyncGenerator[str, None]:
-        """The lines of a streamed 200 answer to POST `path`.
+        """The lines of a streamed 200 answer to POST `path`, without their line ends.
 
         Failures before the answer starts are retried; once it has started (status
-        200 received) nothing is, and a connection lost mid-way raises
-        `ProviderStreamBroken`. Use inside `contextlib.aclosing`.
+        200 received) nothing is, a connection lost mid-way raises
+        `ProviderStreamBroken`, and every error raised has `prompt_consumed` set.
+        Use inside `contextlib.aclosing`.
         """
         content = orjson.dumps(body)
         headers = {CONTENT_TYPE: JSON_CONTENT_TYPE}
@@ -233,15 +263,24 @@ class HTTPProvider(LLMProvider):
                             await response.aread()
                             raise self._status_error(response)
                         started = True
-                        async for line in response.aiter_lines():
+                        self._throttled_until = None
+                        splitter = _LineSplitter()
+                        async for chunk in response.aiter_bytes():
+                            for line in splitter.feed(chunk):
+                                yield line
+                        for line in splitter.finish():
                             yield line
                         return
             except httpx.HTTPError as exc:
                 error = self._transport_error(exc, mid_stream=started)
                 cause: BaseException = exc
+            except _LineTooLongError as exc:
+                error = self._stream_broken(f"sent a line longer than {MAX_LINE_BYTES:,} bytes")
+                cause = exc
             except ProviderError as exc:
                 error = cause = exc
             if started:
+                error.prompt_consumed = True
                 _raise(error, cause)
             await self._wait_or_raise(error, cause, retries_done)
 
@@ -280,13 +319,42 @@ class HTTPProvider(LLMProvider):
         """The error for a non-200 answer: `<Label> API error: <status> <reason>[: detail]`."""
         status = response.status_code
         reason = response.reason_phrase or _standard_reason(status)
+        detail = self._error_detail(response.content)
+        return self._api_error(status, reason, detail, response.headers)
+
+    def _body_error(
+        self, data: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> ProviderError | None:
+        """The error object a 200 answer carries instead of an answer, or None.
+
+        OpenRouter sends `{"error": {"code": 429, "message": ...}}` with a 200 when
+        the model behind it fails; a `code` that is an HTTP error status counts as
+        that status (so a 429 or 5xx is retried); without one (Ollama's
+        `{"error": "..."}`) it is a `ProviderBadRequest`, not retried.
+        """
+        error = data.get("error")
+        if error is None:
+            return None
+        code = error.get("code") if isinstance(error, dict) else None
+        detail = self._error_text(error)
+        if type(code) is int and 400 <= code < 600:
+            return self._api_error(code, _standard_reason(code), detail, headers)
+        message = f"{self.label} error: {detail}" if detail else f"{self.label} returned an error"
+        return ProviderBadRequest(self.name, message)
+
+    def _api_error(
+        self, status: int, reason: str, detail: str, headers: Mapping[str, str]
+    ) -> ProviderError:
+        """The error of `status`; a 429 also starts the time `throttled()` reports."""
         message = f"{self.label} API error: {status} {reason}"
         # Servers echo part of a rejected key in auth errors: leave their text out.
-        if status not in (401, 403) and (detail := self._error_detail(response.content)):
+        if status not in (401, 403) and detail:
             message += f": {detail}"
-        retry_after = retry_after_seconds(response.headers)
-        if status == 429 and retry_after is not None:
-            message += f" (retry after {retry_after:g}s)"
+        retry_after = retry_after_seconds(headers)
+        if status == 429:
+            self._note_rate_limited(retry_after)
+            if retry_after is not None:
+                message += f" (retry after {retry_after:g}s)"
         kind: type[ProviderError]
         if status in (401, 403):
             kind = ProviderAuthError
@@ -298,14 +366,49 @@ class HTTPProvider(LLMProvider):
             kind = ProviderBadResponse
         return kind(self.name, message, status, retry_after=retry_after)
 
+    def _decode_chunk(self, data: str) -> dict[str, Any]:
+        """One JSON object of a stream (an NDJSON line, an SSE event's data).
+
+        An error object in it (`{"error": ...}`: Ollama's, and OpenRouter's when
+        the model behind it fails mid-stream) breaks the stream.
+        """
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise self._stream_broken("sent invalid JSON") from exc
+        if not isinstance(chunk, dict):
+            raise self._stream_broken("sent an unexpected chunk")
+        error = chunk.get("error")
+        if error is not None:
+            raise self._stream_error(error)
+        return chunk
+
+    def _stream_error(self, error: object) -> ProviderStreamBroken:
+        """The error for an error object met mid-stream (`<Label> stream failed: ...`).
+
+        Never retried, whatever its code: part of the answer may have been passed on.
+        """
+        if isinstance(error, dict) and error.get("code") == 429:
+            self._note_rate_limited(None)
+        text = self._error_text(error)
+        return self._stream_broken(f"failed: {text}" if text else "failed")
+
+    def _note_rate_limited(self, retry_after: float | None) -> None:
+        wait = THROTTLE_WITHOUT_RETRY_AFTER_SECONDS if retry_after is None else retry_after
+        self._throttled_until = time.monotonic() + wait
+
     def _error_detail(self, raw: bytes) -> str:
         """The server's own error text from an error body, scrubbed and shortened."""
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return ""
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, dict):  # OpenAI and OpenRouter: {"error": {"message": ...}}
+        return self._error_text(body.get("error")) if isinstance(body, dict) else ""
+
+    def _error_text(self, error: object) -> str:
+        """The text of an error value, scrubbed: OpenAI's and OpenRouter's
+        `{"message": ...}`, Ollama's plain string; "" when it has none."""
+        if isinstance(error, dict):
             error = error.get("message")
         return self._scrub(error) if isinstance(error, str) else ""
 
@@ -339,7 +442,70 @@ class HTTPProvider(LLMProvider):
         return ProviderError(self.name, f"{self.label} request failed: {type(exc).__name__}")
 
     def _stream_broken(self, problem: str) -> ProviderStreamBroken:
-        return ProviderStreamBroken(self.name, f"{self.label} stream {problem}")
+        """`<Label> stream <problem>`; the provider had started answering, so it took the prompt."""
+        return ProviderStreamBroken(
+            self.name, f"{self.label} stream {problem}", prompt_consumed=True
+        )
+
+
+class _LineTooLongError(ValueError):
+    """A stream line grew past `MAX_LINE_BYTES` before its end arrived."""
+
+
+class _LineSplitter:
+    """Bytes in, whole text lines out: a line ends at LF only (a CR before it is
+    dropped), as SSE and NDJSON define it.
+
+    Each line is decoded once it is whole, so a character split between two
+    reads is read whole; bytes.split keeps the work per chunk, not per byte.
+    Invalid UTF-8 is replaced, as SSE decoding does.
+    """
+
+    __slots__ = ("_pending", "_pending_bytes", "max_line_bytes")
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._pending: list[bytes] = []
+        """The start of a line whose end has not arrived yet."""
+        self._pending_bytes = 0
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The lines `chunk` completes (_LineTooLongError past `max_line_bytes`)."""
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            self._pending.append(chunk)
+            self._pending_bytes += len(chunk)
+            if self._pending_bytes > self.max_line_bytes:
+                raise _LineTooLongError(f"a line longer than {self.max_line_bytes} bytes")
+            return []
+        whole = chunk[:end]
+        if self._pending:
+            self._pending.append(whole)
+            whole = b"".join(self._pending)
+        rest = chunk[end + 1 :]
+        self._pending = [rest] if rest else []
+        self._pending_bytes = len(rest)
+        if self._pending_bytes > self.max_line_bytes or (
+            len(whole) > self.max_line_bytes
+            and max(map(len, whole.split(b"\n"))) > self.max_line_bytes
+        ):
+            raise _LineTooLongError(f"a line longer than {self.max_line_bytes} bytes")
+        # One decode for all the complete lines: b"\n" is never part of a UTF-8
+        # multi-byte sequence, so this reads each line as decoding it alone would.
+        return _lines(whole.decode("utf-8", "replace"))
+
+    def finish(self) -> list[str]:
+        """The last line, when the stream ended without its LF."""
+        rest = b"".join(self._pending)
+        self._pending = []
+        self._pending_bytes = 0
+        return _lines(rest.decode("utf-8", "replace")) if rest else []
+
+
+def _lines(text: str) -> list[str]:
+    """`text` split at LF, a CR ending a line dropped."""
+    lines = text.split("\n")
+    return [line.removesuffix("\r") for line in lines] if "\r" in text else lines
 
 
 def _raise(error: ProviderError, cause: BaseException) -> NoReturn:

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from llm_es.config import OllamaConfig
-from llm_es.errors import ProviderBadResponse
+from llm_es.errors import PartialUsage, ProviderBadResponse, ProviderError
 from llm_es.providers.base import ChatMessage, CompletionResult
 from llm_es.providers.http import MAX_TRAILING_LINES, HTTPProvider
 from llm_es.providers.retry import RetryPolicy
@@ -44,7 +44,7 @@ class OllamaProvider(HTTPProvider):
     ) -> CompletionResult:
         chosen_model = model or self.default_model
         body = self._chat_body(messages, chosen_model, temperature, max_tokens, stream=False)
-        data = self._checked(await self._request_json("POST", CHAT_PATH, body))
+        data = await self._request_json("POST", CHAT_PATH, body)
         content = _message_content(data)
         if content is None:
             raise ProviderBadResponse(self.name, "Ollama returned no message content")
@@ -61,7 +61,7 @@ class OllamaProvider(HTTPProvider):
     ) -> CompletionResult:
         chosen_model = model or self.default_model
         body = self._generate_body(prompt, system, chosen_model, temperature, max_tokens, False)
-        data = self._checked(await self._request_json("POST", GENERATE_PATH, body))
+        data = await self._request_json("POST", GENERATE_PATH, body)
         content = data.get("response")
         if not isinstance(content, str):
             raise ProviderBadResponse(self.name, "Ollama returned no response text")
@@ -97,7 +97,7 @@ class OllamaProvider(HTTPProvider):
 
     async def list_models(self) -> list[str]:
         """Names of the models the server has pulled."""
-        data = self._checked(await self._request_json("GET", TAGS_PATH))
+        data = await self._request_json("GET", TAGS_PATH)
         models = data.get("models") or []
         return [m["name"] for m in models if isinstance(m, dict) and isinstance(m.get("name"), str)]
 
@@ -150,38 +150,36 @@ class OllamaProvider(HTTPProvider):
         self, path: str, body: dict[str, Any], model: str
     ) -> AsyncGenerator[str | CompletionResult, None]:
         """One JSON object per line; pieces in `message.content` (chat) or `response`
-        (generate); the line with `done: true` carries the usage."""
+        (generate); the line with `done: true` carries the usage, so a failure before
+        it carries only the text's length (`ProviderError.usage`)."""
         pieces: list[str] = []
         final: CompletionResult | None = None
         trailing = 0
-        async with contextlib.aclosing(self._stream_lines(path, body)) as lines:
-            async for line in lines:
-                if final is not None:
-                    # Read to the end, so the connection goes back to the pool.
-                    trailing += 1
-                    if trailing > MAX_TRAILING_LINES:
-                        break
-                    continue
-                if not line.strip():
-                    continue
-                chunk = self._decode_object(line.encode())
-                if "error" in chunk:
-                    raise self._stream_broken(f"failed: {self._scrub(str(chunk['error']))}")
-                piece = _message_content(chunk) if path == CHAT_PATH else chunk.get("response")
-                if isinstance(piece, str) and piece:
-                    pieces.append(piece)
-                    yield piece
-                if chunk.get("done"):
-                    final = _result(chunk, "".join(pieces), model)
-        if final is None:
-            raise self._stream_broken("ended without its final chunk")
+        try:
+            async with contextlib.aclosing(self._stream_lines(path, body)) as lines:
+                async for line in lines:
+                    if final is not None:
+                        # Read to the end, so the connection goes back to the pool.
+                        trailing += 1
+                        if trailing > MAX_TRAILING_LINES:
+                            break
+                        continue
+                    if not line.strip():
+                        continue
+                    chunk = self._decode_chunk(line)
+                    piece = _message_content(chunk) if path == CHAT_PATH else chunk.get("response")
+                    if isinstance(piece, str) and piece:
+                        pieces.append(piece)
+                        yield piece
+                    if chunk.get("done"):
+                        final = _result(chunk, "".join(pieces), model)
+            if final is None:
+                raise self._stream_broken("ended without its final chunk")
+        except ProviderError as exc:
+            if exc.prompt_consumed and exc.usage is None:
+                exc.usage = PartialUsage(model=model, completion_chars=sum(map(len, pieces)))
+            raise
         yield final
-
-    def _checked(self, data: dict[str, Any]) -> dict[str, Any]:
-        """`data`, unless it is Ollama's {"error": ...} sent with a 200."""
-        if "error" in data:
-            raise ProviderBadResponse(self.name, f"Ollama error: {self._scrub(str(data['error']))}")
-        return data
 
 
 def _message_content(data: dict[str, Any]) -> str | None:

@@ -11,10 +11,8 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
-import orjson
-
 from llm_es.config import OpenAIConfig, Secret
-from llm_es.errors import ConfigError, ProviderBadResponse
+from llm_es.errors import ConfigError, PartialUsage, ProviderBadResponse, ProviderError
 from llm_es.providers.base import ChatMessage, CompletionResult, prompt_messages
 from llm_es.providers.http import (
     AUTHORIZATION,
@@ -173,6 +171,7 @@ class OpenAICompatibleProvider(HTTPProvider):
         Pieces come in `choices[0].delta.content`; the finish reason on the last
         choice chunk; the usage on a final chunk with no choices (earlier chunks
         carry `"usage": null`). Comment lines (OpenRouter's keep-alives) are skipped.
+        A failure once the stream started carries what it had used (`ProviderError.usage`).
         """
         pieces: list[str] = []
         last: Mapping[str, Any] = {}
@@ -180,51 +179,56 @@ class OpenAICompatibleProvider(HTTPProvider):
         usage: object = None
         done = False
         trailing = 0
-        async with (
-            contextlib.aclosing(self._stream_lines(CHAT_PATH, body)) as lines,
-            contextlib.aclosing(_sse_data(lines)) as events,
-        ):
-            async for data in events:
-                if done:
-                    # Read to the end, so the connection goes back to the pool.
-                    trailing += 1
-                    if trailing > MAX_TRAILING_LINES:
-                        break
-                    continue
-                if data == SSE_DONE:
-                    done = True
-                    continue
-                chunk = self._decode_chunk(data)
-                last = chunk
-                if isinstance(chunk.get("usage"), dict):
-                    usage = chunk["usage"]
-                choice = _first_choice(chunk)
-                if choice is None:
-                    continue
-                if choice.get("finish_reason"):
-                    finish_reason = choice["finish_reason"]
-                delta = choice.get("delta")
-                piece = delta.get("content") if isinstance(delta, dict) else None
-                if isinstance(piece, str) and piece:
-                    pieces.append(piece)
-                    yield piece
-        # Some compatible servers end without [DONE]; a finish reason shows the answer is whole.
-        if not done and finish_reason is None:
-            raise self._stream_broken("ended before the answer was complete")
+        try:
+            async with (
+                contextlib.aclosing(self._stream_lines(CHAT_PATH, body)) as lines,
+                contextlib.aclosing(_sse_data(lines)) as events,
+            ):
+                async for data in events:
+                    if done:
+                        # Read to the end, so the connection goes back to the pool.
+                        trailing += 1
+                        if trailing > MAX_TRAILING_LINES:
+                            break
+                        continue
+                    if data == SSE_DONE:
+                        done = True
+                        continue
+                    chunk = self._decode_chunk(data)
+                    last = chunk
+                    if isinstance(chunk.get("usage"), dict):
+                        usage = chunk["usage"]
+                    choice = _first_choice(chunk)
+                    if choice is None:
+                        continue
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+                    delta = choice.get("delta")
+                    piece = delta.get("content") if isinstance(delta, dict) else None
+                    if isinstance(piece, str) and piece:
+                        pieces.append(piece)
+                        yield piece
+            # Some compatible servers end without [DONE]; a finish reason shows it is whole.
+            if not done and finish_reason is None:
+                raise self._stream_broken("ended before the answer was complete")
+        except ProviderError as exc:
+            if exc.prompt_consumed and exc.usage is None:
+                exc.usage = self._partial_usage(last, model, usage, pieces)
+            raise
         yield self._result(last, "".join(pieces), model, finish_reason, usage)
 
-    def _decode_chunk(self, data: str) -> dict[str, Any]:
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise self._stream_broken("sent invalid JSON") from exc
-        if not isinstance(chunk, dict):
-            raise self._stream_broken("sent an unexpected chunk")
-        error = chunk.get("error")
-        if error is not None:  # OpenRouter reports failures mid-stream this way
-            detail = error.get("message") if isinstance(error, dict) else error
-            raise self._stream_broken(f"failed: {self._scrub(str(detail))}")
-        return chunk
+    def _partial_usage(
+        self, last: Mapping[str, Any], model: str, usage: object, pieces: list[str]
+    ) -> PartialUsage:
+        """What a stream that failed had used: the usage it reported, if any, and its text."""
+        usage = usage if isinstance(usage, dict) else {}
+        return PartialUsage(
+            model=str(last.get("model") or model),
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            completion_tokens=_count(usage.get("completion_tokens")),
+            completion_chars=sum(map(len, pieces)),
+            cost=_cost(usage.get("cost")),
+        )
 
 
 class OpenAIProvider(OpenAICompatibleProvider):

@@ -2,8 +2,10 @@
 
 Each wire format (Ollama JSON + NDJSON, OpenAI JSON + SSE, OpenRouter), the
 headers sent, retries with Retry-After, errors mapped to the documented tree
-with clear texts, streams that die mid-way, and the API key kept out of every
-message and log record.
+with clear texts (error objects inside a 200 included), streams that die
+mid-way and what they had used, stream lines that end only at LF, the
+throttled state after a 429, and the API key kept out of every message and log
+record.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from llm_es.config import (
@@ -26,6 +29,7 @@ from llm_es.config import (
 )
 from llm_es.errors import (
     ConfigError,
+    PartialUsage,
     ProviderAuthError,
     ProviderBadRequest,
     ProviderBadResponse,
@@ -45,6 +49,7 @@ from llm_es.providers import (
     RetryPolicy,
     build_provider,
 )
+from llm_es.providers.http import MAX_LINE_BYTES
 from tests.support.fake_llm import FakeLLMServer, Messages
 
 API_KEY = "sk-test-DO-NOT-LEAK-0123456789abcdef"
@@ -123,6 +128,18 @@ def pieces_and_final(items: list[str | CompletionResult]) -> tuple[list[str], Co
 ALL_KINDS = pytest.mark.parametrize("kind", ["ollama", "openai", "openrouter"])
 OPENAI_KINDS = pytest.mark.parametrize("kind", ["openai", "openrouter"])
 LABELS = {"ollama": "Ollama", "openai": "OpenAI", "openrouter": "OpenRouter"}
+MODELS = {"ollama": "llama3.2", "openai": "gpt-4o-mini", "openrouter": "gpt-4o-mini"}
+
+
+def sse(*events: dict[str, Any]) -> bytes:
+    """Server-sent events, one `data:` per event, as OpenAI streams them."""
+    return b"".join(b"data: " + orjson.dumps(event) + b"\n\n" for event in events)
+
+
+def content_chunk(text: str) -> dict[str, Any]:
+    """An OpenAI stream chunk carrying one piece of the answer."""
+    choice = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+    return {"model": "gpt-4o-mini", "choices": [choice]}
 
 
 # --- Ollama wire format --------------------------------------------------------------------------
@@ -559,6 +576,8 @@ async def test_a_stream_that_dies_mid_way_raises_and_is_not_retried(
     assert received == ["The "]
     assert str(caught.value) == (f"{LABELS[kind]} stream broke off before the answer was complete")
     assert llm.chat_count == 1
+    assert caught.value.prompt_consumed
+    assert caught.value.usage == PartialUsage(model=MODELS[kind], completion_chars=len("The "))
 
 
 @ALL_KINDS
@@ -580,6 +599,50 @@ async def test_a_stream_stalling_mid_way_times_out(
     assert llm.chat_count == 1
 
 
+@OPENAI_KINDS
+async def test_a_stream_failing_after_its_usage_carries_the_reported_figures(
+    kind: str, llm: FakeLLMServer, make: ProviderFactory
+) -> None:
+    """Usage reported before an error event: the error carries those figures (and cost),
+    with the length of the text received."""
+    usage = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15, "cost": 0.002}
+    error = {"code": 502, "message": "upstream model crashed"}
+    llm.raw_answer = sse(
+        content_chunk("Partial "),
+        content_chunk("answer"),
+        {"model": "gpt-4o-mini", "choices": [], "usage": usage},
+        {"error": error},
+    )
+    with pytest.raises(ProviderStreamBroken) as caught:
+        await collect(make(kind).stream(USER_HELLO))
+    assert str(caught.value) == f"{LABELS[kind]} stream failed: upstream model crashed"
+    assert caught.value.usage == PartialUsage(
+        model="gpt-4o-mini",
+        prompt_tokens=12,
+        completion_tokens=3,
+        completion_chars=len("Partial answer"),
+        cost=0.002,
+    )
+    assert llm.chat_count == 1
+
+
+@ALL_KINDS
+async def test_a_failure_before_the_stream_starts_consumed_no_prompt(
+    kind: str, llm: FakeLLMServer, make: ProviderFactory
+) -> None:
+    """A status error (after the retries) or no connection: nothing was read by the
+    provider, so the error owes nothing (`prompt_consumed` false, no usage)."""
+    provider = make(kind)
+    llm.fail_status = 500
+    with pytest.raises(ProviderBadResponse) as refused:
+        await collect(provider.stream(USER_HELLO))
+    await llm.stop()
+    with pytest.raises(ProviderUnavailable) as unreachable:
+        await collect(provider.stream(USER_HELLO))
+    for error in (refused.value, unreachable.value):
+        assert (error.prompt_consumed, error.usage) == (False, None)
+
+
 async def test_leaving_a_stream_early_closes_it(llm: FakeLLMServer, make: ProviderFactory) -> None:
     """A consumer that stops after one piece closes the HTTP response at once."""
     llm.chunk_delay = 0.5
@@ -589,6 +652,202 @@ async def test_leaving_a_stream_early_closes_it(llm: FakeLLMServer, make: Provid
             break
     assert llm.chat_count == 1
     assert (await provider.chat(USER_HELLO)).content == REPLY
+
+
+# --- stream lines -------------------------------------------------------------------------------
+
+LINE_BOUNDARIES = "\u2028\u2029\x85\x0b\x0c\x1c\x1d\x1e"
+"""Where str.splitlines (and httpx's aiter_lines) ends a line, though SSE and NDJSON do not."""
+
+
+@ALL_KINDS
+@pytest.mark.parametrize("write_size", [None, 5], ids=["chunk-per-line", "5-byte-writes"])
+async def test_unicode_line_boundaries_inside_an_answer_arrive_whole(
+    kind: str, write_size: int | None, llm: FakeLLMServer, make: ProviderFactory
+) -> None:
+    """An answer holding U+2028, U+2029, U+0085 (sent raw inside the JSON string) or the
+    control characters str.splitlines also breaks at streams whole; so it does when the
+    server writes 5 bytes at a time, cutting lines and UTF-8 characters in the middle."""
+    reply = " ".join(f"<{char}>" for char in LINE_BOUNDARIES) + " fin\u00e9 \u2026 \U0001f600"
+    llm.reply = reply
+    llm.write_size = write_size
+    pieces, final = pieces_and_final(await collect(make(kind).stream(USER_HELLO)))
+    assert "".join(pieces) == final.content == reply
+    assert final.finish_reason == "stop"
+
+
+@OPENAI_KINDS
+async def test_sse_lines_may_end_in_crlf(
+    kind: str, llm: FakeLLMServer, make: ProviderFactory
+) -> None:
+    """CR LF ends an SSE line as LF does; the CR is not part of the data."""
+    finish = {
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+    }
+    body = sse(content_chunk("one "), content_chunk("two"), finish) + b"data: [DONE]\n\n"
+    llm.raw_answer = body.replace(b"\n", b"\r\n")
+    pieces, final = pieces_and_final(await collect(make(kind).stream(USER_HELLO)))
+    assert pieces == ["one ", "two"]
+    assert (final.content, final.finish_reason) == ("one two", "stop")
+
+
+@ALL_KINDS
+async def test_a_line_longer_than_the_bound_breaks_the_stream(
+    kind: str, llm: FakeLLMServer, make: ProviderFactory
+) -> None:
+    """A line still without its end past MAX_LINE_BYTES is buffered no further: the
+    stream breaks with a message naming the bound, and is not retried."""
+    llm.raw_answer = b"x" * (MAX_LINE_BYTES + 1)
+    with pytest.raises(ProviderStreamBroken) as caught:
+        await collect(make(kind).stream(USER_HELLO))
+    assert str(caught.value) == f"{LABELS[kind]} stream sent a line longer than 1,048,576 bytes"
+    assert caught.value.prompt_consumed
+    assert llm.chat_count == 1
+
+
+# --- error objects in a 200 answer ------------------------------------------------------------
+
+
+@OPENAI_KINDS
+@pytest.mark.parametrize(
+    ("code", "error_class", "text", "attempts"),
+    [
+        (429, ProviderRateLimited, "429 Too Many Requests", 3),
+        (502, ProviderBadResponse, "502 Bad Gateway", 3),
+        (400, ProviderBadRequest, "400 Bad Request", 1),
+        (402, ProviderBadRequest, "402 Payment Required", 1),
+    ],
+)
+async def test_an_error_object_in_a_200_answer_counts_as_its_code(
+    kind: str,
+    code: int,
+    error_class: type[ProviderError],
+    text: str,
+    attempts: int,
+    llm: FakeLLMServer,
+    make: ProviderFactory,
+) -> None:
+    """`{"error": {"code": N, ...}}` sent with a 200 (OpenRouter's way) fails as HTTP status N
+    would: 429 and 5xx retried, others not; the provider's own message kept."""
+    llm.fail_status, llm.fail_in_body = code, True
+    with pytest.raises(error_class) as caught:
+        await make(kind).chat(USER_HELLO)
+    assert str(caught.value) == (
+        f"{LABELS[kind]} API error: {text}: fake provider failure (HTTP {code})"
+    )
+    assert caught.value.status == code
+    assert not caught.value.prompt_consumed
+    assert llm.chat_count == attempts
+
+
+@OPENAI_KINDS
+async def test_a_200_carrying_a_429_then_an_answer_succeeds_after_one_retry(
+    kind: str, llm: FakeLLMServer, make: ProviderFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rate-limit error object in a 200 goes through the retry policy like an HTTP 429."""
+    llm.fail_status, llm.fail_times, llm.fail_in_body = 429, 1, True
+    caplog.set_level(logging.WARNING, logger="llm_es")
+    result = await make(kind).chat(USER_HELLO)
+    assert result.content == REPLY
+    assert llm.chat_count == 2
+    retries = [r.getMessage() for r in caplog.records if "provider_retry" in r.getMessage()]
+    assert len(retries) == 1
+    assert "429 Too Many Requests" in retries[0]
+
+
+async def test_an_error_object_without_a_code_is_a_bad_request(
+    llm: FakeLLMServer, make: ProviderFactory
+) -> None:
+    """Ollama's `{"error": "..."}` and an OpenAI-style error naming no status fail at once as
+    ProviderBadRequest with the provider's text, the key scrubbed from it."""
+    llm.fail_status, llm.fail_in_body = 503, True
+    with pytest.raises(ProviderBadRequest) as ollama:
+        await make("ollama").complete("say hi")
+    assert str(ollama.value) == "Ollama error: fake provider failure (HTTP 503)"
+    assert ollama.value.status is None
+    llm.fail_status = None
+    llm.raw_answer = orjson.dumps({"error": {"message": f"key {API_KEY} has no model access"}})
+    with pytest.raises(ProviderBadRequest) as openai:
+        await make("openai").chat(USER_HELLO)
+    assert str(openai.value) == "OpenAI error: key *** has no model access"
+    assert llm.chat_count == 2
+
+
+@ALL_KINDS
+async def test_an_error_object_in_a_stream_breaks_it_after_the_prompt_was_consumed(
+    kind: str, llm: FakeLLMServer, make: ProviderFactory
+) -> None:
+    """An error line or event once the stream started: ProviderStreamBroken with the
+    provider's text, not retried, and owing the prompt."""
+    llm.fail_status, llm.fail_in_body = 429, True
+    with pytest.raises(ProviderStreamBroken) as caught:
+        await collect(make(kind).stream(USER_HELLO))
+    assert str(caught.value) == f"{LABELS[kind]} stream failed: fake provider failure (HTTP 429)"
+    assert caught.value.usage == PartialUsage(model=MODELS[kind])
+    assert llm.chat_count == 1
+
+
+# --- throttling ----------------------------------------------------------------------------------
+
+
+@ALL_KINDS
+async def test_a_429_keeps_the_provider_throttled_until_an_answer(
+    kind: str, llm: FakeLLMServer, make: ProviderFactory
+) -> None:
+    """After a 429 asking for a long wait the provider reports itself throttled; the next
+    answer clears it."""
+    provider = make(kind)
+    assert not provider.throttled()
+    llm.fail_status, llm.retry_after = 429, 120
+    with pytest.raises(ProviderRateLimited):
+        await provider.chat(USER_HELLO)
+    assert provider.throttled()
+    llm.fail_status = llm.retry_after = None
+    await collect(provider.stream(USER_HELLO))
+    assert not provider.throttled()
+
+
+@ALL_KINDS
+async def test_throttling_ends_when_the_retry_after_passes(
+    kind: str, llm: FakeLLMServer, make: ProviderFactory
+) -> None:
+    """Throttled for the Retry-After of the last 429, on the monotonic clock, then not."""
+    llm.fail_status, llm.retry_after = 429, 0.05
+    provider = make(kind)
+    with pytest.raises(ProviderRateLimited):
+        await provider.chat(USER_HELLO)
+    assert provider.throttled()
+    for _ in range(100):
+        if not provider.throttled():
+            break
+        await asyncio.sleep(0.01)
+    assert not provider.throttled()
+
+
+@OPENAI_KINDS
+async def test_a_429_without_retry_after_or_in_a_200_body_throttles_too(
+    kind: str, llm: FakeLLMServer, make: ProviderFactory
+) -> None:
+    """No Retry-After: throttled for a minute (still so once the call has failed); an error
+    object coded 429, sent with a 200 or mid-stream, counts like the status."""
+    provider = make(kind, retry_policy=RetryPolicy(max_retries=0))
+    llm.fail_status = 429
+    with pytest.raises(ProviderRateLimited):
+        await provider.chat(USER_HELLO)
+    assert provider.throttled()
+    in_a_200: list[Callable[[], Any]] = [
+        lambda: provider.chat(USER_HELLO),
+        lambda: collect(provider.stream(USER_HELLO)),
+    ]
+    for call in in_a_200:
+        llm.fail_status = None
+        await provider.chat(USER_HELLO)
+        assert not provider.throttled()
+        llm.fail_status, llm.fail_in_body = 429, True
+        with pytest.raises(ProviderError):
+            await call()
+        assert provider.throttled()
 
 
 # --- secrets -------------------------------------------------------------------------------------

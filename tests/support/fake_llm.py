@@ -4,8 +4,9 @@
 OpenAI/OpenRouter (`/v1/chat/completions`, `/v1/models`) wire formats, streaming
 included, and records every request. Knobs a test may set at any time shape the
 next answers: latency (`delay`, `hold`, `chunk_delay`), failures (`fail_status`,
-`fail_times`, `retry_after`) and token usage (`usage`, `omit_usage`,
-`openrouter_cost`). Pure asyncio, so it shares the event loop of the test.
+`fail_times`, `retry_after`, `fail_in_body`), token usage (`usage`, `omit_usage`,
+`openrouter_cost`) and the bytes on the wire (`write_size`, `raw_answer`). Pure
+asyncio, so it shares the event loop of the test.
 """
 
 from __future__ import annotations
@@ -136,6 +137,16 @@ class FakeLLMServer:
         """Fail only the next N chat requests, then clear `fail_status`; None fails all."""
         self.retry_after: float | None = None
         """Seconds sent in a Retry-After header with each failure."""
+        self.fail_in_body: bool = False
+        """With `fail_status`, answer HTTP 200 carrying the error object instead, as OpenRouter
+        reports a failure of the model behind it (`code` still the status): the whole body,
+        or the first line (Ollama) or event (OpenAI) of a stream."""
+        self.raw_answer: bytes | None = None
+        """Answer chat requests with HTTP 200 and exactly these bytes as the body (streamed,
+        in the stream's content type, when the request asks for a stream)."""
+        self.write_size: int | None = None
+        """Send streamed bodies in writes (HTTP chunks) of this many bytes, cutting lines and
+        UTF-8 characters wherever they fall; None sends one line or event per chunk."""
         self.hold: asyncio.Event | None = None
         """Chat requests wait until this event is set (stop() cancels the wait)."""
         self.usage: tuple[int, int] | None = None
@@ -289,6 +300,7 @@ class FakeLLMServer:
                 keep_alive=keep_alive,
                 include_body=request.method != "HEAD",
                 chunk_delay=self.chunk_delay,
+                write_size=self.write_size,
             )
             if not keep_alive:
                 return
@@ -327,10 +339,16 @@ class FakeLLMServer:
         if self.delay > 0:
             await asyncio.sleep(self.delay)
 
-    def _take_failure(self, dialect: Dialect) -> _Response | None:
+    def _take_failure(self, dialect: Dialect, *, streamed: bool) -> _Response | None:
+        """The failure to answer with (the knobs `fail_*`), or None; `raw_answer` when set."""
         status = self.fail_status
         if status is None:
-            return None
+            if self.raw_answer is None:
+                return None
+            if not streamed:
+                return _Response(200, _JSON, self.raw_answer)
+            content_type = _NDJSON if dialect == "ollama" else _EVENT_STREAM
+            return _Response(200, content_type, stream=[self.raw_answer])
         if self.fail_times is not None:
             if self.fail_times <= 0:
                 self.fail_status = self.fail_times = None
@@ -341,9 +359,16 @@ class FakeLLMServer:
         extra_headers: tuple[tuple[str, str], ...] = ()
         if self.retry_after is not None:
             extra_headers = (("Retry-After", f"{self.retry_after:g}"),)
-        return _error_response(
-            dialect, status, f"fake provider failure (HTTP {status})", extra_headers
-        )
+        message = f"fake provider failure (HTTP {status})"
+        if not self.fail_in_body:
+            return _error_response(dialect, status, message, extra_headers)
+        payload = _error_payload(dialect, status, message)
+        if not streamed:
+            return _json_response(200, payload, extra_headers)
+        if dialect == "ollama":
+            return _Response(200, _NDJSON, stream=[orjson.dumps(payload) + b"\n"])
+        event = b"data: " + orjson.dumps(payload) + b"\n\n"
+        return _Response(200, _EVENT_STREAM, stream=[event], extra_headers=extra_headers)
 
     def _compose_reply(self, messages: Messages) -> str:
         reply = self.reply
@@ -398,7 +423,7 @@ class FakeLLMServer:
         if not isinstance(messages, list):
             return _error_response("ollama", 400, "messages must be a list")
         await self._await_turn()
-        failure = self._take_failure("ollama")
+        failure = self._take_failure("ollama", streamed=body.get("stream") is not False)
         if failure is not None:
             return failure
         reply = self._compose_reply(messages)
@@ -432,7 +457,7 @@ class FakeLLMServer:
         messages: Messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})
         await self._await_turn()
-        failure = self._take_failure("ollama")
+        failure = self._take_failure("ollama", streamed=body.get("stream") is not False)
         if failure is not None:
             return failure
         reply = self._compose_reply(messages)
@@ -494,7 +519,7 @@ class FakeLLMServer:
         if not isinstance(messages, list) or not messages:
             return _error_response("openai", 400, "'messages' must be a non-empty array")
         await self._await_turn()
-        failure = self._take_failure("openai")
+        failure = self._take_failure("openai", streamed=bool(body.get("stream")))
         if failure is not None:
             return failure
         reply = self._compose_reply(messages)
@@ -632,6 +657,7 @@ async def _write_response(
     keep_alive: bool,
     include_body: bool = True,
     chunk_delay: float = 0.0,
+    write_size: int | None = None,
 ) -> None:
     headers = [("Content-Type", response.content_type)]
     if response.stream is None:
@@ -649,7 +675,11 @@ async def _write_response(
         await writer.drain()
         return
     writer.write(head)
-    for index, piece in enumerate(response.stream):
+    pieces = response.stream
+    if write_size is not None:
+        whole = b"".join(pieces)
+        pieces = [whole[start : start + write_size] for start in range(0, len(whole), write_size)]
+    for index, piece in enumerate(pieces):
         if index and chunk_delay > 0:
             await asyncio.sleep(chunk_delay)
         writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
@@ -692,11 +722,14 @@ def _error_response(
     extra_headers: tuple[tuple[str, str], ...] = (),
 ) -> _Response:
     """An error in the provider's own shape: Ollama's string, OpenAI's object."""
+    return _json_response(status, _error_payload(dialect, status, message), extra_headers)
+
+
+def _error_payload(dialect: Dialect, status: int, message: str) -> dict[str, Any]:
     if dialect == "ollama":
-        return _json_response(status, {"error": message}, extra_headers)
+        return {"error": message}
     # `code` is the HTTP status, as OpenRouter sends it.
-    error = {"message": message, "type": _openai_error_type(status), "code": status}
-    return _json_response(status, {"error": error}, extra_headers)
+    return {"error": {"message": message, "type": _openai_error_type(status), "code": status}}
 
 
 def _openai_error_type(status: int) -> str:

@@ -374,6 +374,61 @@ async def test_fail_times_fails_only_the_next_requests(
     assert fake_llm.fail_times is None
 
 
+async def test_fail_in_body_sends_the_error_object_with_a_200(
+    fake_llm: FakeLLMServer, client: httpx.AsyncClient
+) -> None:
+    """fail_in_body: the same error object, but with status 200: as the whole body, or as the
+    first NDJSON line or SSE event of a stream."""
+    fake_llm.fail_status, fake_llm.fail_in_body = 429, True
+    plain = await client.post("/v1/chat/completions", json={"messages": MESSAGES})
+    assert plain.status_code == 200
+    assert plain.json()["error"]["code"] == 429
+    streamed = {"messages": MESSAGES, "stream": True}
+    async with client.stream("POST", "/v1/chat/completions", json=streamed) as response:
+        assert response.status_code == 200
+        payloads = await _sse_payloads(response)
+    assert [orjson.loads(p)["error"]["code"] for p in payloads] == [429]
+    ollama_request = {"model": "llama3.2", "messages": MESSAGES}
+    async with client.stream("POST", "/api/chat", json=ollama_request) as response:
+        assert response.status_code == 200
+        lines = await _read_lines(response)
+    assert [orjson.loads(line) for line in lines] == [{"error": "fake provider failure (HTTP 429)"}]
+
+
+async def test_raw_answer_is_sent_as_it_is(
+    fake_llm: FakeLLMServer, client: httpx.AsyncClient
+) -> None:
+    """raw_answer: a 200 with exactly those bytes, JSON or streamed in the stream's type."""
+    fake_llm.raw_answer = b'{"not": "an answer"}'
+    plain = await client.post("/v1/chat/completions", json={"messages": MESSAGES})
+    assert (plain.status_code, plain.content) == (200, b'{"not": "an answer"}')
+    request = {"model": "llama3.2", "messages": MESSAGES}
+    async with client.stream("POST", "/api/chat", json=request) as response:
+        assert response.headers["content-type"] == "application/x-ndjson"
+        body = await response.aread()
+    assert body == b'{"not": "an answer"}'
+
+
+async def test_write_size_cuts_the_stream_into_writes_of_that_many_bytes(
+    fake_llm: FakeLLMServer, client: httpx.AsyncClient
+) -> None:
+    """write_size=5: the same streamed bytes, arriving in chunks of at most 5 bytes."""
+    fake_llm.reply = "caf\u00e9 \u2026 done"
+    request = {"model": "llama3.2", "messages": MESSAGES}
+    async with client.stream("POST", "/api/chat", json=request) as response:
+        whole = await response.aread()
+    fake_llm.write_size = 5
+    async with client.stream("POST", "/api/chat", json=request) as response:
+        pieces = [piece async for piece in response.aiter_raw()]
+    assert max(map(len, pieces)) <= 5
+    cut = b"".join(pieces)
+    # Only the timestamps and durations differ between the two answers.
+    assert len(cut.splitlines()) == len(whole.splitlines())
+    assert [orjson.loads(line)["message"] for line in cut.splitlines()] == [
+        orjson.loads(line)["message"] for line in whole.splitlines()
+    ]
+
+
 async def test_hold_keeps_a_chat_waiting_until_released(
     fake_llm: FakeLLMServer, client: httpx.AsyncClient
 ) -> None:
