@@ -23,6 +23,7 @@ from llm_es.config import Config
 from llm_es.errors import (
     IntegrityError,
     OperationalError,
+    PartialUsage,
     ProviderAuthError,
     ProviderBadRequest,
     ProviderBadResponse,
@@ -93,6 +94,16 @@ SERVICE_USER = "service"
 
 ChunkSink = Callable[[str], Awaitable[None]]
 """Receives each piece of a streamed answer as it arrives."""
+
+
+@dataclass(slots=True)
+class _StreamProgress:
+    """How far a streamed answer got: what the turn owes when its deadline cuts it."""
+
+    provider: LLMProvider | None = None
+    """The provider whose pieces were passed on (None before the first piece)."""
+    chars: int = 0
+    """Characters passed on so far."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,21 +338,34 @@ class ChatService:
         """Ask the providers for an admitted turn and record how it ended."""
         channel, user = request.channel, request.user
         started = time.perf_counter()
+        progress = _StreamProgress()
         try:
             # Past the deadline other instances may close this turn as abandoned,
             # so it must not end any later than that here.
             async with asyncio.timeout(self.turn_deadline_seconds()):
                 provider, result, passed_over = await self._ask(
-                    chain, prompt, decision.max_tokens, temperature=temperature, on_chunk=on_chunk
+                    chain,
+                    prompt,
+                    decision.max_tokens,
+                    temperature=temperature,
+                    on_chunk=on_chunk,
+                    progress=progress,
                 )
         except TimeoutError:
-            provider_name = chain[0].name
+            streaming = progress.provider
+            provider_name = (streaming or chain[0]).name
             exc: ProviderError = ProviderTimeout(
                 provider_name, f"{provider_name} did not answer within the turn's deadline"
             )
-            return await self._fail_turn(request, exc)
+            if streaming is not None:
+                # Pieces had arrived: the provider had taken the prompt, and bills for it.
+                exc.prompt_consumed = True
+                exc.usage = PartialUsage(
+                    model=streaming.default_model, completion_chars=progress.chars
+                )
+            return await self._fail_turn(request, exc, prompt)
         except ProviderError as exc:
-            return await self._fail_turn(request, exc)
+            return await self._fail_turn(request, exc, prompt)
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
 
         now = self._clock()
@@ -391,20 +415,51 @@ class ChatService:
             model=result.model,
         )
 
-    async def _fail_turn(self, request: TurnRequest, exc: ProviderError) -> Outcome:
+    async def _fail_turn(
+        self, request: TurnRequest, exc: ProviderError, prompt: Sequence[ChatMessage]
+    ) -> Outcome:
+        """Record the failure; when the provider had taken the prompt, first what it is owed.
+
+        The spend and the failure go in one append, so the views never see the
+        turn closed with its tokens missing, nor the tokens without the close.
+        """
         error_type = failure_type(exc)
-        await self._record(
-            TurnFailed(
-                at=self._clock(),
+        now = self._clock()
+        failed = TurnFailed(
+            at=now,
+            turn_id=request.turn_id,
+            channel=request.channel,
+            user=request.user,
+            error_type=error_type,
+            error=str(exc),
+        )
+        tokens = 0
+        if exc.prompt_consumed:
+            usage = exc.usage
+            if usage is None:
+                asked = self._providers.get(exc.provider)
+                usage = PartialUsage(model=asked.default_model if asked else request.model)
+            spent = spend_of(
+                usage,
+                at=now,
                 turn_id=request.turn_id,
                 channel=request.channel,
                 user=request.user,
-                error_type=error_type,
-                error=str(exc),
+                purpose=request.purpose,
+                provider=exc.provider,
+                prompt_chars=prompt_length(prompt),
             )
-        )
+            tokens = spent.prompt_tokens + spent.completion_tokens
+            await self._record(spent, failed)
+        else:
+            await self._record(failed)
         log_kv(
-            logger, "turn_failed", channel=request.channel, user=request.user, error_type=error_type
+            logger,
+            "turn_failed",
+            channel=request.channel,
+            user=request.user,
+            error_type=error_type,
+            tokens=tokens,
         )
         return Outcome.error(str(exc), turn_id=request.turn_id, provider=exc.provider)
 
@@ -424,11 +479,12 @@ class ChatService:
         *,
         temperature: float | None = None,
         on_chunk: ChunkSink | None = None,
+        progress: _StreamProgress | None = None,
     ) -> tuple[LLMProvider, CompletionResult, tuple[str, ...]]:
         """Ask each provider in turn until one answers; only outages move down the chain.
 
         A stream that already passed pieces on is never retried elsewhere: the
-        caller has seen part of an answer.
+        caller has seen part of an answer. `progress` follows the pieces passed on.
         """
         passed_over: list[str] = []
         for provider in chain:
@@ -448,6 +504,9 @@ class ChatService:
                                 final = piece
                             else:
                                 streamed = True
+                                if progress is not None:
+                                    progress.provider = provider
+                                    progress.chars += len(piece)
                                 await on_chunk(piece)
                     if final is None:
                         raise ProviderBadResponse(
@@ -854,7 +913,7 @@ def failure_type(error: ProviderError) -> str:
 
 
 def spend_of(
-    result: CompletionResult,
+    result: CompletionResult | PartialUsage,
     *,
     at: datetime,
     turn_id: str,
@@ -864,7 +923,14 @@ def spend_of(
     provider: str,
     prompt_chars: int,
 ) -> TokensSpent:
-    """The provider call's real usage, estimated (and flagged) only where it reported none."""
+    """The provider call's real usage, estimated (and flagged) only where it reported none.
+
+    `result` is an answer, or what a call that failed after the provider took
+    the prompt had used (its completion estimated from the text received).
+    """
+    completion_chars = (
+        len(result.content) if isinstance(result, CompletionResult) else result.completion_chars
+    )
     return TokensSpent(
         at=at,
         turn_id=turn_id,
@@ -881,7 +947,7 @@ def spend_of(
         completion_tokens=(
             result.completion_tokens
             if result.completion_tokens is not None
-            else estimate_tokens(len(result.content))
+            else estimate_tokens(completion_chars)
         ),
         estimated=result.prompt_tokens is None or result.completion_tokens is None,
         cost=result.cost,

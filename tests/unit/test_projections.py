@@ -7,9 +7,10 @@ whose value already records a sequence >= the event's is left alone.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -27,7 +28,8 @@ from llm_es.events import (
     TurnFailed,
     TurnRejected,
 )
-from llm_es.views import context_key, memory_key, settings_key, usage_key
+from llm_es.limits import usage_numbers
+from llm_es.views import UsageView, context_key, memory_key, settings_key, usage_key
 from projections.base import Projection, View
 from projections.context import ContextProjection
 from projections.memories import MemoriesProjection
@@ -413,6 +415,24 @@ def test_usage_settlement_then_end_closes_the_open_turn() -> None:
     state = fold(UsageProjection(), [completed("t1", "a"), failed("t2")], state, first_seq=4)
     assert state[key]["open_turns"] == {}
     assert state[key]["tokens_today"] == 15
+
+
+def test_usage_a_failed_turn_that_spent_tokens_settles_then_closes() -> None:
+    """TokensSpent (estimated) then TurnFailed for one turn, as a call cut mid-stream records
+    them: the tokens count, the reservation is released once and the turn is closed."""
+    key = usage_key("alice")
+    cut_short = dataclasses.replace(spent("t1", 40, 6), estimated=True)
+    state = fold(
+        UsageProjection(),
+        [admitted("t1", "q", reserved=500), admitted("t2", "q", reserved=100), cut_short],
+    )
+    assert state[key]["open_turns"]["t1"]["reserved_tokens"] == 0
+    state = fold(UsageProjection(), [failed("t1")], state, first_seq=4)
+    view = state[key]
+    assert list(view["open_turns"]) == ["t2"]
+    assert (view["tokens_today"], view["total_tokens"]) == (46, 46)
+    numbers = usage_numbers(cast(UsageView, view), at(2))
+    assert (numbers.tokens_today, numbers.reserved_tokens) == (46, 100)
 
 
 def test_usage_tokens_without_an_open_turn_still_count() -> None:

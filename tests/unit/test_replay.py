@@ -22,6 +22,7 @@ from llm_es.events import (
     TokensSpent,
     TurnAdmitted,
     TurnCompleted,
+    TurnFailed,
     TurnRejected,
 )
 from llm_es.views import memory_key, usage_key
@@ -267,6 +268,42 @@ def test_audit_sums_by_group_from_json_and_upcasts_old_versions() -> None:
     assert (first.first_seq, first.last_seq, first.events) == (1, 4, 3)
     assert (second.requests, second.tokens, second.first_seq, second.last_seq) == (1, 15, 5, 6)
     assert sums.skipped == 1
+
+
+def test_audit_counts_the_tokens_of_a_failed_turn_as_the_usage_view_does() -> None:
+    """A turn cut short records an estimated TokensSpent before its TurnFailed: the audit
+    counts its tokens (and the estimate), and equals the usage view's day and total."""
+    admitted, _, _ = turn("t1")
+    cut_short = TokensSpent(
+        at=at(1),
+        turn_id="t1",
+        channel="lobby",
+        user="alice",
+        purpose="chat",
+        provider="ollama",
+        model="llama3.2",
+        prompt_tokens=40,
+        completion_tokens=6,
+        estimated=True,
+    )
+    failed = TurnFailed(
+        at=at(1),
+        turn_id="t1",
+        channel="lobby",
+        user="alice",
+        error_type="provider_error",
+        error="Ollama stream broke off before the answer was complete",
+    )
+    events: list[Event] = [admitted, cut_short, failed, *turn("t2", t=10)]
+    sums = _Sums(per_user=True, by=None, since=None, until=None)
+    for seq, _, data in raw(events):
+        sums.feed(seq, data)
+    (row,) = sums.rows.values()
+    assert (row.requests, row.tokens, row.estimated, row.events) == (2, 61, 1, 4)
+    fold = LogFold(select_projections(Config(), ["usage"]))
+    fold.feed(raw(events))
+    view = fold.values[usage_key("alice")]
+    assert (view["tokens_today"], view["total_tokens"], view["open_turns"]) == (61, 61, {})
 
 
 def test_audit_periods_are_half_open_and_group_service_turns() -> None:
