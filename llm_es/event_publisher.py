@@ -3,7 +3,7 @@
 Nothing here is called by a request handler: the publisher follows `llm.ev.>`
 (through the views' fold in the plugin, else with an ordered consumer of its
 own) and maps what was recorded to the seed's events
-(`ObservationFold`, pure), so the events say what the log says and can be
+(`llm_es.observations.ObservationFold`, pure), so the events say what the log says and can be
 derived again from any position (`EventPublisher.republish`).
 
 One instance publishes at a time. It holds a lease (key `event-publisher` of
@@ -21,7 +21,7 @@ before it, for the usage thresholds) and publishes from the event after it.
   events after the last stored position (stored at least every
   `POSITION_SAVE_EVENTS` events or `POSITION_SAVE_SECONDS`, and when the log
   goes quiet; not per event, which would add a KV write to every turn).
-  Consumers can drop repeats by `seq`.
+  Consumers can drop repeats by the `Llm-Seq` or `Nats-Msg-Id` header.
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import nats.errors
 import orjson
@@ -52,42 +51,18 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from llm_es.codec import UnknownEventError, decode_event
-from llm_es.config import Config, RateLimitsConfig
+from llm_es.config import Config
 from llm_es.dispatch import finish_task
 from llm_es.errors import OperationalError
-from llm_es.events import (
-    ContextSummarized,
-    Event,
-    MemoryAdded,
-    MemoryForgotten,
-    MemoryRecalled,
-    TokensSpent,
-    TurnAdmitted,
-    TurnCompleted,
-    TurnFailed,
-    TurnRejected,
-)
+from llm_es.events import Event
 from llm_es.lease import KvLease, open_lease
-from llm_es.limits import day_of
 from llm_es.liveness import new_instance_id
 from llm_es.logs import log_kv
+from llm_es.observations import Observation, ObservationFold, fold_window_start, iso_utc
 from llm_es.store import EventStore
 from llm_es.views import EventFeed
 
 logger = logging.getLogger("llm_es.event_publisher")
-
-EVENT_SUBJECT_PREFIX = "rosey.event.llm"
-RESPONSE_SUBJECT = f"{EVENT_SUBJECT_PREFIX}.response"
-ERROR_SUBJECT = f"{EVENT_SUBJECT_PREFIX}.error"
-MEMORY_SUBJECT = f"{EVENT_SUBJECT_PREFIX}.memory"
-SUMMARIZED_SUBJECT = f"{EVENT_SUBJECT_PREFIX}.summarized"
-USAGE_THRESHOLD_SUBJECT = f"{EVENT_SUBJECT_PREFIX}.usage_threshold"
-
-MEMORY_ACTIONS = {MemoryAdded: "add", MemoryRecalled: "recall", MemoryForgotten: "forget"}
-"""`action` of a memory event: the seed's `LLMMemoryEvent` words (add, recall), plus forget."""
-
-THRESHOLD_NUMERATOR, THRESHOLD_DENOMINATOR = 4, 5
-"""A usage threshold event fires at 80% of a limit (integer arithmetic: no rounding surprises)."""
 
 LEASE_KEY = "event-publisher"
 POSITION_BUCKET = "llm_publisher"
@@ -112,360 +87,6 @@ POSITION_SAVE_SECONDS = 1.0
 STOP_GRACE_SECONDS = 10.0
 REPUBLISH_IDLE_LIMIT = 50
 """Idle polls in a row after which a republish gives up (the events it expects never came)."""
-
-CLOCK_SKEW_MARGIN = timedelta(minutes=5)
-"""Writers' clocks may disagree this much; folds start this much earlier to stay exact."""
-MAX_TRACKED_TURNS = 10_000
-MAX_TRACKED_USERS = 100_000
-_USER_IDLE_SECONDS = 86_400 + CLOCK_SKEW_MARGIN.total_seconds()
-"""A user silent this long has no usage left in any window: forgetting them changes nothing."""
-
-
-def iso_utc(moment: datetime) -> str:
-    """ISO 8601 in UTC with `Z`, the `timestamp` of every published event."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def fold_window_start(moment: datetime) -> datetime:
-    """Earliest event time that can affect usage thresholds at `moment` or later.
-
-    Thresholds look at the sliding hour (and the clock hour it started in) and
-    the UTC day, so a fold from here is exact; the margin covers clock skew.
-    """
-    utc = moment.astimezone(UTC)
-    day_start = datetime(utc.year, utc.month, utc.day, tzinfo=UTC)
-    hour_start = utc.replace(minute=0, second=0, microsecond=0)
-    return min(day_start, hour_start - timedelta(hours=1)) - CLOCK_SKEW_MARGIN
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One event to publish: its subject, its JSON body, and the log sequence it derives from."""
-
-    seq: int
-    subject: str
-    body: dict[str, Any]
-
-    def payload(self) -> bytes:
-        return orjson.dumps(self.body)
-
-
-@dataclass(slots=True)
-class _TurnInfo:
-    """What the log said about a turn before it ended (bounded map, see MAX_TRACKED_TURNS)."""
-
-    provider: str | None = None
-    persona: str | None = None
-    purpose: str | None = None
-    source: str | None = None
-    message_length: int | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-
-@dataclass(slots=True)
-class _UserUsage:
-    """A user's usage as the thresholds need it: sliding request times, day counters, marks."""
-
-    day: str
-    last_seen: float
-    recent: deque[float]
-    requests_today: int = 0
-    tokens_today: int = 0
-    fired: dict[str, int | str] = field(default_factory=dict)
-    """threshold type -> the window it last fired in (clock minute/hour number, or UTC day)."""
-
-
-class ObservationFold:
-    """Pure: log events in stream order -> the observability events they produce.
-
-    `usage_threshold` fires when a count reaches 80% of a configured limit, at
-    most once per window: the clock minute or clock hour the crossing falls in
-    (counts themselves slide over the last 60 s / 3600 s, as admission does),
-    or the UTC day for `day` requests and `tokens` (tokens spent, as settled by
-    `TokensSpent`). Every decision depends only on the events of the hour and
-    day before it, so folding from `fold_window_start` gives the same events as
-    folding the whole log.
-    """
-
-    def __init__(self, limits: RateLimitsConfig) -> None:
-        self._limits = limits
-        windows = (limits.requests_per_minute, limits.requests_per_hour)
-        self._keep = max((w for w in windows if w is not None), default=0)
-        self._turns: OrderedDict[str, _TurnInfo] = OrderedDict()
-        self._users: OrderedDict[str, _UserUsage] = OrderedDict()
-
-    def apply(self, seq: int, event: Event) -> list[Observation]:
-        """The events `event` (stream sequence `seq`) produces; updates the fold."""
-        if isinstance(event, TurnAdmitted):
-            return self._admitted(seq, event)
-        if isinstance(event, TokensSpent):
-            return self._spent(seq, event)
-        if isinstance(event, TurnCompleted):
-            return [self._response(seq, event)]
-        if isinstance(event, TurnFailed):
-            return [self._failed(seq, event)]
-        if isinstance(event, TurnRejected):
-            return [self._rejected(seq, event)]
-        if isinstance(event, MemoryAdded | MemoryRecalled | MemoryForgotten):
-            return [self._memory(seq, event)]
-        if isinstance(event, ContextSummarized):
-            return [
-                Observation(
-                    seq,
-                    SUMMARIZED_SUBJECT,
-                    {
-                        "channel": event.channel,
-                        "message_count": event.message_count,
-                        "summary_length": len(event.summary),
-                        "through_seq": event.through_seq,
-                        "timestamp": iso_utc(event.at),
-                        "seq": seq,
-                    },
-                )
-            ]
-        return []
-
-    # ------------------------------------------------------------ turns
-
-    def _turn(self, turn_id: str) -> _TurnInfo:
-        info = self._turns.get(turn_id)
-        if info is None:
-            info = self._turns[turn_id] = _TurnInfo()
-            while len(self._turns) > MAX_TRACKED_TURNS:
-                self._turns.popitem(last=False)
-        return info
-
-    def _admitted(self, seq: int, event: TurnAdmitted) -> list[Observation]:
-        info = self._turn(event.turn_id)
-        info.provider = event.provider
-        info.persona = event.persona or None
-        info.purpose = event.purpose
-        info.source = event.source
-        info.message_length = len(event.message)
-        if event.user is None:
-            return []
-        usage = self._usage_of(event.user, event.at)
-        moment = event.at.timestamp()
-        if self._keep:
-            usage.recent.append(moment)
-        usage.requests_today += 1
-        limits = self._limits
-        crossings: list[Observation] = []
-        for kind, limit, window_seconds in (
-            ("minute", limits.requests_per_minute, 60),
-            ("hour", limits.requests_per_hour, 3600),
-        ):
-            if limit is None:
-                continue
-            count = sum(1 for t in usage.recent if t > moment - window_seconds)
-            window_start = int(moment // window_seconds) * window_seconds
-            crossings += self._crossing(
-                seq,
-                event,
-                usage,
-                kind,
-                limit,
-                count,
-                window=window_start,
-                window_start=datetime.fromtimestamp(window_start, UTC),
-            )
-        if limits.requests_per_day is not None:
-            crossings += self._crossing(
-                seq,
-                event,
-                usage,
-                "day",
-                limits.requests_per_day,
-                usage.requests_today,
-                window=usage.day,
-                window_start=datetime.fromisoformat(usage.day).replace(tzinfo=UTC),
-            )
-        return crossings
-
-    def _spent(self, seq: int, event: TokensSpent) -> list[Observation]:
-        if event.purpose != "context_summary":
-            info = self._turn(event.turn_id)
-            info.prompt_tokens = event.prompt_tokens
-            info.completion_tokens = event.completion_tokens
-            info.purpose = info.purpose or event.purpose
-        if event.user is None:
-            return []
-        usage = self._usage_of(event.user, event.at)
-        usage.tokens_today += event.prompt_tokens + event.completion_tokens
-        if self._limits.tokens_per_day is None:
-            return []
-        return self._crossing(
-            seq,
-            event,
-            usage,
-            "tokens",
-            self._limits.tokens_per_day,
-            usage.tokens_today,
-            window=usage.day,
-            window_start=datetime.fromisoformat(usage.day).replace(tzinfo=UTC),
-        )
-
-    def _response(self, seq: int, event: TurnCompleted) -> Observation:
-        info = self._turns.pop(event.turn_id, None) or _TurnInfo()
-        tokens_used = (
-            info.prompt_tokens + info.completion_tokens
-            if info.prompt_tokens is not None and info.completion_tokens is not None
-            else None
-        )
-        return Observation(
-            seq,
-            RESPONSE_SUBJECT,
-            {
-                "channel": event.channel,
-                "user": event.user,
-                "provider": event.provider,
-                "model": event.model,
-                "tokens_used": tokens_used,
-                "prompt_tokens": info.prompt_tokens,
-                "completion_tokens": info.completion_tokens,
-                "latency_ms": event.latency_ms,
-                "prompt_length": info.message_length,
-                "response_length": len(event.content),
-                "persona": info.persona,
-                "purpose": info.purpose,
-                "source": info.source,
-                "finish_reason": event.finish_reason,
-                "fallback_from": list(event.fallback_from),
-                "turn_id": event.turn_id,
-                "timestamp": iso_utc(event.at),
-                "seq": seq,
-            },
-        )
-
-    def _failed(self, seq: int, event: TurnFailed) -> Observation:
-        info = self._turns.pop(event.turn_id, None) or _TurnInfo()
-        return Observation(
-            seq,
-            ERROR_SUBJECT,
-            {
-                "channel": event.channel,
-                "user": event.user,
-                "error": event.error,
-                "error_type": event.error_type,
-                "provider": info.provider,
-                "purpose": info.purpose,
-                "turn_id": event.turn_id,
-                "timestamp": iso_utc(event.at),
-                "seq": seq,
-            },
-        )
-
-    def _rejected(self, seq: int, event: TurnRejected) -> Observation:
-        return Observation(
-            seq,
-            ERROR_SUBJECT,
-            {
-                "channel": event.channel,
-                "user": event.user,
-                "error": event.detail,
-                "error_type": event.reason,
-                "provider": None,
-                "window": event.window,
-                "limit": event.limit,
-                "turn_id": event.turn_id,
-                "timestamp": iso_utc(event.at),
-                "seq": seq,
-            },
-        )
-
-    # ------------------------------------------------------------ memories
-
-    def _memory(
-        self, seq: int, event: MemoryAdded | MemoryRecalled | MemoryForgotten
-    ) -> Observation:
-        if isinstance(event, MemoryAdded):
-            user, ids, extra = event.user_id, [event.memory_id], {"category": event.category}
-        elif isinstance(event, MemoryRecalled):
-            user, ids, extra = event.user, list(event.memory_ids), {}
-        else:
-            user, ids, extra = event.user, [event.memory_id], {}
-        return Observation(
-            seq,
-            MEMORY_SUBJECT,
-            {
-                "channel": event.channel,
-                "user": user,
-                "user_id": user,
-                "action": MEMORY_ACTIONS[type(event)],
-                "memory_id": ids[0] if len(ids) == 1 else None,
-                "memory_ids": ids,
-                "memory_count": len(ids),
-                **extra,
-                "timestamp": iso_utc(event.at),
-                "seq": seq,
-            },
-        )
-
-    # ------------------------------------------------------------ usage thresholds
-
-    def _usage_of(self, user: str, at: datetime) -> _UserUsage:
-        moment = at.timestamp()
-        day = day_of(at)
-        usage = self._users.get(user)
-        if usage is None:
-            usage = self._users[user] = _UserUsage(
-                day=day, last_seen=moment, recent=deque(maxlen=self._keep or 1)
-            )
-        else:
-            self._users.move_to_end(user)
-            usage.last_seen = max(usage.last_seen, moment)
-            # Forward only, as the usage view: a late event stamped the day before
-            # counts into the current day rather than resetting it.
-            if day > usage.day:
-                usage.day = day
-                usage.requests_today = usage.tokens_today = 0
-        self._forget_idle_users(moment)
-        return usage
-
-    def _forget_idle_users(self, now: float) -> None:
-        users = self._users
-        while users:
-            oldest = next(iter(users.values()))
-            if oldest.last_seen >= now - _USER_IDLE_SECONDS and len(users) <= MAX_TRACKED_USERS:
-                return
-            users.popitem(last=False)
-
-    def _crossing(
-        self,
-        seq: int,
-        event: TurnAdmitted | TokensSpent,
-        usage: _UserUsage,
-        kind: str,
-        limit: int,
-        current: int,
-        *,
-        window: int | str,
-        window_start: datetime,
-    ) -> list[Observation]:
-        if current * THRESHOLD_DENOMINATOR < limit * THRESHOLD_NUMERATOR:
-            return []
-        if usage.fired.get(kind) == window:
-            return []
-        usage.fired[kind] = window
-        return [
-            Observation(
-                seq,
-                USAGE_THRESHOLD_SUBJECT,
-                {
-                    "user": event.user,
-                    "channel": event.channel,
-                    "threshold_type": kind,
-                    "percentage": round(current / limit, 4),
-                    "limit": limit,
-                    "current": current,
-                    "window_start": iso_utc(window_start),
-                    "turn_id": event.turn_id,
-                    "timestamp": iso_utc(event.at),
-                    "seq": seq,
-                },
-            )
-        ]
 
 
 # ---------------------------------------------------------------- position
@@ -697,11 +318,16 @@ class EventPublisher:
                 if step.replayed:
                     continue
                 for observation in step.observations:
-                    await self._nc.publish(observation.subject, observation.payload())
+                    await self._publish(observation)
                     published += 1
         await self._nc.flush()
         log_kv(logger, "events_republished", from_seq=from_seq, to_seq=end, count=published)
         return published
+
+    async def _publish(self, observation: Observation) -> None:
+        await self._nc.publish(
+            observation.subject, observation.payload(), headers=observation.headers
+        )
 
     # ------------------------------------------------------------ leadership
 
@@ -814,7 +440,7 @@ class EventPublisher:
                     if step.replayed:
                         continue
                     for observation in step.observations:
-                        await self._nc.publish(observation.subject, observation.payload())
+                        await self._publish(observation)
                     self._published = step.seq
                     if self._save_due():
                         await self._save_position()

@@ -105,6 +105,8 @@ class TurnRejected(_TurnEvent):
     window: str
     limit: int
     detail: str
+    provider: str = ""
+    """The provider the turn would have asked (empty in events recorded before 0.2)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -112,6 +112,7 @@ def decide_admission(
             window=window,
             limit=limit,
             detail=detail,
+            provider=request.provider,
         )
 
     per_minute = limits.requests_per_minute

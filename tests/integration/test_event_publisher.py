@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import nats
 import orjson
@@ -18,11 +18,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from llm_es import event_publisher
+from llm_es import event_publisher, headers
 from llm_es.app import Plugin
 from llm_es.config import Config, RateLimitsConfig
 from llm_es.embedded import EmbeddedNatsServer
-from llm_es.event_publisher import EventPublisher, ObservationFold, fold_window_start
+from llm_es.event_publisher import EventPublisher
 from llm_es.events import (
     ContextSummarized,
     Event,
@@ -35,6 +35,7 @@ from llm_es.events import (
     TurnFailed,
     TurnRejected,
 )
+from llm_es.observations import ObservationFold, fold_window_start
 from llm_es.store import EventStore
 from tests.integration.conftest import PluginStarter
 from tests.support.cli import console_script, run_script
@@ -90,20 +91,36 @@ def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+class Published(NamedTuple):
+    """One message received on `rosey.event.llm.>`."""
+
+    kind: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def seq(self) -> int:
+        return int(self.headers[headers.LLM_SEQ])
+
+
 class Received:
     """Everything published on `rosey.event.llm.>`, in arrival order."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[Published] = []
 
     async def take(self, msg: Msg) -> None:
-        self.events.append((msg.subject.rsplit(".", 1)[1], orjson.loads(msg.data)))
+        kind = msg.subject.rsplit(".", 1)[1]
+        self.events.append(Published(kind, orjson.loads(msg.data), dict(msg.headers or {})))
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        return [body for name, body in self.events if name == kind]
+        return [event.body for event in self.events if event.kind == kind]
+
+    def headers_of(self, kind: str) -> list[dict[str, str]]:
+        return [event.headers for event in self.events if event.kind == kind]
 
     def seqs(self, *, excluding: str = "usage_threshold") -> collections.Counter[int]:
-        return collections.Counter(body["seq"] for name, body in self.events if name != excluding)
+        return collections.Counter(event.seq for event in self.events if event.kind != excluding)
 
     async def wait_for(self, kind: str, count: int = 1) -> list[dict[str, Any]]:
         await wait_until(lambda: len(self.of(kind)) >= count, within=10.0)
@@ -201,7 +218,8 @@ def away_from_a_minute_boundary() -> float:
 async def test_chat_turn_publishes_a_response_event(
     plugin: Plugin, publishers: PublisherFactory, client: NATS, received: Received
 ) -> None:
-    """A completed turn gives one `response` with the seed's fields, figures from the log."""
+    """A completed turn gives one `response` with exactly the seed's fields, figures from
+    the log; the turn, model, log sequence and time travel as headers."""
     await publishers(plugin, "solo")
     assert (await command(client, "Hello there", channel="lobby", user="alice"))["success"]
     (response,) = await received.wait_for("response")
@@ -212,24 +230,23 @@ async def test_chat_turn_publishes_a_response_event(
     assert response == {
         "channel": "lobby",
         "user": "alice",
-        "provider": "ollama",
-        "model": completed.model,
-        "tokens_used": spent.prompt_tokens + spent.completion_tokens,
-        "prompt_tokens": spent.prompt_tokens,
-        "completion_tokens": spent.completion_tokens,
-        "latency_ms": completed.latency_ms,
         "prompt_length": len("Hello there"),
         "response_length": len("Hello from the fake model."),
+        "tokens_used": spent.prompt_tokens + spent.completion_tokens,
+        "provider": "ollama",
+        "latency_ms": round(completed.latency_ms),
         "persona": "default",
-        "purpose": "chat",
-        "source": "command",
-        "finish_reason": completed.finish_reason,
-        "fallback_from": [],
-        "turn_id": completed.turn_id,
-        "timestamp": iso(completed.at),
-        "seq": seq,
     }
-    assert response["timestamp"].endswith("Z")
+    assert type(response["latency_ms"]) is int
+    (found,) = received.headers_of("response")
+    assert found == {
+        headers.MSG_ID: completed.id,
+        headers.LLM_SEQ: str(seq),
+        headers.LLM_TIMESTAMP: iso(completed.at),
+        headers.LLM_TURN_ID: completed.turn_id,
+        headers.LLM_MODEL: completed.model,
+    }
+    assert found[headers.LLM_TIMESTAMP].endswith("Z")
     assert received.of("error") == []
 
 
@@ -251,13 +268,17 @@ async def test_failed_turn_publishes_an_error_event(
         "channel": "lobby",
         "user": "bob",
         "error": failed.error,
-        "error_type": "bad_request",
         "provider": "ollama",
-        "purpose": "chat",
-        "turn_id": failed.turn_id,
-        "timestamp": iso(failed.at),
-        "seq": seq,
+        "error_type": "bad_request",
     }
+    assert received.headers_of("error") == [
+        {
+            headers.MSG_ID: failed.id,
+            headers.LLM_SEQ: str(seq),
+            headers.LLM_TIMESTAMP: iso(failed.at),
+            headers.LLM_TURN_ID: failed.turn_id,
+        }
+    ]
     assert received.of("response") == []
 
 
@@ -273,25 +294,25 @@ async def test_rejected_turn_publishes_an_error_event(
     (error,) = await received.wait_for("error")
     seq, rejected = next((s, e) for s, e in await log_events(client) if isinstance(e, TurnRejected))
     assert isinstance(rejected, TurnRejected)
-    assert error["error_type"] == "rate_limit"
-    assert error["error"] == refused["error"]
-    assert (error["channel"], error["user"], error["window"], error["limit"]) == (
-        "lobby",
-        "carol",
-        "minute",
-        1,
-    )
-    assert (error["turn_id"], error["timestamp"], error["seq"]) == (
+    assert error == {
+        "channel": "lobby",
+        "user": "carol",
+        "error": refused["error"],
+        "provider": "ollama",
+        "error_type": "rate_limit",
+    }
+    (found,) = received.headers_of("error")
+    assert (found[headers.LLM_TURN_ID], found[headers.LLM_TIMESTAMP], found[headers.LLM_SEQ]) == (
         rejected.turn_id,
         iso(rejected.at),
-        seq,
+        str(seq),
     )
 
 
 async def test_memory_commands_publish_memory_events(
     plugin: Plugin, publishers: PublisherFactory, client: NATS, received: Received
 ) -> None:
-    """remember, recall and forget each give one `memory` event naming the memories."""
+    """remember, recall and forget each give one `memory` event counting the memories."""
     await publishers(plugin, "solo")
     remembered = await command(client, "remember The sky is blue", user="dana")
     memory_id = remembered["result"]["memory_id"]
@@ -300,30 +321,25 @@ async def test_memory_commands_publish_memory_events(
     added, recalled, forgotten = await received.wait_for("memory", 3)
     log = await log_events(client)
     times = {type(e): (s, iso(e.at)) for s, e in log}
-    assert added == {
+    assert added == {"channel": "lobby", "action": "add", "user_id": "dana", "memory_count": 1}
+    assert recalled == {
         "channel": "lobby",
-        "user": "dana",
-        "user_id": "dana",
-        "action": "add",
-        "memory_id": memory_id,
-        "memory_ids": [memory_id],
+        "action": "recall",
+        "user_id": "erik",
         "memory_count": 1,
-        "category": "fact",
-        "timestamp": times[MemoryAdded][1],
-        "seq": times[MemoryAdded][0],
     }
-    assert (recalled["action"], recalled["user"], recalled["memory_ids"]) == (
-        "recall",
-        "erik",
-        [memory_id],
-    )
-    assert recalled["memory_count"] == 1
-    assert recalled["seq"] == times[MemoryRecalled][0]
-    assert (forgotten["action"], forgotten["memory_id"], forgotten["seq"]) == (
-        "forget",
-        memory_id,
-        times[MemoryForgotten][0],
-    )
+    assert forgotten == {
+        "channel": "lobby",
+        "action": "forget",
+        "user_id": "dana",
+        "memory_count": 1,
+    }
+    found = received.headers_of("memory")
+    assert [(h[headers.LLM_SEQ], h[headers.LLM_TIMESTAMP]) for h in found] == [
+        (str(times[kind][0]), times[kind][1])
+        for kind in (MemoryAdded, MemoryRecalled, MemoryForgotten)
+    ]
+    assert all(headers.LLM_TURN_ID not in h for h in found)
 
 
 async def test_summary_publishes_a_summarized_event(
@@ -347,10 +363,9 @@ async def test_summary_publishes_a_summarized_event(
         "channel": "lobby",
         "message_count": 4,
         "summary_length": len(summary.summary),
-        "through_seq": summary.through_seq,
-        "timestamp": iso(summary.at),
-        "seq": seq,
     }
+    (found,) = received.headers_of("summarized")
+    assert (found[headers.LLM_SEQ], found[headers.LLM_TIMESTAMP]) == (str(seq), iso(summary.at))
 
 
 # ---------------------------------------------------------------- usage thresholds
@@ -376,15 +391,22 @@ async def test_request_thresholds_fire_once_per_window_at_80_percent(
     thresholds = received.of("usage_threshold")
     assert [t["threshold_type"] for t in thresholds] == ["minute", "hour", "day"]
     for threshold in thresholds:
-        assert threshold["user"] == "fay"
-        assert threshold["channel"] == "lobby"
-        assert threshold["percentage"] == 0.8
+        assert threshold == {
+            "user": "fay",
+            "channel": "lobby",
+            "threshold_type": threshold["threshold_type"],
+            "current": 4,
+            "limit": 5,
+            "percentage": 0.8,
+        }
         assert isinstance(threshold["percentage"], float)
-        assert (threshold["limit"], threshold["current"]) == (5, 4)
-        assert threshold["seq"] == fourth_seq
-        assert threshold["turn_id"] == fourth.turn_id
-        assert threshold["timestamp"] == iso(fourth.at)
-    assert thresholds[2]["window_start"] == iso(fourth.at)[:10] + "T00:00:00Z"
+    found = received.headers_of("usage_threshold")
+    for kind, threshold_headers in zip(("minute", "hour", "day"), found, strict=True):
+        assert threshold_headers[headers.MSG_ID] == f"{fourth.id}:{kind}"
+        assert threshold_headers[headers.LLM_SEQ] == str(fourth_seq)
+        assert threshold_headers[headers.LLM_TURN_ID] == fourth.turn_id
+        assert threshold_headers[headers.LLM_TIMESTAMP] == iso(fourth.at)
+    assert found[2][headers.LLM_WINDOW_START] == iso(fourth.at)[:10] + "T00:00:00Z"
 
 
 async def test_token_threshold_fires_once_a_day(
@@ -406,11 +428,9 @@ async def test_token_threshold_fires_once_a_day(
     third_seq, third = spent[2]
     assert threshold["threshold_type"] == "tokens"
     assert (threshold["current"], threshold["limit"], threshold["percentage"]) == (900, 1000, 0.9)
-    assert (threshold["seq"], threshold["user"], threshold["turn_id"]) == (
-        third_seq,
-        "hal",
-        third.turn_id,
-    )
+    assert threshold["user"] == "hal"
+    (found,) = received.headers_of("usage_threshold")
+    assert (found[headers.LLM_SEQ], found[headers.LLM_TURN_ID]) == (str(third_seq), third.turn_id)
 
 
 # ---------------------------------------------------------------- one publisher at a time
@@ -523,8 +543,8 @@ async def test_first_start_begins_at_the_end_of_the_log(
     assert publisher.position == end
     await command(client, "new chat")
     (response,) = await received.wait_for("response")
-    assert response["seq"] > end
-    assert all(body["seq"] > end for _, body in received.events)
+    assert response["prompt_length"] == len("new chat")
+    assert all(event.seq > end for event in received.events)
 
 
 # ---------------------------------------------------------------- the views' feed
@@ -602,8 +622,8 @@ async def test_republish_from_a_position_derives_the_same_events(
     admitted = [s for s, e in await log_events(client) if isinstance(e, TurnAdmitted)]
     from_seq = admitted[2]  # before the threshold, which needs the two earlier admissions
     await wait_until(lambda: len(received.of("memory")) == 1)
-    original = [(kind, body) for kind, body in received.events if body["seq"] >= from_seq]
-    assert [kind for kind, _ in original].count("usage_threshold") == 1
+    original = [event for event in received.events if event.seq >= from_seq]
+    assert [event.kind for event in original].count("usage_threshold") == 1
     received.events.clear()
 
     count = await publisher.republish(from_seq)
@@ -636,9 +656,19 @@ def admitted(at: datetime, user: str = "kim", turn: str = "t") -> TurnAdmitted:
 
 
 def thresholds_of(fold: ObservationFold, events: list[Event]) -> list[dict[str, Any]]:
+    """Each threshold's body with its window start, time and log sequence from the headers."""
     found = []
     for seq, event in enumerate(events, start=1):
-        found += [o.body for o in fold.apply(seq, event) if o.subject.endswith("threshold")]
+        found += [
+            {
+                **o.body,
+                "window_start": o.headers[headers.LLM_WINDOW_START],
+                "timestamp": o.headers[headers.LLM_TIMESTAMP],
+                "seq": int(o.headers[headers.LLM_SEQ]),
+            }
+            for o in fold.apply(seq, event)
+            if o.subject.endswith("threshold")
+        ]
     return found
 
 
