@@ -36,8 +36,13 @@ def remembered(content: str, memory_id: str) -> str:
     return f"Remembered: {content} (ID: {memory_id})"
 
 
+def memory_line(content: str, memory_id: str) -> str:
+    """A memory as `!chat recall` lists it, and as `MemoryResponse.memories` carries it."""
+    return f"{content} (ID: {memory_id})"
+
+
 def recalled(query: str, memories: Sequence[MemoryView]) -> str:
-    lines = "\n".join(f"• {m['content']} (ID: {m['id']})" for m in memories)
+    lines = "\n".join(f"• {memory_line(m['content'], m['id'])}" for m in memories)
     return f"Memories matching '{query}':\n{lines}"
 
 

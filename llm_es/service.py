@@ -610,7 +610,8 @@ class ChatService:
         await self._record(ContextReset(at=self._clock(), channel=channel, user=user))
         return Outcome.ok(replies.CONTEXT_RESET)
 
-    async def persona(self, *, channel: str, user: str, name: str) -> Outcome:
+    async def persona(self, *, channel: str, user: str | None, name: str) -> Outcome:
+        """List the personas (empty `name`) or switch the channel's persona to `name`."""
         await self._catch_up()
         names = list(self._config.personas)
         current = self.persona_of(channel)
@@ -704,25 +705,32 @@ class ChatService:
         return Outcome.ok(summary, **{**outcome.data, "content": summary})
 
     def usage_report(self, user: str) -> dict[str, Any]:
-        """A user's usage now and what each limit still allows (None: no limit)."""
+        """A user's usage now and what each configured limit still allows.
+
+        A limit that is switched off has no entry: the seed's `UsageResponse`
+        declares the figures as integers.
+        """
         numbers = usage_numbers(self.usage_of(user), self._clock())
         limits = self._config.rate_limits
-
-        def left(limit: int | None, used: int) -> int | None:
-            return None if limit is None else max(0, limit - used)
-
+        remaining = {
+            name: max(0, limit - used)
+            for name, limit, used in (
+                ("requests_minute", limits.requests_per_minute, numbers.requests_minute),
+                ("requests_hour", limits.requests_per_hour, numbers.requests_hour),
+                ("requests_day", limits.requests_per_day, numbers.requests_today),
+                (
+                    "tokens_day",
+                    limits.tokens_per_day,
+                    numbers.tokens_today + numbers.reserved_tokens,
+                ),
+            )
+            if limit is not None
+        }
         return {
             "user": user,
             "requests_today": numbers.requests_today,
             "tokens_today": numbers.tokens_today,
-            "rate_limits_remaining": {
-                "requests_minute": left(limits.requests_per_minute, numbers.requests_minute),
-                "requests_hour": left(limits.requests_per_hour, numbers.requests_hour),
-                "requests_day": left(limits.requests_per_day, numbers.requests_today),
-                "tokens_day": left(
-                    limits.tokens_per_day, numbers.tokens_today + numbers.reserved_tokens
-                ),
-            },
+            "rate_limits_remaining": remaining,
         }
 
     def totals_today(self) -> tuple[int, int]:

@@ -9,13 +9,21 @@ through `$SRV.PING|INFO|STATS`):
     rosey.llm.memory.add      MemoryAddRequest -> MemoryResponse
     rosey.llm.memory.recall   MemoryRecallRequest -> MemoryResponse
     rosey.llm.memory.forget   MemoryForgetRequest -> MemoryResponse
-    rosey.llm.status          {} -> StatusResponse
+    rosey.llm.persona.get     PersonaGetRequest -> PersonaResponse
+    rosey.llm.persona.set     PersonaSetRequest -> PersonaResponse
+    rosey.llm.status          StatusRequest -> StatusResponse
     rosey.llm.usage           UsageRequest -> UsageResponse
 
-Every response carries every field of its schema; errors are in-band
-(`success: false`, `error` naming the field or the problem). A streamed chat
-(`"stream": true`) sends `{"chunk": text, "index": n}` messages to the reply
-subject as they arrive, then the final ChatResponse (with `"done": true`).
+Bodies carry exactly the fields of the seed's dataclasses (DESIGN.md "Seed
+schemas"), every one of them, because other plugins read them with
+`Class(**json)`, which refuses any other keyword. What llm-es knows beyond
+them travels in headers (`Llm-Turn-Id`, `Llm-Model`). Errors are in-band
+(`success: false`, `error` naming the field or the problem) and also in the
+micro framework's `Nats-Service-Error` / `Nats-Service-Error-Code` headers,
+which are the only place for them in replies whose schema has no `error`
+(status, usage). A streamed chat (`"stream": true`) sends `{"chunk": text,
+"index": n}` messages to the reply subject as they arrive, then the final
+ChatResponse (the one message without `chunk`).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
@@ -34,13 +43,12 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, EndpointStats, Service
 
-from llm_es import __version__
+from llm_es import __version__, headers, replies
 from llm_es.config import Config
 from llm_es.connection import confirm_interest
 from llm_es.dispatch import TaskPool
 from llm_es.errors import LLMESError, OperationalError, ProviderError, ValidationError
 from llm_es.logs import log_kv
-from llm_es.memories import DEFAULT_IMPORTANCE
 from llm_es.providers.base import ChatMessage
 from llm_es.requests import (
     bool_field,
@@ -71,7 +79,20 @@ HEALTH_PROBE_SECONDS = 30.0
 MAX_SUMMARIZE_CHARACTERS_FACTOR = 8
 """`summarize` accepts texts up to this many times `max_message_length`."""
 
-Handler = Callable[[dict[str, Any], Request], Awaitable[dict[str, Any]]]
+BODYLESS_ENDPOINTS = frozenset({"status"})
+SEED_DEFAULT_IMPORTANCE = 1
+"""`MemoryAddRequest.importance` when the request leaves it out (the seed's default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response: the seed-shaped body, and what llm-es says beyond it in headers."""
+
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[dict[str, Any], Request], Awaitable[Reply]]
 
 
 class LLMServiceAPI:
@@ -95,7 +116,9 @@ class LLMServiceAPI:
             "memory.add": (self._memory_add_endpoint, MEMORY_ERROR),
             "memory.recall": (self._memory_recall_endpoint, MEMORY_ERROR),
             "memory.forget": (self._memory_forget_endpoint, MEMORY_ERROR),
-            "status": (self._status_endpoint, {}),
+            "persona.get": (self._persona_get_endpoint, PERSONA_ERROR),
+            "persona.set": (self._persona_set_endpoint, PERSONA_ERROR),
+            "status": (self._status_endpoint, STATUS_ERROR),
             "usage": (self._usage_endpoint, USAGE_ERROR),
         }
 
@@ -151,39 +174,37 @@ class LLMServiceAPI:
         self, name: str, handler: Handler, error_shape: dict[str, Any], request: Request
     ) -> None:
         try:
-            body = decode_object(request.data) if request.data.strip() else {}
+            # StatusRequest has no fields: like the seed, any body asks for the status.
+            wanted = request.data.strip() and name not in BODYLESS_ENDPOINTS
+            body = decode_object(request.data) if wanted else {}
             answer = await handler(body, request)
         except ValidationError as exc:
-            answer = {**error_shape, "success": False, "error": str(exc)}
+            answer = error_reply(error_shape, str(exc), "400")
             log_kv(logger, "service_invalid", level=logging.WARNING, endpoint=name, error=str(exc))
         except OperationalError as exc:
-            answer = {**error_shape, "success": False, "error": f"Service degraded: {exc}"}
+            answer = error_reply(error_shape, f"Service degraded: {exc}", "503")
             log_kv(logger, "service_failed", level=logging.WARNING, endpoint=name, error=str(exc))
         except (LLMESError, TimeoutError) as exc:
-            answer = {**error_shape, "success": False, "error": "Request failed; try again"}
+            answer = error_reply(error_shape, "Request failed; try again", "503")
             log_kv(logger, "service_failed", level=logging.ERROR, endpoint=name, error=repr(exc))
         except Exception as exc:  # a bug must not kill the endpoint; logged in full
             logger.exception("service_crashed endpoint=%s", name)
-            answer = {
-                **error_shape,
-                "success": False,
-                "error": f"Internal error ({type(exc).__name__})",
-            }
+            answer = error_reply(error_shape, f"Internal error ({type(exc).__name__})", "500")
         await self._respond(request, answer)
 
-    async def _respond(self, request: Request, answer: dict[str, Any]) -> None:
+    async def _respond(self, request: Request, answer: Reply) -> None:
         # nats.micro's Request does not expose the reply subject; its message does.
         if not request._msg.reply or not is_safe_reply_subject(request._msg.reply):
             log_kv(logger, "reply_dropped", level=logging.WARNING, reason="no usable reply subject")
             return
         try:
-            await request.respond(orjson.dumps(answer))
+            await request.respond(orjson.dumps(answer.body), headers=answer.headers or None)
         except nats.errors.Error as exc:
             log_kv(logger, "reply_failed", level=logging.WARNING, error=repr(exc))
 
     # ------------------------------------------------------------ endpoints
 
-    async def _chat_endpoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+    async def _chat_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
         limits = self._config.service
         channel = name_field(body, "channel", limits)
         user = name_field(body, "user", limits)
@@ -200,12 +221,9 @@ class LLMServiceAPI:
             provider_name=provider,
             on_chunk=on_chunk,
         )
-        answer = completion_response(outcome, self._config.default_provider)
-        if on_chunk is not None:
-            answer["done"] = True
-        return answer
+        return completion_reply(outcome, self._config.default_provider)
 
-    async def _complete_endpoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+    async def _complete_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
         limits = self._config.service
         messages: list[ChatMessage] = messages_field(body, limits)  # type: ignore[assignment]
         outcome = await self._chat.complete(
@@ -215,11 +233,9 @@ class LLMServiceAPI:
             max_tokens=int_field(body, "max_tokens", default=None, low=1, high=1_000_000),
             provider_name=self._provider_field(body),
         )
-        answer = completion_response(outcome, self._config.default_provider)
-        answer["model"] = outcome.data.get("model")
-        return answer
+        return completion_reply(outcome, self._config.default_provider)
 
-    async def _summarize_endpoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+    async def _summarize_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
         limits = self._config.service
         text = body.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -236,24 +252,24 @@ class LLMServiceAPI:
             user=optional_name(body, "user", limits),
         )
         if not outcome.success:
-            return {**SUMMARY_ERROR, "error": outcome.message}
-        return {"success": True, "summary": outcome.message, "error": None}
+            return Reply({**SUMMARY_ERROR, "error": outcome.message}, turn_headers(outcome))
+        return Reply(
+            {"success": True, "summary": outcome.message, "error": None}, turn_headers(outcome)
+        )
 
-    async def _memory_add_endpoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+    async def _memory_add_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
         limits = self._config.service
         outcome = await self._chat.remember(
             channel=name_field(body, "channel", limits),
             user=optional_name(body, "user_id", limits),
             content=required_text(body, "content", limits),
             category=short_text_field(body, "category", "fact"),
-            importance=int_field(body, "importance", default=DEFAULT_IMPORTANCE, low=1, high=5)
-            or DEFAULT_IMPORTANCE,
+            importance=int_field(body, "importance", default=SEED_DEFAULT_IMPORTANCE, low=1, high=5)
+            or SEED_DEFAULT_IMPORTANCE,
         )
-        return memory_response(outcome)
+        return memory_reply(outcome)
 
-    async def _memory_recall_endpoint(
-        self, body: dict[str, Any], request: Request
-    ) -> dict[str, Any]:
+    async def _memory_recall_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
         limits = self._config.service
         outcome = await self._chat.recall(
             channel=name_field(body, "channel", limits),
@@ -261,11 +277,9 @@ class LLMServiceAPI:
             query=required_text(body, "query", limits),
             limit=int_field(body, "limit", default=5, low=1, high=100) or 5,
         )
-        return memory_response(outcome)
+        return memory_reply(outcome)
 
-    async def _memory_forget_endpoint(
-        self, body: dict[str, Any], request: Request
-    ) -> dict[str, Any]:
+    async def _memory_forget_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
         limits = self._config.service
         memory_id = body.get("memory_id")
         if not isinstance(memory_id, str) or not memory_id.strip():
@@ -275,33 +289,59 @@ class LLMServiceAPI:
             user=optional_name(body, "user_id", limits),
             memory_id=memory_id,
         )
-        return memory_response(outcome)
+        return memory_reply(outcome)
 
-    async def _status_endpoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+    async def _persona_get_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
+        channel = name_field(body, "channel", self._config.service)
+        outcome = await self._chat.persona(channel=channel, user=None, name="")
+        return self._persona_reply(channel, outcome)
+
+    async def _persona_set_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
+        """Switch a channel's persona, recorded as `PersonaSwitched` like `!chat persona`."""
+        channel = name_field(body, "channel", self._config.service)
+        persona = name_field(body, "persona", self._config.service)
+        outcome = await self._chat.persona(channel=channel, user=None, name=persona)
+        return self._persona_reply(channel, outcome)
+
+    def _persona_reply(self, channel: str, outcome: Outcome) -> Reply:
+        return Reply(
+            {
+                "success": outcome.success,
+                "persona": self._chat.persona_of(channel),
+                "available": list(self._config.personas),
+                "error": None if outcome.success else outcome.message,
+            }
+        )
+
+    async def _status_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
+        """StatusResponse; `rate_limited` while the default provider throttles llm-es."""
         requests_today, tokens_today = self._chat.totals_today()
-        limits = self._config.rate_limits
-        provider = self._config.provider
-        return {
-            "healthy": self.healthy,
-            "provider": self._config.default_provider,
-            "model": provider.default_model,
-            "requests_today": requests_today,
-            "tokens_today": tokens_today,
-            "rate_limited": any(
-                limit is not None
-                for limit in (
-                    limits.requests_per_minute,
-                    limits.requests_per_hour,
-                    limits.requests_per_day,
-                    limits.tokens_per_day,
-                )
-            ),
-            "uptime_seconds": round(time.monotonic() - self._started, 3),
-        }
+        return Reply(
+            {
+                "healthy": self.healthy,
+                "provider": self._config.default_provider,
+                "model": self._config.provider.default_model,
+                "requests_today": requests_today,
+                "tokens_today": tokens_today,
+                "rate_limited": self._chat.provider_chain()[0].throttled(),
+                "uptime_seconds": int(time.monotonic() - self._started),
+            }
+        )
 
-    async def _usage_endpoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
-        user = name_field(body, "user", self._config.service)
-        return {"success": True, **self._chat.usage_report(user)}
+    async def _usage_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
+        """One user's usage and what each limit still allows, or (no user) everyone's totals."""
+        user = optional_name(body, "user", self._config.service)
+        if user is None:
+            requests_today, tokens_today = self._chat.totals_today()
+            return Reply(
+                {
+                    "user": None,
+                    "requests_today": requests_today,
+                    "tokens_today": tokens_today,
+                    "rate_limits_remaining": {},
+                }
+            )
+        return Reply(self._chat.usage_report(user))
 
     # ------------------------------------------------------------ helpers
 
@@ -363,6 +403,8 @@ class LLMServiceAPI:
                 log_kv(logger, "health_probe_failed", level=logging.WARNING, error=repr(exc))
 
 
+# Error bodies, each with exactly its seed schema's fields (ChatResponse, CompletionResponse,
+# SummaryResponse, MemoryResponse, PersonaResponse, StatusResponse, UsageResponse).
 CHAT_ERROR: dict[str, Any] = {
     "success": False,
     "content": None,
@@ -370,23 +412,47 @@ CHAT_ERROR: dict[str, Any] = {
     "tokens_used": 0,
     "provider": None,
 }
-COMPLETION_ERROR: dict[str, Any] = {**CHAT_ERROR, "model": None}
+COMPLETION_ERROR = CHAT_ERROR
 SUMMARY_ERROR: dict[str, Any] = {"success": False, "summary": None, "error": None}
 MEMORY_ERROR: dict[str, Any] = {
     "success": False,
-    "memories": [],
+    "memories": None,
     "count": 0,
     "memory_id": None,
     "error": None,
 }
-USAGE_ERROR: dict[str, Any] = {
+PERSONA_ERROR: dict[str, Any] = {
     "success": False,
+    "persona": None,
+    "available": None,
+    "error": None,
+}
+STATUS_ERROR: dict[str, Any] = {
+    "healthy": False,
+    "provider": "",
+    "model": "",
+    "requests_today": 0,
+    "tokens_today": 0,
+    "rate_limited": False,
+    "uptime_seconds": 0,
+}
+USAGE_ERROR: dict[str, Any] = {
     "user": None,
     "requests_today": 0,
     "tokens_today": 0,
-    "rate_limits_remaining": None,
-    "error": None,
+    "rate_limits_remaining": {},
 }
+
+
+def error_reply(shape: dict[str, Any], error: str, code: str) -> Reply:
+    """`shape` with the error in-band (where the schema has `error`) and in the micro headers."""
+    body = dict(shape)
+    if "error" in body:
+        body["error"] = error
+    return Reply(
+        body,
+        {headers.SERVICE_ERROR: headers.header_safe(error), headers.SERVICE_ERROR_CODE: code},
+    )
 
 
 def optional_persona(body: dict[str, Any], config: Config) -> str | None:
@@ -399,33 +465,51 @@ def optional_persona(body: dict[str, Any], config: Config) -> str | None:
     return value
 
 
-def completion_response(outcome: Outcome, default_provider: str) -> dict[str, Any]:
-    """ChatResponse / CompletionResponse fields from a turn's outcome."""
+def turn_headers(outcome: Outcome) -> dict[str, str]:
+    """`Llm-Turn-Id` and `Llm-Model` of a turn's reply, where known."""
+    found: dict[str, str] = {}
+    if turn_id := outcome.data.get("turn_id"):
+        found[headers.LLM_TURN_ID] = turn_id
+    if model := outcome.data.get("model"):
+        found[headers.LLM_MODEL] = headers.header_safe(model)
+    return found
+
+
+def completion_reply(outcome: Outcome, default_provider: str) -> Reply:
+    """ChatResponse / CompletionResponse from a turn's outcome."""
     if not outcome.success:
-        return {
+        body = {
             **CHAT_ERROR,
             "error": outcome.message,
             "provider": outcome.data.get("provider", default_provider),
         }
-    return {
-        "success": True,
-        "content": outcome.message,
-        "error": None,
-        "tokens_used": outcome.data.get("tokens_used", 0),
-        "provider": outcome.data.get("provider"),
-        "model": outcome.data.get("model"),
-        "turn_id": outcome.data.get("turn_id"),
-    }
+    else:
+        body = {
+            "success": True,
+            "content": outcome.message,
+            "error": None,
+            "tokens_used": outcome.data.get("tokens_used", 0),
+            "provider": outcome.data.get("provider"),
+        }
+    return Reply(body, turn_headers(outcome))
 
 
-def memory_response(outcome: Outcome) -> dict[str, Any]:
-    """MemoryResponse fields from a memory command's outcome."""
-    memories = outcome.data.get("memories", [])
-    return {
-        "success": outcome.success,
-        "memories": memories,
-        "count": outcome.data.get("count", len(memories)),
-        "memory_id": outcome.data.get("memory_id"),
-        "error": None if outcome.success else outcome.message,
-        "message": outcome.message,
-    }
+def memory_reply(outcome: Outcome) -> Reply:
+    """MemoryResponse from a memory command's outcome; memories as `!chat recall` lists them."""
+    found = outcome.data.get("memories")
+    memories = (
+        None if found is None else [replies.memory_line(m["content"], m["id"]) for m in found]
+    )
+    if outcome.data.get("memory_id") is not None:
+        count = 1
+    else:
+        count = outcome.data.get("count", len(memories or ()))
+    return Reply(
+        {
+            "success": outcome.success,
+            "memories": memories,
+            "count": count if outcome.success else 0,
+            "memory_id": outcome.data.get("memory_id"),
+            "error": None if outcome.success else outcome.message,
+        }
+    )

@@ -9,12 +9,13 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
+from llm_es import headers
 from llm_es.app import Plugin
 from llm_es.config import RateLimitsConfig
-from llm_es.events import TokensSpent, TurnAdmitted
+from llm_es.events import MemoryAdded, PersonaSwitched, TokensSpent, TurnAdmitted
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import FakeLLMServer
-from tests.support.harness import event_types, log_events, raw_request
+from tests.support.harness import REQUEST_TIMEOUT, event_types, log_events, raw_request
 
 REPLY = "Hello from the fake model."
 
@@ -24,16 +25,32 @@ async def call(client: NATS, endpoint: str, body: Any) -> dict[str, Any]:
     return await raw_request(client, f"rosey.llm.{endpoint}", data)
 
 
+async def call_with_headers(
+    client: NATS, endpoint: str, body: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    reply = await client.request(f"rosey.llm.{endpoint}", data, timeout=REQUEST_TIMEOUT)
+    answer: dict[str, Any] = orjson.loads(reply.data)
+    return answer, dict(reply.headers or {})
+
+
 async def test_chat_answers_with_the_seed_schema(plugin: Plugin, client: NATS) -> None:
-    """ChatRequest -> ChatResponse{success, content, error, tokens_used, provider}."""
-    answer = await call(client, "chat", {"channel": "c", "user": "u", "message": "Hi"})
-    assert answer["success"] is True
-    assert answer["content"] == REPLY
-    assert answer["error"] is None
-    assert answer["provider"] == "ollama"
-    assert answer["tokens_used"] > 0
+    """ChatRequest -> exactly ChatResponse{success, content, error, tokens_used, provider};
+    the turn and the model travel as headers."""
+    answer, found = await call_with_headers(
+        client, "chat", {"channel": "c", "user": "u", "message": "Hi"}
+    )
+    spent = next(e for _, e in await log_events(client) if isinstance(e, TokensSpent))
+    assert answer == {
+        "success": True,
+        "content": REPLY,
+        "error": None,
+        "tokens_used": spent.prompt_tokens + spent.completion_tokens,
+        "provider": "ollama",
+    }
     admitted = next(e for _, e in await log_events(client) if isinstance(e, TurnAdmitted))
     assert admitted.source == "service"
+    assert found == {headers.LLM_TURN_ID: admitted.turn_id, headers.LLM_MODEL: "llama3.2"}
 
 
 async def test_chat_persona_override_is_per_request(
@@ -53,12 +70,16 @@ async def test_chat_persona_override_is_per_request(
 async def test_streamed_chat_sends_chunks_then_the_final_response(
     plugin: Plugin, client: NATS
 ) -> None:
-    """stream: true -> {chunk, index} messages in order, then the ChatResponse with done."""
+    """stream: true -> {chunk, index} messages in order, then exactly the ChatResponse."""
     inbox = client.new_inbox()
     received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    final_headers: list[dict[str, str]] = []
 
     async def collect(msg: Any) -> None:
-        await received.put(orjson.loads(msg.data))
+        body = orjson.loads(msg.data)
+        if "success" in body:
+            final_headers.append(dict(msg.headers or {}))
+        await received.put(body)
 
     sub = await client.subscribe(inbox, cb=collect)
     payload = {"channel": "c", "user": "u", "message": "Stream please", "stream": True}
@@ -71,11 +92,16 @@ async def test_streamed_chat_sends_chunks_then_the_final_response(
     chunks, final = messages[:-1], messages[-1]
     assert [c["index"] for c in chunks] == list(range(len(chunks)))
     assert "".join(c["chunk"] for c in chunks) == REPLY
-    assert final["success"] is True
-    assert final["done"] is True
-    assert final["content"] == REPLY
     spent = next(e for _, e in await log_events(client) if isinstance(e, TokensSpent))
+    assert final == {
+        "success": True,
+        "content": REPLY,
+        "error": None,
+        "tokens_used": spent.prompt_tokens + spent.completion_tokens,
+        "provider": "ollama",
+    }
     assert not spent.estimated
+    assert final_headers == [{headers.LLM_TURN_ID: spent.turn_id, headers.LLM_MODEL: "llama3.2"}]
 
 
 async def test_complete_is_rate_limited_and_booked_to_the_user_or_the_service(
@@ -84,10 +110,10 @@ async def test_complete_is_rate_limited_and_booked_to_the_user_or_the_service(
     """Completions go through the same limits and ledger as chat turns."""
     await start(rate_limits=RateLimitsConfig(2, None, None, None))
     body = {"messages": [{"role": "user", "content": "Explain async"}], "max_tokens": 50}
-    first = await call(client, "complete", {**body, "user": "plugin-a"})
+    first, found = await call_with_headers(client, "complete", {**body, "user": "plugin-a"})
     assert first["success"] is True
     assert first["content"] == REPLY
-    assert first["model"] == "llama3.2"
+    assert found[headers.LLM_MODEL] == "llama3.2"
     await call(client, "complete", {**body, "user": "plugin-a"})
     third = await call(client, "complete", {**body, "user": "plugin-a"})
     assert third["success"] is False
@@ -114,7 +140,8 @@ async def test_summarize_honours_style_and_max_length(
 
 
 async def test_memory_add_recall_forget(plugin: Plugin, client: NATS) -> None:
-    """MemoryResponse{success, memories, count, memory_id, error} for add, recall and forget."""
+    """MemoryResponse{success, memories, count, memory_id, error} for add, recall and forget;
+    `memories` lists each memory as `!chat recall` shows it."""
     added = await call(
         client,
         "memory.add",
@@ -126,18 +153,69 @@ async def test_memory_add_recall_forget(plugin: Plugin, client: NATS) -> None:
             "importance": 4,
         },
     )
-    assert added["success"] is True
     memory_id = added["memory_id"]
+    assert added == {
+        "success": True,
+        "memories": None,
+        "count": 1,
+        "memory_id": memory_id,
+        "error": None,
+    }
+    stored = next(e for _, e in await log_events(client) if isinstance(e, MemoryAdded))
+    assert (stored.category, stored.importance, stored.user_id) == ("preference", 4, "alice")
     recalled = await call(client, "memory.recall", {"channel": "c", "query": "python", "limit": 5})
-    assert recalled["count"] == 1
-    assert recalled["memories"][0]["id"] == memory_id
-    assert recalled["memories"][0]["category"] == "preference"
-    assert recalled["memories"][0]["importance"] == 4
+    assert recalled == {
+        "success": True,
+        "memories": [f"Alice prefers Python (ID: {memory_id})"],
+        "count": 1,
+        "memory_id": None,
+        "error": None,
+    }
     forgotten = await call(client, "memory.forget", {"channel": "c", "memory_id": memory_id})
     assert forgotten["success"] is True
     again = await call(client, "memory.forget", {"channel": "c", "memory_id": memory_id})
-    assert again["success"] is False
-    assert again["error"] == f"Memory not found: {memory_id}"
+    assert again == {
+        "success": False,
+        "memories": None,
+        "count": 0,
+        "memory_id": None,
+        "error": f"Memory not found: {memory_id}",
+    }
+
+
+async def test_memory_add_takes_the_seed_defaults(plugin: Plugin, client: NATS) -> None:
+    """A MemoryAddRequest as `asdict` sends it with nulls: category fact, importance 1."""
+    body = {"channel": "c", "content": "Bob likes tea", "category": "fact"}
+    added = await call(client, "memory.add", {**body, "user_id": None, "importance": None})
+    assert added["success"] is True
+    stored = next(e for _, e in await log_events(client) if isinstance(e, MemoryAdded))
+    assert (stored.category, stored.importance, stored.user_id) == ("fact", 1, None)
+
+
+async def test_persona_get_and_set(plugin: Plugin, client: NATS) -> None:
+    """persona.get lists the channel's persona and the others; persona.set switches it,
+    recorded as PersonaSwitched like `!chat persona`; an unknown one is refused."""
+    available = ["default", "concise", "technical", "creative"]
+    got = await call(client, "persona.get", {"channel": "c"})
+    assert got == {"success": True, "persona": "default", "available": available, "error": None}
+    switched = await call(client, "persona.set", {"channel": "c", "persona": "concise"})
+    assert switched == {
+        "success": True,
+        "persona": "concise",
+        "available": available,
+        "error": None,
+    }
+    assert (await call(client, "persona.get", {"channel": "c"}))["persona"] == "concise"
+    assert (await call(client, "persona.get", {"channel": "other"}))["persona"] == "default"
+    refused = await call(client, "persona.set", {"channel": "c", "persona": "pirate"})
+    assert refused == {
+        "success": False,
+        "persona": "concise",
+        "available": available,
+        "error": "Unknown persona 'pirate'. Available: default, concise, technical, creative",
+    }
+    switches = [e for _, e in await log_events(client) if isinstance(e, PersonaSwitched)]
+    assert [(e.channel, e.user, e.persona) for e in switches] == [("c", None, "concise")]
 
 
 async def test_status_and_usage(start: PluginStarter, client: NATS) -> None:
@@ -145,12 +223,26 @@ async def test_status_and_usage(start: PluginStarter, client: NATS) -> None:
     await start(rate_limits=RateLimitsConfig(10, 100, 500, 50000))
     await call(client, "chat", {"channel": "c", "user": "alice", "message": "Hi"})
     status = await call(client, "status", b"")
-    assert status["healthy"] is True
-    assert (status["provider"], status["model"]) == ("ollama", "llama3.2")
-    assert status["requests_today"] == 1
-    assert status["tokens_today"] > 0
+    tokens = sum(
+        e.prompt_tokens + e.completion_tokens
+        for _, e in await log_events(client)
+        if isinstance(e, TokensSpent)
+    )
+    assert status == {
+        "healthy": True,
+        "provider": "ollama",
+        "model": "llama3.2",
+        "requests_today": 1,
+        "tokens_today": tokens,
+        "rate_limited": False,
+        "uptime_seconds": status["uptime_seconds"],
+    }
+    assert type(status["uptime_seconds"]) is int
     assert status["uptime_seconds"] >= 0
+    # StatusRequest has no fields: any body, even one that is not JSON, asks for the status.
+    assert (await call(client, "status", b"{not json"))["requests_today"] == 1
     usage = await call(client, "usage", {"user": "alice"})
+    assert sorted(usage) == ["rate_limits_remaining", "requests_today", "tokens_today", "user"]
     assert usage["requests_today"] == 1
     remaining = usage["rate_limits_remaining"]
     assert (
@@ -163,6 +255,30 @@ async def test_status_and_usage(start: PluginStarter, client: NATS) -> None:
         499,
     )
     assert remaining["tokens_day"] == 50000 - usage["tokens_today"]
+
+
+async def test_usage_without_a_user_sums_everyone_today(start: PluginStarter, client: NATS) -> None:
+    """UsageRequest{user: null} (what `asdict(UsageRequest())` sends) or `{}` answers
+    everyone's totals today, with no per-limit figures."""
+    await start(rate_limits=RateLimitsConfig(10, None, None, None))
+    await call(client, "chat", {"channel": "c", "user": "alice", "message": "Hi"})
+    await call(client, "chat", {"channel": "d", "user": "bob", "message": "Hi"})
+    tokens = sum(
+        e.prompt_tokens + e.completion_tokens
+        for _, e in await log_events(client)
+        if isinstance(e, TokensSpent)
+    )
+    expected = {
+        "user": None,
+        "requests_today": 2,
+        "tokens_today": tokens,
+        "rate_limits_remaining": {},
+    }
+    assert await call(client, "usage", {"user": None}) == expected
+    assert await call(client, "usage", {}) == expected
+    # A limit switched off has no figure (the seed's dict holds only integers).
+    alice = await call(client, "usage", {"user": "alice"})
+    assert alice["rate_limits_remaining"] == {"requests_minute": 9}
 
 
 async def test_status_reports_an_unreachable_provider(
@@ -205,8 +321,8 @@ async def test_status_reports_an_unreachable_provider(
         ("memory.recall", {"channel": "c", "query": "x", "limit": -1}, "'limit'"),
         ("memory.forget", {"channel": "c"}, "'memory_id'"),
         ("memory.forget", {"channel": "c", "memory_id": "zz"}, "Invalid memory ID"),
-        ("usage", {}, "'user'"),
-        ("usage", [1, 2], "JSON object"),
+        ("persona.get", {}, "'channel'"),
+        ("persona.set", {"channel": "c", "persona": 3}, "'persona'"),
     ],
 )
 async def test_bad_requests_get_an_error_naming_the_field_and_append_nothing(
@@ -214,11 +330,33 @@ async def test_bad_requests_get_an_error_naming_the_field_and_append_nothing(
 ) -> None:
     """Every endpoint answers bad input with success false naming the field; nothing is logged
     as an event and the endpoint keeps serving."""
-    answer = await call(client, endpoint, body)
+    answer, found = await call_with_headers(client, endpoint, body)
     assert answer["success"] is False
     assert field in answer["error"]
+    assert found[headers.SERVICE_ERROR] == answer["error"]
+    assert found[headers.SERVICE_ERROR_CODE] == "400"
     assert await event_types(client) == []
     assert (await call(client, "status", {}))["provider"] == "ollama"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"user": 5}, "'user'"), ([1, 2], "JSON object"), (b"{not json", "Invalid JSON")],
+)
+async def test_bad_usage_requests_get_the_seed_shape_and_the_error_in_headers(
+    plugin: Plugin, client: NATS, body: Any, field: str
+) -> None:
+    """UsageResponse has no error field: a bad request gets an all-zero UsageResponse (so
+    `UsageResponse(**body)` still works) and the error in the micro error headers."""
+    answer, found = await call_with_headers(client, "usage", body)
+    assert answer == {
+        "user": None,
+        "requests_today": 0,
+        "tokens_today": 0,
+        "rate_limits_remaining": {},
+    }
+    assert field in found[headers.SERVICE_ERROR]
+    assert found[headers.SERVICE_ERROR_CODE] == "400"
 
 
 async def test_service_is_discoverable(plugin: Plugin, client: NATS) -> None:
@@ -236,6 +374,8 @@ async def test_service_is_discoverable(plugin: Plugin, client: NATS) -> None:
             "memory.add",
             "memory.recall",
             "memory.forget",
+            "persona.get",
+            "persona.set",
             "status",
             "usage",
         )
