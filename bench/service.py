@@ -60,6 +60,7 @@ from llm_es.config import RateLimitsConfig
 from llm_es.embedded import EmbeddedNatsServer, server_version
 from llm_es.errors import IntegrityError, OperationalError
 from llm_es.events import TurnRejected
+from llm_es.headers import LLM_TURN_ID
 from llm_es.limits import TurnRequest, decide_admission, estimate_tokens
 from llm_es.service import ADMIT_BACKOFF_SECONDS
 from llm_es.status import gather_replies, instances_status
@@ -469,9 +470,10 @@ class ServiceOps:
         answer = orjson.loads(reply.data)
         if not answer.get("success"):
             return str(answer.get("error"))[:100]
-        if answer["turn_id"] in self.turn_ids:
+        turn_id = (reply.headers or {})[LLM_TURN_ID]
+        if turn_id in self.turn_ids:
             self.duplicates += 1
-        self.turn_ids.add(answer["turn_id"])
+        self.turn_ids.add(turn_id)
         return None
 
     def chat(self, spec: CellSpec) -> Op:

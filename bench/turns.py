@@ -41,8 +41,10 @@ import nats
 import nats.errors
 import orjson
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from llm_es.embedded import EmbeddedNatsServer, server_version
+from llm_es.headers import LLM_TURN_ID
 from llm_es.store import STREAM_NAME
 
 SCRIPT = pathlib.Path(__file__).resolve()
@@ -356,7 +358,7 @@ class StreamInbox:
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
         self.prefix = nc.new_inbox()
-        self.queues: dict[str, asyncio.Queue[tuple[float, bytes]]] = {}
+        self.queues: dict[str, asyncio.Queue[tuple[float, Msg]]] = {}
         self.sub: Any = None
         self.next_token = 0
 
@@ -367,12 +369,12 @@ class StreamInbox:
     async def _route(self, msg: Any) -> None:
         queue = self.queues.get(msg.subject.rpartition(".")[2])
         if queue is not None:
-            queue.put_nowait((time.perf_counter(), msg.data))
+            queue.put_nowait((time.perf_counter(), msg))
 
-    def open(self) -> tuple[str, asyncio.Queue[tuple[float, bytes]]]:
+    def open(self) -> tuple[str, asyncio.Queue[tuple[float, Msg]]]:
         self.next_token += 1
         token = str(self.next_token)
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[float, Msg]] = asyncio.Queue()
         self.queues[token] = queue
         return f"{self.prefix}.{token}", queue
 
@@ -474,8 +476,8 @@ class Operations:
                 first: float | None = None
                 async with asyncio.timeout(TURN_TIMEOUT_SECONDS):
                     for _ in range(MAX_STREAM_MESSAGES):
-                        arrived, data = await queue.get()
-                        message = orjson.loads(data)
+                        arrived, received = await queue.get()
+                        message = orjson.loads(received.data)
                         if "success" not in message:
                             if first is None:
                                 first = arrived - started
@@ -484,9 +486,7 @@ class Operations:
                             return str(message.get("error"))[:100]
                         if first is None:
                             return "final answer before any chunk"
-                        if message.get("done") is not True:
-                            return "final answer without done"
-                        self.turn_ids.add(message["turn_id"])
+                        self.turn_ids.add((received.headers or {})[LLM_TURN_ID])
                         return Timed(first, {"total": arrived - started})
                 return "too many stream messages"
             except TimeoutError:
