@@ -98,12 +98,30 @@ ChunkSink = Callable[[str], Awaitable[None]]
 
 @dataclass(slots=True)
 class _StreamProgress:
-    """How far a streamed answer got: what the turn owes when its deadline cuts it."""
+    """How far a turn's provider calls got: what the turn owes however it ends."""
 
     provider: LLMProvider | None = None
     """The provider whose pieces were passed on (None before the first piece)."""
     chars: int = 0
     """Characters passed on so far."""
+    charged: list[ProviderError] = field(default_factory=list)
+    """Failures of providers passed over for a fallback after they had taken the prompt."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Booking:
+    """Whom a provider call's tokens are booked to."""
+
+    turn_id: str
+    channel: str | None
+    user: str | None
+    purpose: str
+    model: str
+    """The model to name when the failed call reported none."""
+
+    @classmethod
+    def of(cls, request: TurnRequest) -> _Booking:
+        return cls(request.turn_id, request.channel, request.user, request.purpose, request.model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,9 +381,9 @@ class ChatService:
                 exc.usage = PartialUsage(
                     model=streaming.default_model, completion_chars=progress.chars
                 )
-            return await self._fail_turn(request, exc, prompt)
+            return await self._fail_turn(request, exc, prompt, progress.charged)
         except ProviderError as exc:
-            return await self._fail_turn(request, exc, prompt)
+            return await self._fail_turn(request, exc, prompt, progress.charged)
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
 
         now = self._clock()
@@ -379,7 +397,9 @@ class ChatService:
             provider=provider.name,
             prompt_chars=prompt_length(prompt),
         )
+        owed = self._owed(_Booking.of(request), progress.charged, prompt, now)
         await self._record(
+            *owed,
             spent,
             TurnCompleted(
                 at=now,
@@ -394,7 +414,7 @@ class ChatService:
                 fallback_from=passed_over,
             ),
         )
-        tokens_used = spent.prompt_tokens + spent.completion_tokens
+        tokens_used = sum(e.prompt_tokens + e.completion_tokens for e in (*owed, spent))
         log_kv(
             logger,
             "turn_completed",
@@ -416,11 +436,15 @@ class ChatService:
         )
 
     async def _fail_turn(
-        self, request: TurnRequest, exc: ProviderError, prompt: Sequence[ChatMessage]
+        self,
+        request: TurnRequest,
+        exc: ProviderError,
+        prompt: Sequence[ChatMessage],
+        charged: Sequence[ProviderError] = (),
     ) -> Outcome:
-        """Record the failure; when the provider had taken the prompt, first what it is owed.
+        """Record the failure; first what every provider that had taken the prompt is owed.
 
-        The spend and the failure go in one append, so the views never see the
+        The spends and the failure go in one append, so the views never see the
         turn closed with its tokens missing, nor the tokens without the close.
         """
         error_type = failure_type(exc)
@@ -433,26 +457,9 @@ class ChatService:
             error_type=error_type,
             error=str(exc),
         )
-        tokens = 0
-        if exc.prompt_consumed:
-            usage = exc.usage
-            if usage is None:
-                asked = self._providers.get(exc.provider)
-                usage = PartialUsage(model=asked.default_model if asked else request.model)
-            spent = spend_of(
-                usage,
-                at=now,
-                turn_id=request.turn_id,
-                channel=request.channel,
-                user=request.user,
-                purpose=request.purpose,
-                provider=exc.provider,
-                prompt_chars=prompt_length(prompt),
-            )
-            tokens = spent.prompt_tokens + spent.completion_tokens
-            await self._record(spent, failed)
-        else:
-            await self._record(failed)
+        owed = self._owed(_Booking.of(request), [*charged, exc], prompt, now)
+        await self._record(*owed, failed)
+        tokens = sum(e.prompt_tokens + e.completion_tokens for e in owed)
         log_kv(
             logger,
             "turn_failed",
@@ -462,6 +469,39 @@ class ChatService:
             tokens=tokens,
         )
         return Outcome.error(str(exc), turn_id=request.turn_id, provider=exc.provider)
+
+    def _owed(
+        self,
+        booking: _Booking,
+        failures: Sequence[ProviderError],
+        prompt: Sequence[ChatMessage],
+        now: datetime,
+    ) -> list[TokensSpent]:
+        """A `TokensSpent` for each failed call whose provider had taken the prompt.
+
+        The figures it reported before failing, else an estimate flagged `estimated`.
+        """
+        owed: list[TokensSpent] = []
+        for failure in failures:
+            if not failure.prompt_consumed:
+                continue
+            usage = failure.usage
+            if usage is None:
+                asked = self._providers.get(failure.provider)
+                usage = PartialUsage(model=asked.default_model if asked else booking.model)
+            owed.append(
+                spend_of(
+                    usage,
+                    at=now,
+                    turn_id=booking.turn_id,
+                    channel=booking.channel,
+                    user=booking.user,
+                    purpose=booking.purpose,
+                    provider=failure.provider,
+                    prompt_chars=prompt_length(prompt),
+                )
+            )
+        return owed
 
     def provider_chain(self, requested: str | None = None) -> list[LLMProvider]:
         """The provider to ask first (the request's, else the default), then the fallbacks."""
@@ -516,6 +556,8 @@ class ChatService:
             except ProviderError as exc:
                 if streamed or provider is chain[-1] or not is_outage(exc):
                     raise
+                if exc.prompt_consumed and progress is not None:
+                    progress.charged.append(exc)
                 log_kv(
                     logger,
                     "provider_fallback",
@@ -781,6 +823,8 @@ class ChatService:
                 service.summary_max_words * 2,
             )
         except ProviderError as exc:
+            # Summaries are not streamed: a call that failed left no answer that says
+            # the provider took the prompt, so there is nothing to book.
             log_kv(logger, "summary_failed", level=logging.WARNING, channel=channel, error=str(exc))
             return False
         now = self._clock()

@@ -11,7 +11,7 @@ from nats.aio.client import Client as NATS
 
 from llm_es import headers
 from llm_es.app import Plugin
-from llm_es.config import RateLimitsConfig
+from llm_es.config import Config, OllamaConfig, ProvidersConfig, RateLimitsConfig
 from llm_es.events import MemoryAdded, PersonaSwitched, TokensSpent, TurnAdmitted
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import FakeLLMServer
@@ -438,3 +438,27 @@ async def test_a_stream_that_dies_midway_fails_the_turn_and_stores_no_answer(
     assert plugin.views is not None
     context = plugin.views.get("messages.c.recent")
     assert context is None or context["messages"] == []
+
+
+async def test_status_says_rate_limited_only_while_the_provider_throttles(
+    start: PluginStarter, client: NATS, fake_llm: FakeLLMServer
+) -> None:
+    """A fresh system is not rate limited; after the default provider answers 429 with
+    Retry-After 30 it is, until a later answer succeeds."""
+    await start(
+        Config(
+            providers=ProvidersConfig(
+                ollama=OllamaConfig(
+                    base_url=fake_llm.base_url, max_retries=0, default_model="llama3.2"
+                )
+            )
+        )
+    )
+    assert (await call(client, "status", {}))["rate_limited"] is False
+    fake_llm.fail_status, fake_llm.retry_after = 429, 30.0
+    refused = await call(client, "chat", {"channel": "c", "user": "u", "message": "Hi"})
+    assert refused["error"].startswith("Ollama API error: 429")
+    assert (await call(client, "status", {}))["rate_limited"] is True
+    fake_llm.fail_status = None
+    assert (await call(client, "chat", {"channel": "c", "user": "u", "message": "Hi"}))["success"]
+    assert (await call(client, "status", {}))["rate_limited"] is False

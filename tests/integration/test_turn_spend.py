@@ -5,20 +5,34 @@ that failed before the provider answered books none.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
-from llm_es.config import Config, OllamaConfig, OpenRouterConfig, ProvidersConfig, Secret
-from llm_es.events import Event, TokensSpent, TurnAdmitted, TurnFailed
+from llm_es.config import (
+    Config,
+    OllamaConfig,
+    OpenAIConfig,
+    OpenRouterConfig,
+    ProvidersConfig,
+    Secret,
+)
+from llm_es.events import (
+    Event,
+    TokensSpent,
+    TurnAdmitted,
+    TurnCompleted,
+    TurnFailed,
+)
 from llm_es.limits import estimate_tokens
 from llm_es.service import ChatService
 from llm_es.views import usage_key
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import FakeLLMServer
-from tests.support.harness import command, log_events
+from tests.support.harness import command, log_events, make_config
 
 
 def service_of(plugin: Plugin) -> ChatService:
@@ -198,3 +212,49 @@ async def test_a_turn_deadline_mid_stream_books_what_had_arrived(
     assert isinstance(failed, TurnFailed)
     assert failed.error_type == "timeout"
     assert_turn_closed(plugin, "alice", spent.prompt_tokens + spent.completion_tokens)
+
+
+async def test_a_provider_passed_over_after_taking_the_prompt_is_booked_too(
+    start: PluginStarter, client: NATS, fake_llm: FakeLLMServer
+) -> None:
+    """Ollama starts its stream, then says nothing past its timeout; the fallback answers.
+    Both calls are booked: Ollama's estimated spend, then the fallback's real one, then
+    the completion naming Ollama as passed over."""
+    fallback = FakeLLMServer(reply="Answer from the fallback.", models=("gpt-4",))
+    await fallback.start()
+    try:
+        config = make_config(fake_llm.base_url, timeout=0.5)
+        openai = OpenAIConfig(
+            api_key=Secret("sk-test"), base_url=f"{fallback.base_url}/v1", default_model="gpt-4"
+        )
+        plugin = await start(
+            dataclasses.replace(
+                config,
+                providers=dataclasses.replace(config.providers, openai=openai),
+                fallback_providers=("openai",),
+            )
+        )
+        fake_llm.first_chunk_delay = 3.0
+        received: list[str] = []
+
+        async def keep(piece: str) -> None:
+            received.append(piece)
+
+        outcome = await service_of(plugin).chat(
+            channel="lobby", user="alice", message="hello", on_chunk=keep
+        )
+        assert outcome.success
+        assert "".join(received) == "Answer from the fallback."
+        _, owed, spent, completed = await turn_events(client)
+        assert isinstance(owed, TokensSpent)
+        assert isinstance(spent, TokensSpent)
+        assert isinstance(completed, TurnCompleted)
+        assert (owed.provider, owed.estimated, owed.completion_tokens) == ("ollama", True, 0)
+        assert owed.prompt_tokens == prompt_estimate(fake_llm)
+        assert (spent.provider, spent.estimated) == ("openai", False)
+        assert completed.fallback_from == ("ollama",)
+        total = sum(e.prompt_tokens + e.completion_tokens for e in (owed, spent))
+        assert outcome.data["tokens_used"] == total
+        assert_turn_closed(plugin, "alice", total)
+    finally:
+        await fallback.stop()

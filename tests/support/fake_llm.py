@@ -3,8 +3,8 @@
 `FakeLLMServer` speaks the Ollama (`/api/chat`, `/api/generate`, `/api/tags`) and
 OpenAI/OpenRouter (`/v1/chat/completions`, `/v1/models`) wire formats, streaming
 included, and records every request. Knobs a test may set at any time shape the
-next answers: latency (`delay`, `hold`, `chunk_delay`), failures (`fail_status`,
-`fail_times`, `retry_after`, `fail_in_body`), token usage (`usage`, `omit_usage`,
+next answers: latency (`delay`, `hold`, `chunk_delay`, `first_chunk_delay`), failures
+(`fail_status`, `fail_times`, `retry_after`, `fail_in_body`), token usage (`usage`, `omit_usage`,
 `openrouter_cost`) and the bytes on the wire (`write_size`, `raw_answer`). Pure
 asyncio, so it shares the event loop of the test.
 """
@@ -130,6 +130,8 @@ class FakeLLMServer:
         self.delay: float = 0.0
         """Seconds to wait before answering a chat request."""
         self.chunk_delay: float = 0.0
+        self.first_chunk_delay: float = 0.0
+        """Seconds between a stream's headers and its first chunk (a model slow to start)."""
         """Seconds to wait between the pieces of a streamed answer."""
         self.fail_status: int | None = None
         """Answer chat requests with this HTTP status and a provider-shaped error body."""
@@ -300,6 +302,7 @@ class FakeLLMServer:
                 keep_alive=keep_alive,
                 include_body=request.method != "HEAD",
                 chunk_delay=self.chunk_delay,
+                first_chunk_delay=self.first_chunk_delay,
                 write_size=self.write_size,
             )
             if not keep_alive:
@@ -657,6 +660,7 @@ async def _write_response(
     keep_alive: bool,
     include_body: bool = True,
     chunk_delay: float = 0.0,
+    first_chunk_delay: float = 0.0,
     write_size: int | None = None,
 ) -> None:
     headers = [("Content-Type", response.content_type)]
@@ -675,6 +679,9 @@ async def _write_response(
         await writer.drain()
         return
     writer.write(head)
+    if first_chunk_delay > 0:
+        await writer.drain()
+        await asyncio.sleep(first_chunk_delay)
     pieces = response.stream
     if write_size is not None:
         whole = b"".join(pieces)
