@@ -47,10 +47,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from llm_es import headers
-from llm_es.codec import encode_event
 from llm_es.config import RateLimitsConfig
-from llm_es.embedded import EmbeddedNatsServer, find_nats_server_binary, server_version
-from llm_es.events import (
+from llm_es.domain.events import (
     ContextReset,
     ContextSummarized,
     Event,
@@ -60,10 +58,12 @@ from llm_es.events import (
     TurnCompleted,
     TurnFailed,
 )
-from llm_es.limits import TurnRequest, decide_admission, estimate_tokens
-from llm_es.memories import decide_forget, decide_recall, decide_remember
-from llm_es.store import STREAM_NAME, EventStore
-from llm_es.views import MemoryView, UsageView, usage_key
+from llm_es.domain.limits import TurnRequest, decide_admission, estimate_tokens
+from llm_es.domain.memories import decide_forget, decide_recall, decide_remember
+from llm_es.domain.views import MemoryView, UsageView, usage_key
+from llm_es.embedded import EmbeddedNatsServer, find_nats_server_binary, server_version
+from llm_es.store.codec import encode_event
+from llm_es.store.log import STREAM_NAME, EventStore
 from projections.memories import MemoriesProjection
 from projections.usage import UsageProjection
 

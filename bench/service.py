@@ -55,17 +55,17 @@ from nats.aio.msg import Msg
 from nats.js import api
 from turns import CellSpec, Child, Op, llm_es_command, percentile, run_cell, summarize
 
-from llm_es.codec import decode_event
 from llm_es.config import RateLimitsConfig
+from llm_es.domain.events import TurnRejected
+from llm_es.domain.limits import TurnRequest, decide_admission, estimate_tokens
+from llm_es.domain.views import UsageView, usage_key
 from llm_es.embedded import EmbeddedNatsServer, server_version
 from llm_es.errors import IntegrityError, OperationalError
-from llm_es.events import TurnRejected
 from llm_es.headers import LLM_TURN_ID
-from llm_es.limits import TurnRequest, decide_admission, estimate_tokens
-from llm_es.service import ADMIT_BACKOFF_SECONDS
+from llm_es.service.chat import ADMIT_BACKOFF_SECONDS
 from llm_es.status import gather_replies, instances_status
-from llm_es.store import STREAM_NAME, SUBJECT_PREFIX, EventStore
-from llm_es.views import UsageView, usage_key
+from llm_es.store.codec import decode_event
+from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX, EventStore
 from projections.usage import UsageProjection
 
 SERVICE_CHAT_SUBJECT = "rosey.llm.chat"

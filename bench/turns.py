@@ -45,7 +45,7 @@ from nats.aio.msg import Msg
 
 from llm_es.embedded import EmbeddedNatsServer, server_version
 from llm_es.headers import LLM_TURN_ID
-from llm_es.store import STREAM_NAME
+from llm_es.store.log import STREAM_NAME
 
 SCRIPT = pathlib.Path(__file__).resolve()
 BENCH_DIR = SCRIPT.parent

@@ -1,9 +1,9 @@
 """The running plugin: wires log, views, providers and the command surface together.
 
-`Plugin.start` ensures the stream, starts the read side (found through the
-`llm_es.views` entry point, so `llm_es` never imports `projections`), waits
-until the views include the whole log, closes turns a crash left open, and
-only then subscribes the command subjects.
+The composition root (with `llm_es.cli`): the one place that may import every
+part, the `projections` read side included. `Plugin.start` ensures the stream,
+starts the read side, waits until the views include the whole log, closes
+turns a crash left open, and only then subscribes the command subjects.
 """
 
 from __future__ import annotations
@@ -11,41 +11,33 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from importlib.metadata import entry_points
+from collections.abc import Callable
 
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
-from llm_es.command_surface import CommandSurface
 from llm_es.config import Config
+from llm_es.domain.views import ViewRunner
 from llm_es.errors import ConfigError, LLMESError
-from llm_es.event_publisher import EventPublisher
-from llm_es.legacy import LegacySurface
-from llm_es.liveness import InstanceRegistry, new_instance_id
 from llm_es.logs import log_kv
 from llm_es.providers import build_provider
 from llm_es.providers.base import LLMProvider
-from llm_es.service import ChatService
-from llm_es.service_api import LLMServiceAPI
-from llm_es.store import EventStore
-from llm_es.views import ViewRunner, ViewRunnerFactory
+from llm_es.service.api import LLMServiceAPI
+from llm_es.service.chat import ChatService
+from llm_es.service.commands import CommandSurface
+from llm_es.service.event_publisher import EventPublisher
+from llm_es.service.legacy import LegacySurface
+from llm_es.store.liveness import InstanceRegistry, new_instance_id
+from llm_es.store.log import EventStore
+from projections.runner import build_view_runner
 
 logger = logging.getLogger("llm_es.app")
 
-VIEWS_ENTRY_POINT_GROUP = "llm_es.views"
 STARTUP_CATCH_UP_SECONDS = 300.0
 
-
-def load_view_runner_factory(name: str = "default") -> ViewRunnerFactory:
-    """The read side registered under the `llm_es.views` entry point group."""
-    for entry_point in entry_points(group=VIEWS_ENTRY_POINT_GROUP):
-        if entry_point.name == name:
-            factory: ViewRunnerFactory = entry_point.load()
-            return factory
-    raise RuntimeError(
-        f"no '{name}' view runner registered under entry point group "
-        f"'{VIEWS_ENTRY_POINT_GROUP}': is llm-es installed (pip install -e .)?"
-    )
+ViewRunnerFactory = Callable[[NATS, JetStreamContext, EventStore, Config], ViewRunner]
+"""Builds the read side (`projections.runner.build_view_runner` unless a test gives another)."""
 
 
 def build_providers(config: Config) -> dict[str, LLMProvider]:
@@ -98,7 +90,7 @@ class Plugin:
 
     async def start(self) -> None:
         await self.store.ensure_stream()
-        factory = self._factory or load_view_runner_factory()
+        factory = self._factory or build_view_runner
         # The read side learns this instance's name from the config (its lease holder id).
         service = dataclasses.replace(self.config.service, instance_id=self._instance_id)
         self.views = factory(
@@ -127,12 +119,8 @@ class Plugin:
                 provider=provider.name,
                 note="chat turns will fail until it answers",
             )
-        self._surface = CommandSurface(self.nc, self.service, self.config)
-        await self._surface.start()
-        self._api = LLMServiceAPI(self.nc, self.service, self.store, self.config)
-        await self._api.start()
-        self.legacy = LegacySurface(self.nc, self.service, self.config)
-        await self.legacy.start()
+        # Before the command subjects: the first publisher ever starts at the log's end
+        # as it is now, so every event of a command served from here on is published.
         if self.config.service.publish_events:
             self._publisher = EventPublisher(
                 self.nc,
@@ -145,6 +133,12 @@ class Plugin:
                 feed=self.views,
             )
             await self._publisher.start()
+        self._surface = CommandSurface(self.nc, self.service, self.config)
+        await self._surface.start()
+        self._api = LLMServiceAPI(self.nc, self.service, self.store, self.config)
+        await self._api.start()
+        self.legacy = LegacySurface(self.nc, self.service, self.config)
+        await self.legacy.start()
         log_kv(logger, "plugin_started", log_position=position, provider=provider.name)
 
     async def _sweep_abandoned_turns(self) -> None:

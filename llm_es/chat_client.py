@@ -24,9 +24,9 @@ import nats.errors
 import orjson
 from nats.aio.client import Client as NATS
 
-from llm_es.command_surface import COMMAND_SUBJECT
 from llm_es.config import Config
-from llm_es.connection import DEFAULT_LOCAL_URL, connect
+from llm_es.service.commands import COMMAND_SUBJECT
+from llm_es.store.connection import DEFAULT_LOCAL_URL, connect
 
 logger = logging.getLogger("llm_es.chat_client")
 

@@ -20,10 +20,10 @@ import nats.errors
 from llm_es import __version__
 from llm_es.app import Plugin
 from llm_es.config import DEFAULT_CONFIG_JSON, Config, load_config_sync
-from llm_es.connection import DEFAULT_LOCAL_URL, connect
 from llm_es.embedded import EmbeddedNatsServer
 from llm_es.errors import ConfigError, LLMESError, ServerVersionError
 from llm_es.logs import configure_logging, log_kv
+from llm_es.store.connection import DEFAULT_LOCAL_URL, connect
 
 logger = logging.getLogger("llm_es.cli")
 

@@ -30,12 +30,12 @@ from llm_es.chat_client import (
     connect_from_terminal,
     connected_server,
 )
-from llm_es.command_surface import COMMAND_SUBJECT
 from llm_es.config import Config
-from llm_es.kv import live_views_bucket
-from llm_es.service_api import ADMISSION_STATS_ENDPOINT, SERVICE_NAME
-from llm_es.store import MIN_SERVER_VERSION, STREAM_NAME, SUBJECT_PREFIX
-from llm_es.views import checkpoint_key
+from llm_es.domain.views import checkpoint_key
+from llm_es.service.api import ADMISSION_STATS_ENDPOINT, SERVICE_NAME
+from llm_es.service.commands import COMMAND_SUBJECT
+from llm_es.store.kv import live_views_bucket
+from llm_es.store.log import MIN_SERVER_VERSION, STREAM_NAME, SUBJECT_PREFIX
 
 # The views `projections` writes (llm_es may not import it to ask).
 PROJECTIONS = ("context", "memories", "settings", "usage")

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from llm_es.events import Event
-from llm_es.limits import day_of
+from llm_es.domain.events import Event
+from llm_es.domain.limits import day_of
 
 View = dict[str, Any]
 
@@ -49,7 +49,7 @@ def cached_key(key_of: Callable[[str], str]) -> Callable[[str], str]:
 
 
 def utc_day(moment: datetime) -> str:
-    """`llm_es.limits.day_of`, skipping the conversion for times already in UTC (all of them)."""
+    """`llm_es.domain.limits.day_of`, without the conversion for times already in UTC (all)."""
     if moment.tzinfo is UTC:
         return moment.date().isoformat()
     return day_of(moment)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llm_es.events import (
+from llm_es.domain.events import (
     ContextReset,
     ContextSummarized,
     Event,
@@ -10,7 +10,7 @@ from llm_es.events import (
     TurnCompleted,
     TurnFailed,
 )
-from llm_es.views import ContextView, context_key
+from llm_es.domain.views import ContextView, context_key
 from projections.base import View, cached_key, iso
 
 _context_key = cached_key(context_key)

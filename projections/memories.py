@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from llm_es.events import Event, MemoryAdded, MemoryForgotten, MemoryRecalled
-from llm_es.views import MemoryView, memories_group
+from llm_es.domain.events import Event, MemoryAdded, MemoryForgotten, MemoryRecalled
+from llm_es.domain.views import MemoryView, memories_group
 from projections.base import View, cached_key, iso
 
 _memories_group = cached_key(memories_group)
 
 
 def _memory_key(channel: str, memory_id: str) -> str:
-    """`llm_es.views.memory_key`, with the channel's part remembered."""
+    """`llm_es.domain.views.memory_key`, with the channel's part remembered."""
     return f"{_memories_group(channel)}.{memory_id}"
 
 

@@ -53,17 +53,9 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from llm_es.codec import UnknownEventError, decode_event
 from llm_es.config import Config
-from llm_es.dispatch import finish_task
-from llm_es.events import Event
-from llm_es.headers import KV_OPERATION
-from llm_es.kv import read_bucket
-from llm_es.lease import KvLease, open_lease
-from llm_es.liveness import new_instance_id
-from llm_es.logs import log_kv
-from llm_es.store import EventStore
-from llm_es.views import (
+from llm_es.domain.events import Event
+from llm_es.domain.views import (
     ACTIVE_VIEWS_KEY,
     BUCKET,
     META_BUCKET,
@@ -72,6 +64,14 @@ from llm_es.views import (
     checkpoint_key,
     parse_active_views,
 )
+from llm_es.headers import KV_OPERATION
+from llm_es.logs import log_kv
+from llm_es.store.codec import UnknownEventError, decode_event
+from llm_es.store.kv import read_bucket
+from llm_es.store.lease import KvLease, open_lease
+from llm_es.store.liveness import new_instance_id
+from llm_es.store.log import EventStore
+from llm_es.tasks import finish_task
 from projections.base import Projection, View
 from projections.context import ContextProjection
 from projections.memories import MemoriesProjection
@@ -708,7 +708,7 @@ class ViewRunner:
     # ------------------------------------------------------------ EventFeed
 
     def follow(self, listener: EventListener) -> tuple[int, Callable[[], None]]:
-        """See `llm_es.views.EventFeed`. Across a blue/green switch both buckets fold
+        """See `llm_es.domain.views.EventFeed`. Across a blue/green switch both buckets fold
         the log; each event is handed on once, by the first fold to reach it."""
         self._listeners.append(listener)
 
@@ -841,7 +841,7 @@ class ViewRunner:
 def build_view_runner(
     nc: NATS, js: JetStreamContext, store: EventStore, config: Config
 ) -> ViewRunner:
-    """Entry point `llm_es.views:default`: what `llm-es serve` runs for the read side.
+    """Entry point `llm_es.domain.views:default`: what `llm-es serve` runs for the read side.
 
     Writing the views is single-active across instances: the lease holder is
     `service.instance_id` (a fresh random id when the config names none), the

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from llm_es.events import Event, PersonaSwitched
-from llm_es.views import SettingsView, settings_key
+from llm_es.domain.events import Event, PersonaSwitched
+from llm_es.domain.views import SettingsView, settings_key
 from projections.base import View, cached_key, iso
 
 _settings_key = cached_key(settings_key)

@@ -7,7 +7,7 @@ the expected last sequence of its conditional append.
 
 from __future__ import annotations
 
-from llm_es.events import (
+from llm_es.domain.events import (
     EVENT_TYPES,
     Event,
     TokensSpent,
@@ -16,7 +16,7 @@ from llm_es.events import (
     TurnFailed,
     TurnRejected,
 )
-from llm_es.views import UsageView, usage_key
+from llm_es.domain.views import UsageView, usage_key
 from projections.base import View, cached_key, iso, utc_day
 
 HOUR_SECONDS = 3600

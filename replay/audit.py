@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
-from llm_es.codec import UnknownEventError, decode_event
-from llm_es.events import EVENT_TYPES, TokensSpent, TurnAdmitted, TurnRejected
+from llm_es.domain.events import EVENT_TYPES, TokensSpent, TurnAdmitted, TurnRejected
+from llm_es.store.codec import UnknownEventError, decode_event
 from replay.errors import UsageError
 from replay.progress import Progress
 from replay.reading import EventLog, LogSelection, event_filter

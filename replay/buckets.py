@@ -11,8 +11,8 @@ import orjson
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 
-from llm_es.kv import read_bucket
-from llm_es.views import ActiveViews
+from llm_es.domain.views import ActiveViews
+from llm_es.store.kv import read_bucket
 from projections.base import View
 from projections.runner import read_active_views
 from replay.errors import LogUnavailable

@@ -32,8 +32,8 @@ from nats.aio.client import Client as NATS
 from llm_es import __version__
 from llm_es.chat_client import CONNECT_ERRORS, cannot_connect
 from llm_es.config import Config, load_config_sync
+from llm_es.domain.events import EVENT_TYPES
 from llm_es.errors import ConfigError
-from llm_es.events import EVENT_TYPES
 from llm_es.logs import configure_logging
 from replay.audit import FORMATS, GROUPINGS, render, run_audit
 from replay.connecting import ConnectRecipe, connect

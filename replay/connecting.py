@@ -14,7 +14,7 @@ import pathlib
 from dataclasses import dataclass
 
 from llm_es.config import Config, load_config_sync
-from llm_es.connection import DEFAULT_LOCAL_URL, INITIAL_CONNECT_SECONDS, connect_options
+from llm_es.store.connection import DEFAULT_LOCAL_URL, INITIAL_CONNECT_SECONDS, connect_options
 from replay.pull import BulkClient
 
 CLIENT_NAME = "llm-replay"

@@ -14,9 +14,9 @@ import contextlib
 import gc
 from collections.abc import Iterable, Iterator, Sequence
 
-from llm_es.codec import UnknownEventError, decode_event
 from llm_es.config import Config
-from llm_es.events import Event
+from llm_es.domain.events import Event
+from llm_es.store.codec import UnknownEventError, decode_event
 from projections.base import Projection, View
 from projections.runner import default_projections
 from replay.errors import UsageError

@@ -41,7 +41,7 @@ from llm_es.chat_client import CONNECT_ERRORS, cannot_connect
 from llm_es.config import Config
 from llm_es.errors import ConfigError
 from llm_es.logs import configure_logging
-from llm_es.store import STREAM_NAME
+from llm_es.store.log import STREAM_NAME
 from replay.connecting import ConnectRecipe, connect
 from replay.errors import LogUnavailable, ReplayError
 

@@ -29,8 +29,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
-from llm_es.store import STREAM_NAME, SUBJECT_PREFIX
-from llm_es.tokens import encode_name
+from llm_es.domain.tokens import encode_name
+from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
 from replay.connecting import ConnectRecipe
 from replay.errors import LogUnavailable
 from replay.prefetch import read_in_child

@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyValueError, NotFoundError
 
 from llm_es.config import Config
-from llm_es.views import ACTIVE_VIEWS_KEY, BUCKET, ActiveViews, checkpoint_key
+from llm_es.domain.views import ACTIVE_VIEWS_KEY, BUCKET, ActiveViews, checkpoint_key
 from projections.base import Projection, View
 from projections.runner import ensure_meta_bucket, views_bucket_config
 from replay.buckets import active_views, key_kinds, load_bucket, normalized

@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
-from llm_es.events import EVENT_TYPES, Event
-from llm_es.store import SUBJECT_PREFIX
+from llm_es.domain.events import EVENT_TYPES, Event
+from llm_es.store.log import SUBJECT_PREFIX
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID_BASE = "https://github.com/grobertson/Rosey-Robot/llm-es/events/"

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from llm_es.codec import UnknownEventError, decode_event
 from llm_es.config import Config
-from llm_es.limits import usage_numbers
-from llm_es.views import (
+from llm_es.domain.limits import usage_numbers
+from llm_es.domain.views import (
     ContextView,
     MemoryView,
     SettingsView,
@@ -27,6 +26,7 @@ from llm_es.views import (
     settings_key,
     usage_key,
 )
+from llm_es.store.codec import UnknownEventError, decode_event
 from projections.base import Projection
 from replay.errors import UsageError
 from replay.fold import LogFold, select_projections

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from llm_es.codec import UnknownEventError, decode_event, encode_event
-from llm_es.events import Event
+from llm_es.domain.events import Event
+from llm_es.store.codec import UnknownEventError, decode_event, encode_event
 from replay.output import LineWriter
 from replay.reading import EventLog, LogSelection
 from replay.times import iso_z

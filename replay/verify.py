@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from llm_es.config import Config
-from llm_es.views import checkpoint_key
+from llm_es.domain.views import checkpoint_key
 from projections.base import Projection
 from replay.buckets import active_views, load_bucket, normalized, require_bucket
 from replay.fold import select_projections

@@ -6,7 +6,7 @@ an application's tracking records by notification id. An append names the
 position it writes and the sequence of the subject's last message it expects
 (`Nats-Expected-Last-Subject-Sequence`); JetStream refuses it (err 10071) when
 another message landed on the subject meanwhile. Several appends go out as one
-atomic batch (`llm_es.store.request_atomic_ack`): all are stored, with
+atomic batch (`llm_es.store.log.request_atomic_ack`): all are stored, with
 consecutive sequences, or none is.
 
 The last (sequence, position) of recently used subjects is cached, so an
@@ -48,11 +48,11 @@ from nats.js.errors import APIError, NotFoundError
 
 from llm_es import errors as llm_errors
 from llm_es import headers
-from llm_es.connection import INITIAL_CONNECT_SECONDS, connect_options
 from llm_es.eventsourcing_nats._loop import EventLoopThread
 from llm_es.eventsourcing_nats._settings import JetStreamSettings
 from llm_es.logs import log_kv
-from llm_es.store import (
+from llm_es.store.connection import INITIAL_CONNECT_SECONDS, connect_options
+from llm_es.store.log import (
     OutgoingMessage,
     event_log_config,
     request_ack,

@@ -1,6 +1,6 @@
 """The eventsourcing recorders on JetStream: aggregate, application, tracking and process.
 
-Subjects under the stream's prefix `<P>` (tokens encoded by `llm_es.tokens`):
+Subjects under the stream's prefix `<P>` (tokens encoded by `llm_es.domain.tokens`):
 
     <P>.events.<originator id>       an application's stored events (notification log)
     <P>.<purpose>.<originator id>    other aggregate sequences, e.g. `snapshots`
@@ -35,9 +35,9 @@ from eventsourcing.persistence import (
 )
 
 from llm_es import headers
+from llm_es.domain.tokens import decode_name, encode_name
 from llm_es.errors import ValidationError
 from llm_es.eventsourcing_nats._datastore import Append, JetStreamDatastore, StreamMessage
-from llm_es.tokens import decode_name, encode_name
 
 EVENTS = "events"
 TRACKING = "tracking"

@@ -12,9 +12,9 @@ import re
 from eventsourcing.persistence import InterfaceError
 from eventsourcing.utils import Environment, strtobool
 
-from llm_es.config import NatsConfig, Secret, _redact_url
+from llm_es.config import NatsConfig, Secret, redact_url
+from llm_es.domain.tokens import NO_NAME, encode_name
 from llm_es.errors import ValidationError
-from llm_es.tokens import NO_NAME, encode_name
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 DEFAULT_REQUEST_TIMEOUT = 5.0
@@ -72,14 +72,14 @@ class JetStreamSettings:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name == "url":
-                value = _redact_url(value)
+                value = redact_url(value)
             shown.append(f"{field.name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
     @property
     def redacted_url(self) -> str:
         """The URL(s) with any password or token in the user-info replaced by `***`."""
-        return _redact_url(self.url)
+        return redact_url(self.url)
 
     def nats_config(self) -> NatsConfig:
         """The plugin's connection settings, so both connect the same way."""

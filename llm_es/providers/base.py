@@ -5,14 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypedDict
 
-Role = Literal["system", "user", "assistant"]
+from llm_es.domain.messages import ChatMessage, Role
 
-
-class ChatMessage(TypedDict):
-    role: Role
-    content: str
+__all__ = ["ChatMessage", "CompletionResult", "LLMProvider", "Role", "prompt_messages"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,10 @@ from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
 from llm_es.config import RateLimitsConfig
-from llm_es.events import TurnAdmitted
-from llm_es.store import STREAM_NAME, SUBJECT_PREFIX
-from llm_es.tokens import decode_name
-from llm_es.views import BUCKET, context_key, usage_key
+from llm_es.domain.events import TurnAdmitted
+from llm_es.domain.tokens import decode_name
+from llm_es.domain.views import BUCKET, context_key, usage_key
+from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import DEFAULT_REPLY, FakeLLMServer
 from tests.support.harness import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
-from llm_es.events import TokensSpent, TurnAdmitted, TurnCompleted
+from llm_es.domain.events import TokensSpent, TurnAdmitted, TurnCompleted
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import command, event_types, log_events
 

@@ -16,9 +16,9 @@ from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
 from llm_es.chat_client import NO_ANSWER
+from llm_es.domain.events import TurnAdmitted
+from llm_es.domain.replies import HELP
 from llm_es.embedded import EmbeddedNatsServer
-from llm_es.events import TurnAdmitted
-from llm_es.replies import HELP
 from llm_es.status import NO_LOG_YET
 from tests.support.cli import CliResult, console_script, run_script
 from tests.support.harness import command, event_types, log_events, wait_persisted

@@ -15,9 +15,9 @@ import orjson
 from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
+from llm_es.domain.events import TurnAdmitted, TurnFailed
+from llm_es.domain.views import usage_key
 from llm_es.embedded import EmbeddedNatsServer
-from llm_es.events import TurnAdmitted, TurnFailed
-from llm_es.views import usage_key
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import (

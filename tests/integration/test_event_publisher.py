@@ -18,12 +18,10 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from llm_es import event_publisher, headers
+from llm_es import headers
 from llm_es.app import Plugin
 from llm_es.config import Config, RateLimitsConfig
-from llm_es.embedded import EmbeddedNatsServer
-from llm_es.event_publisher import EventPublisher
-from llm_es.events import (
+from llm_es.domain.events import (
     ContextSummarized,
     Event,
     MemoryAdded,
@@ -35,8 +33,11 @@ from llm_es.events import (
     TurnFailed,
     TurnRejected,
 )
-from llm_es.observations import ObservationFold, fold_window_start
-from llm_es.store import EventStore
+from llm_es.domain.observations import ObservationFold, fold_window_start
+from llm_es.embedded import EmbeddedNatsServer
+from llm_es.service import event_publisher
+from llm_es.service.event_publisher import EventPublisher
+from llm_es.store.log import EventStore
 from tests.integration.conftest import PluginStarter
 from tests.support.cli import console_script, run_script
 from tests.support.fake_llm import FakeLLMServer

@@ -9,8 +9,8 @@ import orjson
 from nats.aio.client import Client as NATS
 
 from llm_es.config import RateLimitsConfig
-from llm_es.events import TokensSpent, TurnAdmitted, TurnRejected
-from llm_es.views import usage_key
+from llm_es.domain.events import TokensSpent, TurnAdmitted, TurnRejected
+from llm_es.domain.views import usage_key
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import command, log_events, make_config, raw_request

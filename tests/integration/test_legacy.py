@@ -15,13 +15,16 @@ from nats.aio.msg import Msg
 
 from llm_es.app import Plugin
 from llm_es.config import RateLimitsConfig
-from llm_es.events import ContextReset, TurnAdmitted
-from llm_es.legacy import LegacySurface
-from llm_es.service import SERVICE_USER
+from llm_es.domain.events import ContextReset, TurnAdmitted
+from llm_es.service.chat import SERVICE_USER
+from llm_es.service.legacy import LegacySurface
 from tests.integration.conftest import PluginStarter
 from tests.support.harness import REQUEST_TIMEOUT, log_events, make_config
 
 pytestmark = pytest.mark.timeout(60)
+
+
+LEGACY_LOGGER = "llm_es.service.legacy"
 
 
 @pytest.fixture
@@ -250,7 +253,7 @@ async def test_deprecation_is_logged_once_per_caller(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Every caller (by username, or the anonymous one) is warned about once, not per request."""
-    caplog.set_level(logging.WARNING, logger="llm_es.legacy")
+    caplog.set_level(logging.WARNING, logger="llm_es.service.legacy")
     requests = [
         {"action": "reset", "channel_id": "a", "username": "hana"},
         {"action": "reset", "channel_id": "b", "username": "hana"},
@@ -265,10 +268,13 @@ async def test_deprecation_is_logged_once_per_caller(
     warnings = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "llm_es.legacy" and r.getMessage().startswith("legacy_request_deprecated")
+        if r.name == "llm_es.service.legacy"
+        and r.getMessage().startswith("legacy_request_deprecated")
     ]
     assert len(warnings) == 3
-    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "llm_es.legacy")
+    assert all(
+        r.levelno == logging.WARNING for r in caplog.records if r.name == "llm_es.service.legacy"
+    )
     assert any("caller=hana" in w for w in warnings)
     assert any("caller=ivan" in w for w in warnings)
     assert any('caller="(no username)"' in w for w in warnings)

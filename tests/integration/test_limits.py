@@ -8,7 +8,7 @@ import re
 from nats.aio.client import Client as NATS
 
 from llm_es.config import RateLimitsConfig
-from llm_es.events import TurnRejected
+from llm_es.domain.events import TurnRejected
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import command, event_types, log_events

@@ -8,10 +8,10 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
-from llm_es.events import MemoryAdded, MemoryForgotten, MemoryRecalled
-from llm_es.prompt import MEMORY_PREAMBLE
-from llm_es.store import EventStore
-from llm_es.views import memory_key
+from llm_es.domain.events import MemoryAdded, MemoryForgotten, MemoryRecalled
+from llm_es.domain.prompt import MEMORY_PREAMBLE
+from llm_es.domain.views import memory_key
+from llm_es.store.log import EventStore
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import command, event_types, log_events, stored_view
 

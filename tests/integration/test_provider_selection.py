@@ -9,9 +9,9 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
-from llm_es.codec import encode_event
 from llm_es.config import Config, OpenAIConfig, Secret
-from llm_es.events import TokensSpent, TurnCompleted
+from llm_es.domain.events import TokensSpent, TurnCompleted
+from llm_es.store.codec import encode_event
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import command, log_events, make_config

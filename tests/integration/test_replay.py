@@ -21,10 +21,8 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError
 
 from llm_es.app import Plugin
-from llm_es.codec import UPCASTERS, encode_event
 from llm_es.config import Config, RateLimitsConfig
-from llm_es.embedded import EmbeddedNatsServer
-from llm_es.events import (
+from llm_es.domain.events import (
     ContextSummarized,
     Event,
     MemoryAdded,
@@ -33,9 +31,11 @@ from llm_es.events import (
     TurnAdmitted,
     TurnRejected,
 )
-from llm_es.kv import read_bucket
-from llm_es.store import EventStore
-from llm_es.views import memory_key, usage_key
+from llm_es.domain.views import memory_key, usage_key
+from llm_es.embedded import EmbeddedNatsServer
+from llm_es.store.codec import UPCASTERS, encode_event
+from llm_es.store.kv import read_bucket
+from llm_es.store.log import EventStore
 from projections.runner import ViewRunner, read_active_views
 from replay import (
     BulkClient,

@@ -19,10 +19,10 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
-from llm_es.codec import decode_event
+from llm_es.domain.events import TokensSpent, TurnAdmitted, TurnCompleted
+from llm_es.domain.views import usage_key
 from llm_es.embedded import EmbeddedNatsServer
-from llm_es.events import TokensSpent, TurnAdmitted, TurnCompleted
-from llm_es.views import usage_key
+from llm_es.store.codec import decode_event
 from tests.support.cli import CliResult, console_script, run_script
 from tests.support.harness import command, log_events, wait_persisted, wait_until
 

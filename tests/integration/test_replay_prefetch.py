@@ -22,10 +22,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError
 
-from llm_es.codec import encode_event
 from llm_es.config import Config, parse_config
-from llm_es.embedded import EmbeddedNatsServer
-from llm_es.events import (
+from llm_es.domain.events import (
     ContextReset,
     Event,
     MemoryAdded,
@@ -35,8 +33,10 @@ from llm_es.events import (
     TurnAdmitted,
     TurnCompleted,
 )
-from llm_es.kv import read_bucket
-from llm_es.store import EventStore
+from llm_es.embedded import EmbeddedNatsServer
+from llm_es.store.codec import encode_event
+from llm_es.store.kv import read_bucket
+from llm_es.store.log import EventStore
 from projections.runner import read_active_views
 from replay import (
     BulkClient,

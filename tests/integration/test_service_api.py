@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from llm_es import headers
 from llm_es.app import Plugin
 from llm_es.config import Config, OllamaConfig, ProvidersConfig, RateLimitsConfig
-from llm_es.events import MemoryAdded, PersonaSwitched, TokensSpent, TurnAdmitted
+from llm_es.domain.events import MemoryAdded, PersonaSwitched, TokensSpent, TurnAdmitted
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import REQUEST_TIMEOUT, event_types, log_events, raw_request

@@ -6,10 +6,10 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import api
 
+from llm_es.domain.events import ContextReset, MemoryAdded, PersonaSwitched
+from llm_es.domain.tokens import decode_name
 from llm_es.errors import IntegrityError
-from llm_es.events import ContextReset, MemoryAdded, PersonaSwitched
-from llm_es.store import STREAM_NAME, EventStore
-from llm_es.tokens import decode_name
+from llm_es.store.log import STREAM_NAME, EventStore
 
 
 @pytest.fixture

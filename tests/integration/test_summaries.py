@@ -6,7 +6,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from llm_es.events import ContextSummarized, TokensSpent
+from llm_es.domain.events import ContextSummarized, TokensSpent
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import command, log_events, wait_until

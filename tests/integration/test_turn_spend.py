@@ -20,16 +20,16 @@ from llm_es.config import (
     ProvidersConfig,
     Secret,
 )
-from llm_es.events import (
+from llm_es.domain.events import (
     Event,
     TokensSpent,
     TurnAdmitted,
     TurnCompleted,
     TurnFailed,
 )
-from llm_es.limits import estimate_tokens
-from llm_es.service import ChatService
-from llm_es.views import usage_key
+from llm_es.domain.limits import estimate_tokens
+from llm_es.domain.views import usage_key
+from llm_es.service.chat import ChatService
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import command, log_events, make_config

@@ -15,10 +15,10 @@ from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
 from llm_es.config import Config, RateLimitsConfig
+from llm_es.domain.views import BUCKET, context_key
 from llm_es.embedded import EmbeddedNatsServer
-from llm_es.lease import LEASE_BUCKET, KvLease, open_lease
-from llm_es.store import STREAM_NAME
-from llm_es.views import BUCKET, context_key
+from llm_es.store.lease import LEASE_BUCKET, KvLease, open_lease
+from llm_es.store.log import STREAM_NAME
 from projections.base import View
 from projections.runner import (
     CHECKPOINT_INTERVAL_SECONDS,

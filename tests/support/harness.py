@@ -16,11 +16,11 @@ import orjson
 from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
-from llm_es.codec import decode_event
 from llm_es.config import Config, OllamaConfig, ProvidersConfig, RateLimitsConfig, ServiceConfig
-from llm_es.events import Event
-from llm_es.kv import read_bucket
-from llm_es.store import STREAM_NAME
+from llm_es.domain.events import Event
+from llm_es.store.codec import decode_event
+from llm_es.store.kv import read_bucket
+from llm_es.store.log import STREAM_NAME
 from projections.runner import build_view_runner
 
 REQUEST_TIMEOUT = 10.0

@@ -1,4 +1,4 @@
-"""Tests of llm_es.codec: every event survives the wire form; bad bytes fail one known way."""
+"""Tests of llm_es.store.codec: every event survives the wire form; bad bytes fail one known way."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from llm_es.codec import UPCASTERS, UnknownEventError, decode_event, encode_event
-from llm_es.events import (
+from llm_es.domain.events import (
     EVENT_TYPES,
     ContextReset,
     ContextSummarized,
@@ -25,6 +24,7 @@ from llm_es.events import (
     TurnFailed,
     TurnRejected,
 )
+from llm_es.store.codec import UPCASTERS, UnknownEventError, decode_event, encode_event
 
 AT = datetime(2024, 5, 17, 12, 34, 56, 789012, tzinfo=UTC)
 

@@ -1,10 +1,10 @@
-"""Tests of llm_es.commands: which `!chat` texts are commands and which are chat messages."""
+"""Tests of llm_es.domain.commands: which `!chat` texts are commands and which are chat messages."""
 
 from __future__ import annotations
 
 import pytest
 
-from llm_es.commands import ChatCommand, parse_chat_args
+from llm_es.domain.commands import ChatCommand, parse_chat_args
 
 
 @pytest.mark.parametrize("args", ["", "   ", "\t\n", "help", "HELP", "  Help  "])

@@ -20,8 +20,8 @@ from llm_es.config import (
     load_config_sync,
     parse_config,
 )
+from llm_es.config.personas import BUILTIN_PERSONAS
 from llm_es.errors import ConfigError
-from llm_es.personas import BUILTIN_PERSONAS
 
 SECRET = "sk-SEKRET-4242"
 SECRET_NUMBER = 987654321

@@ -1,4 +1,4 @@
-"""Tests of llm_es.limits: admission against sliding windows, UTC days and token reservations.
+"""Tests of llm_es.domain.limits: admission against sliding windows, UTC days, token reservations.
 
 Usage views are built by folding events through `projections.usage.UsageProjection`,
 so these tests also pin the fold the decider depends on.
@@ -13,8 +13,8 @@ from typing import cast
 import pytest
 
 from llm_es.config import RateLimitsConfig
-from llm_es.events import Event, TokensSpent, TurnAdmitted, TurnCompleted, TurnRejected
-from llm_es.limits import (
+from llm_es.domain.events import Event, TokensSpent, TurnAdmitted, TurnCompleted, TurnRejected
+from llm_es.domain.limits import (
     MIN_COMPLETION_TOKENS,
     TurnRequest,
     decide_admission,
@@ -22,7 +22,7 @@ from llm_es.limits import (
     seconds_to_midnight,
     usage_numbers,
 )
-from llm_es.views import UsageView, usage_key
+from llm_es.domain.views import UsageView, usage_key
 from projections.base import View
 from projections.usage import UsageProjection
 

@@ -1,4 +1,4 @@
-"""Tests of llm_es.memories: memory ids, keyword ranking, the remember/recall/forget deciders."""
+"""Tests of llm_es.domain.memories: memory ids, keyword ranking, remember/recall/forget deciders."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from llm_es.errors import ValidationError
-from llm_es.events import MemoryAdded, MemoryForgotten, MemoryRecalled
-from llm_es.memories import (
+from llm_es.domain.events import MemoryAdded, MemoryForgotten, MemoryRecalled
+from llm_es.domain.memories import (
     decide_forget,
     decide_recall,
     decide_remember,
@@ -20,7 +19,8 @@ from llm_es.memories import (
     rank_memories,
     relevance,
 )
-from llm_es.views import MemoryView
+from llm_es.domain.views import MemoryView
+from llm_es.errors import ValidationError
 
 NOW = datetime(2024, 5, 17, 12, 0, tzinfo=UTC)
 HEX8 = re.compile(r"[0-9a-f]{8}")

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from llm_es import headers
 from llm_es.config import RateLimitsConfig
-from llm_es.events import TokensSpent, TurnAdmitted, TurnCompleted, TurnFailed
-from llm_es.observations import ObservationFold
+from llm_es.domain.events import TokensSpent, TurnAdmitted, TurnCompleted, TurnFailed
+from llm_es.domain.observations import ObservationFold
 
 AT = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 NO_LIMITS = RateLimitsConfig(None, None, None, None)

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import pytest
 
-from llm_es.events import (
+from llm_es.domain.events import (
     ContextReset,
     ContextSummarized,
     Event,
@@ -28,8 +28,8 @@ from llm_es.events import (
     TurnFailed,
     TurnRejected,
 )
-from llm_es.limits import usage_numbers
-from llm_es.views import UsageView, context_key, memory_key, settings_key, usage_key
+from llm_es.domain.limits import usage_numbers
+from llm_es.domain.views import UsageView, context_key, memory_key, settings_key, usage_key
 from projections.base import Projection, View
 from projections.context import ContextProjection
 from projections.memories import MemoriesProjection

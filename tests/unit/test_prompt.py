@@ -1,9 +1,9 @@
-"""Tests of llm_es.prompt: what the model is sent for a chat turn, and in which order."""
+"""Tests of llm_es.domain.prompt: what the model is sent for a chat turn, and in which order."""
 
 from __future__ import annotations
 
-from llm_es.prompt import MEMORY_PREAMBLE, build_chat_prompt, prompt_length, speaker_line
-from llm_es.views import ContextMessage, MemoryView
+from llm_es.domain.prompt import MEMORY_PREAMBLE, build_chat_prompt, prompt_length, speaker_line
+from llm_es.domain.views import ContextMessage, MemoryView
 
 PERSONA = "You are Rosey, a test persona."
 

@@ -10,9 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from llm_es.codec import UPCASTERS, encode_event
 from llm_es.config import Config
-from llm_es.events import (
+from llm_es.domain.events import (
     ContextReset,
     Event,
     MemoryAdded,
@@ -25,7 +24,8 @@ from llm_es.events import (
     TurnFailed,
     TurnRejected,
 )
-from llm_es.views import memory_key, usage_key
+from llm_es.domain.views import memory_key, usage_key
+from llm_es.store.codec import UPCASTERS, encode_event
 from replay.audit import AuditReport, AuditRow, _Sums, render
 from replay.errors import UsageError
 from replay.fold import LogFold, select_projections

@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from llm_es.codec import encode_event
-from llm_es.events import EVENT_TYPES, Event
+from llm_es.domain.events import EVENT_TYPES, Event
+from llm_es.store.codec import encode_event
 from replay.schemas import check_schemas, current_schemas, event_schema, schema_file_name
 
 DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "events"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from llm_es.summarizer import messages_to_summarize, summary_prompt
-from llm_es.views import ContextMessage, ContextView
+from llm_es.domain.summarizer import messages_to_summarize, summary_prompt
+from llm_es.domain.views import ContextMessage, ContextView
 
 
 def message(n: int, role: str, seq: int) -> ContextMessage:

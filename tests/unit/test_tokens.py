@@ -1,4 +1,4 @@
-"""Tests of llm_es.tokens: names <-> subject tokens, reversible, injective and always valid."""
+"""Tests of llm_es.domain.tokens: names <-> subject tokens, reversible, injective, always valid."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
+from llm_es.domain.tokens import NO_NAME, decode_name, encode_name, encode_optional
 from llm_es.errors import ValidationError
-from llm_es.tokens import NO_NAME, decode_name, encode_name, encode_optional
 
 NATS_TOKEN = re.compile(r"[^\s.*>]+")
 """A NATS subject token: non-empty, no whitespace, no `.`, no wildcards."""

@@ -9,9 +9,9 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
+from llm_es.domain.events import MemoryAdded, MemoryForgotten, MemoryRecalled
+from llm_es.domain.views import MemoryView
 from llm_es.errors import ValidationError
-from llm_es.events import MemoryAdded, MemoryForgotten, MemoryRecalled
-from llm_es.views import MemoryView
 
 MEMORY_ID = re.compile(r"[0-9a-f]{8}")
 DEFAULT_IMPORTANCE = 3

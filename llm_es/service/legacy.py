@@ -23,16 +23,16 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from llm_es.command_surface import MAX_IN_FLIGHT, QUEUE_GROUP
 from llm_es.config import Config, ServiceConfig
-from llm_es.connection import confirm_interest
-from llm_es.dispatch import TaskPool
 from llm_es.errors import LLMESError, OperationalError, ValidationError
 from llm_es.logs import log_kv
-from llm_es.requests import decode_object, is_safe_reply_subject, name_field, text_field
-from llm_es.service import ChatService, Outcome
+from llm_es.service.chat import ChatService, Outcome
+from llm_es.service.commands import MAX_IN_FLIGHT, QUEUE_GROUP
+from llm_es.service.requests import decode_object, is_safe_reply_subject, name_field, text_field
+from llm_es.store.connection import confirm_interest, drain_subscription
+from llm_es.tasks import TaskPool
 
-logger = logging.getLogger("llm_es.legacy")
+logger = logging.getLogger("llm_es.service.legacy")
 
 REQUEST_SUBJECT = "llm.request"
 RESPONSE_SUBJECT = "llm.response"
@@ -99,7 +99,7 @@ class LegacySurface:
         """Stop taking requests, then let the ones in flight finish (bounded)."""
         if self._subscription is not None:
             with contextlib.suppress(nats.errors.Error):
-                await self._subscription.unsubscribe()
+                await drain_subscription(self._subscription)  # answer what was already delivered
                 # The UNSUB must reach the server before "stopped" is true.
                 await confirm_interest(self._nc)
             self._subscription = None

@@ -1,7 +1,7 @@
 """The event log: one JetStream stream, appends with idempotency and conditions, reads.
 
 Subjects are `llm.ev.<channel>.<user>.<EventType>` with tokens from
-`llm_es.tokens`. An append sends the event id as `Nats-Msg-Id` (a retry inside
+`llm_es.domain.tokens`. An append sends the event id as `Nats-Msg-Id` (a retry inside
 the duplicate window is a no-op) and can demand that the last event on a
 subject filter is at a given sequence: the per-user boundary
 `llm.ev.*.<user>.>` makes rate-limit admission exact across instances.
@@ -23,10 +23,10 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 
 from llm_es import headers
-from llm_es.codec import decode_event, encode_event
+from llm_es.domain.events import Event
+from llm_es.domain.tokens import encode_name, encode_optional
 from llm_es.errors import IntegrityError, OperationalError, ServerVersionError
-from llm_es.events import Event
-from llm_es.tokens import encode_name, encode_optional
+from llm_es.store.codec import decode_event, encode_event
 
 STREAM_NAME = "LLM_EVENTS"
 SUBJECT_PREFIX = "llm.ev"

@@ -4,7 +4,7 @@ Events are frozen dataclasses with past-tense names. Each carries `id` (a
 uuid, also used as the JetStream `Nats-Msg-Id`, so a retried append is a
 no-op), `at` (UTC time set by the writer; folds use it, never the wall clock)
 and its data. `EVENT_TYPES` maps the stable type name to the class; the wire
-form lives in `llm_es.codec`.
+form lives in `llm_es.store.codec`.
 """
 
 from __future__ import annotations

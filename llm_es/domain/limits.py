@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from llm_es.config import RateLimitsConfig
-from llm_es.events import TurnAdmitted, TurnRejected
-from llm_es.views import UsageView
+from llm_es.domain.events import TurnAdmitted, TurnRejected
+from llm_es.domain.views import UsageView
 
 MIN_COMPLETION_TOKENS = 16
 """Below this many tokens of headroom a turn is refused rather than truncated to nothing."""

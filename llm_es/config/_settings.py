@@ -31,8 +31,8 @@ from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
+from llm_es.config.personas import BUILTIN_PERSONAS
 from llm_es.errors import ConfigError
-from llm_es.personas import BUILTIN_PERSONAS
 
 __all__ = [
     "DEFAULT_CONFIG_JSON",
@@ -138,7 +138,7 @@ def _meta(
 _NO_SECRET = Secret("")
 
 
-def _redact_url(url: str) -> str:
+def redact_url(url: str) -> str:
     """`url` with any password in its user-info replaced by `***`."""
     if "@" not in url:
         return url
@@ -163,7 +163,7 @@ def _safe_repr(self: object) -> str:
     for field in dataclasses.fields(self):  # type: ignore[arg-type]
         value = getattr(self, field.name)
         if field.metadata.get("url") and isinstance(value, str):
-            value = _redact_url(value)
+            value = redact_url(value)
         shown.append(f"{field.name}={value!r}")
     return f"{type(self).__name__}({', '.join(shown)})"
 
@@ -723,7 +723,7 @@ def _check_range(value: float, key: str, meta: Mapping[str, Any]) -> None:
 
 def _check_http_url(value: str, key: str) -> str:
     value = value.strip().rstrip("/")
-    shown = _show(_redact_url(value))
+    shown = _show(redact_url(value))
     try:
         parts = urlsplit(value)
         _ = parts.port  # raises ValueError for a bad port
@@ -736,7 +736,7 @@ def _check_http_url(value: str, key: str) -> str:
 
 def _check_nats_url(value: str, key: str) -> str:
     expected = "NATS server URL(s), comma-separated (nats://, tls://, ws://, wss:// or host:port)"
-    shown = _show(_redact_url(value))
+    shown = _show(redact_url(value))
     servers = [server.strip() for server in value.split(",")]
     for server in servers:
         parts = _split_server(server)

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from llm_es.events import EVENT_TYPES, Event
+from llm_es.domain.events import EVENT_TYPES, Event
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 

@@ -43,14 +43,15 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, EndpointStats, Service
 
-from llm_es import __version__, headers, replies
+from llm_es import __version__, headers
 from llm_es.config import Config
-from llm_es.connection import confirm_interest
-from llm_es.dispatch import TaskPool
+from llm_es.domain import replies
+from llm_es.domain.messages import ChatMessage
+from llm_es.domain.summarizer import SUMMARY_STYLES
 from llm_es.errors import LLMESError, OperationalError, ProviderError, ValidationError
 from llm_es.logs import log_kv
-from llm_es.providers.base import ChatMessage
-from llm_es.requests import (
+from llm_es.service.chat import ChatService, Outcome
+from llm_es.service.requests import (
     bool_field,
     choice_field,
     decode_object,
@@ -63,11 +64,11 @@ from llm_es.requests import (
     required_text,
     short_text_field,
 )
-from llm_es.service import ChatService, Outcome
-from llm_es.store import EventStore
-from llm_es.summarizer import SUMMARY_STYLES
+from llm_es.store.connection import confirm_interest
+from llm_es.store.log import EventStore
+from llm_es.tasks import TaskPool
 
-logger = logging.getLogger("llm_es.service_api")
+logger = logging.getLogger("llm_es.service.api")
 
 SERVICE_NAME = "rosey-llm"
 SUBJECT_PREFIX = "rosey.llm"

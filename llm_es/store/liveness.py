@@ -20,10 +20,10 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, KeyValueError
 from nats.js.kv import KeyValue
 
+from llm_es.domain.tokens import encode_name
 from llm_es.logs import log_kv
-from llm_es.tokens import encode_name
 
-logger = logging.getLogger("llm_es.liveness")
+logger = logging.getLogger("llm_es.store.liveness")
 
 INSTANCES_BUCKET = "llm_instances"
 

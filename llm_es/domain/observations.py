@@ -28,7 +28,7 @@ import orjson
 
 from llm_es import headers
 from llm_es.config import RateLimitsConfig
-from llm_es.events import (
+from llm_es.domain.events import (
     ContextSummarized,
     Event,
     MemoryAdded,
@@ -40,7 +40,7 @@ from llm_es.events import (
     TurnFailed,
     TurnRejected,
 )
-from llm_es.limits import day_of
+from llm_es.domain.limits import day_of
 
 EVENT_SUBJECT_PREFIX = "rosey.event.llm"
 RESPONSE_SUBJECT = f"{EVENT_SUBJECT_PREFIX}.response"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from llm_es.views import MemoryView
+from llm_es.domain.views import MemoryView
 
 CONTEXT_RESET = "Conversation context reset"
 

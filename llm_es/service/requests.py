@@ -14,7 +14,7 @@ import orjson
 
 from llm_es.config import ServiceConfig
 from llm_es.errors import ValidationError
-from llm_es.store import SUBJECT_PREFIX
+from llm_es.store.log import SUBJECT_PREFIX
 
 _REPLY_SUBJECT = re.compile(r"[^\s*>.]+(\.[^\s*>.]+)*")
 

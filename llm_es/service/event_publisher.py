@@ -3,7 +3,7 @@
 Nothing here is called by a request handler: the publisher follows `llm.ev.>`
 (through the views' fold in the plugin, else with an ordered consumer of its
 own) and maps what was recorded to the seed's events
-(`llm_es.observations.ObservationFold`, pure), so the events say what the log says and can be
+(`llm_es.domain.observations.ObservationFold`, pure), so the events say what the log says and can be
 derived again from any position (`EventPublisher.republish`).
 
 One instance publishes at a time. It holds a lease (key `event-publisher` of
@@ -50,19 +50,19 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from llm_es.codec import UnknownEventError, decode_event
 from llm_es.config import Config
-from llm_es.dispatch import finish_task
+from llm_es.domain.events import Event
+from llm_es.domain.observations import Observation, ObservationFold, fold_window_start, iso_utc
+from llm_es.domain.views import EventFeed
 from llm_es.errors import OperationalError
-from llm_es.events import Event
-from llm_es.lease import KvLease, open_lease
-from llm_es.liveness import new_instance_id
 from llm_es.logs import log_kv
-from llm_es.observations import Observation, ObservationFold, fold_window_start, iso_utc
-from llm_es.store import EventStore
-from llm_es.views import EventFeed
+from llm_es.store.codec import UnknownEventError, decode_event
+from llm_es.store.lease import KvLease, open_lease
+from llm_es.store.liveness import new_instance_id
+from llm_es.store.log import EventStore
+from llm_es.tasks import finish_task
 
-logger = logging.getLogger("llm_es.event_publisher")
+logger = logging.getLogger("llm_es.service.event_publisher")
 
 LEASE_KEY = "event-publisher"
 POSITION_BUCKET = "llm_publisher"
@@ -239,6 +239,8 @@ class EventPublisher:
         self.instance_id = instance_id or new_instance_id()
         self._lease_ttl = lease_ttl_seconds
         self._from_beginning = from_beginning
+        self._first_position = 0
+        """Where publishing starts if no instance ever published: the log's end at start."""
         self._lease: KvLease | None = None
         self._positions: KeyValue | None = None
         self._position_revision = 0
@@ -268,6 +270,9 @@ class EventPublisher:
         self._lease = await open_lease(self._js, LEASE_KEY, self.instance_id, self._lease_ttl)
         ttl = self._lease.ttl_seconds
         self._positions = await ensure_position_bucket(self._js)
+        # Taken now, not when the lease is first won: everything appended once the plugin
+        # serves (it starts the publisher before its command subjects) is published.
+        self._first_position = 0 if self._from_beginning else await self._store.last_seq()
         self._stopping.clear()
         self._supervisor = asyncio.create_task(self._supervise(), name="event-publisher")
         log_kv(logger, "event_publisher_started", instance=self.instance_id, lease_ttl=ttl)
@@ -382,7 +387,7 @@ class EventPublisher:
         try:
             entry = await self._positions.get(POSITION_KEY)
         except KeyNotFoundError:
-            position = 0 if self._from_beginning else await self._store.last_seq()
+            position = self._first_position
             # `create` also replaces a delete marker; it fails if another holder got here first.
             self._position_revision = await self._positions.create(
                 POSITION_KEY, self._position_value(position)

@@ -18,23 +18,23 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from llm_es import replies
-from llm_es.commands import SUBCOMMANDS, ChatCommand, parse_chat_args
 from llm_es.config import Config
-from llm_es.connection import confirm_interest
-from llm_es.dispatch import TaskPool
+from llm_es.domain import replies
+from llm_es.domain.commands import SUBCOMMANDS, ChatCommand, parse_chat_args
 from llm_es.errors import LLMESError, OperationalError, ValidationError
 from llm_es.logs import log_kv
-from llm_es.requests import (
+from llm_es.service.chat import ChatService, Outcome
+from llm_es.service.requests import (
     CommandRequest,
     decode_object,
     is_safe_reply_subject,
     parse_command,
     reply_subject,
 )
-from llm_es.service import ChatService, Outcome
+from llm_es.store.connection import confirm_interest, drain_subscription
+from llm_es.tasks import TaskPool
 
-logger = logging.getLogger("llm_es.commands")
+logger = logging.getLogger(__name__)
 
 COMMAND_SUBJECT = "rosey.command.chat"
 QUEUE_GROUP = "llm-es"
@@ -74,9 +74,11 @@ class CommandSurface:
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         """Stop taking commands, then let the ones in flight finish (bounded)."""
+        # drain, not unsubscribe: a command the server already delivered to this
+        # instance is still answered (an unsubscribe would drop it unanswered).
         for subscription in self._subscriptions:
             with contextlib.suppress(nats.errors.Error):
-                await subscription.unsubscribe()
+                await drain_subscription(subscription)
         self._subscriptions.clear()
         await self._pool.drain(grace_seconds)
 

@@ -2,7 +2,7 @@
 
 Views live in the KV bucket `llm_data`; `projections` writes them by folding
 the log, and the plugin only reads them through `ViewReader`. Keys follow the
-seed's names with `.` separators and encoded tokens (`llm_es.tokens`).
+seed's names with `.` separators and encoded tokens (`llm_es.domain.tokens`).
 Every view records `seq`, the last stream sequence folded into it, which
 makes re-applying an event a no-op.
 """
@@ -15,15 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import orjson
 
-from llm_es.tokens import encode_name
+from llm_es.domain.tokens import encode_name
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as NATS
-    from nats.js import JetStreamContext
-
-    from llm_es.config import Config
-    from llm_es.events import Event
-    from llm_es.store import EventStore
+    from llm_es.domain.events import Event
 
 BUCKET = "llm_data"
 """The views bucket until a blue/green rebuild points `ACTIVE_VIEWS_KEY` elsewhere."""
@@ -201,7 +196,3 @@ class ViewRunner(ViewReader, EventFeed, Protocol):
 
     async def stop(self) -> None:
         """Write what was applied and stop following the log."""
-
-
-ViewRunnerFactory = Callable[["NATS", "JetStreamContext", "EventStore", "Config"], ViewRunner]
-"""Builds the read side; `projections.runner:build_view_runner` is the default."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 
 from llm_es.config import NatsConfig
 from llm_es.logs import log_kv
@@ -97,3 +98,12 @@ async def connect(
     if keep_reconnecting:
         nc.options["max_reconnect_attempts"] = -1
     return nc
+
+
+async def drain_subscription(subscription: Subscription) -> None:
+    """Stop a subscription after handing on the messages already delivered to it.
+
+    `unsubscribe()` would drop them: a request the server routed to this instance
+    just before it stopped would go unanswered.
+    """
+    await subscription.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped

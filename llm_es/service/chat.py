@@ -18,8 +18,49 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from llm_es import replies
 from llm_es.config import Config
+from llm_es.domain import replies
+from llm_es.domain.events import (
+    ContextReset,
+    ContextSummarized,
+    Event,
+    PersonaSwitched,
+    TokensSpent,
+    TurnAdmitted,
+    TurnCompleted,
+    TurnFailed,
+    TurnRejected,
+    utc_now,
+)
+from llm_es.domain.limits import TurnRequest, decide_admission, estimate_tokens, usage_numbers
+from llm_es.domain.memories import (
+    DEFAULT_IMPORTANCE,
+    decide_forget,
+    decide_recall,
+    decide_remember,
+    normalize_memory_id,
+    rank_memories,
+)
+from llm_es.domain.prompt import build_chat_prompt, prompt_length
+from llm_es.domain.summarizer import (
+    messages_to_summarize,
+    summary_prompt,
+    text_summary_prompt,
+    within_words,
+)
+from llm_es.domain.views import (
+    ContextView,
+    MemoryView,
+    OpenTurn,
+    SettingsView,
+    UsageView,
+    ViewReader,
+    context_key,
+    memories_group,
+    memory_key,
+    settings_key,
+    usage_key,
+)
 from llm_es.errors import (
     IntegrityError,
     OperationalError,
@@ -33,53 +74,12 @@ from llm_es.errors import (
     ProviderUnavailable,
     ValidationError,
 )
-from llm_es.events import (
-    ContextReset,
-    ContextSummarized,
-    Event,
-    PersonaSwitched,
-    TokensSpent,
-    TurnAdmitted,
-    TurnCompleted,
-    TurnFailed,
-    TurnRejected,
-    utc_now,
-)
-from llm_es.limits import TurnRequest, decide_admission, estimate_tokens, usage_numbers
-from llm_es.liveness import new_instance_id
 from llm_es.logs import log_kv
-from llm_es.memories import (
-    DEFAULT_IMPORTANCE,
-    decide_forget,
-    decide_recall,
-    decide_remember,
-    normalize_memory_id,
-    rank_memories,
-)
-from llm_es.prompt import build_chat_prompt, prompt_length
 from llm_es.providers.base import ChatMessage, CompletionResult, LLMProvider
-from llm_es.store import EventStore
-from llm_es.summarizer import (
-    messages_to_summarize,
-    summary_prompt,
-    text_summary_prompt,
-    within_words,
-)
-from llm_es.views import (
-    ContextView,
-    MemoryView,
-    OpenTurn,
-    SettingsView,
-    UsageView,
-    ViewReader,
-    context_key,
-    memories_group,
-    memory_key,
-    settings_key,
-    usage_key,
-)
+from llm_es.store.liveness import new_instance_id
+from llm_es.store.log import EventStore
 
-logger = logging.getLogger("llm_es.service")
+logger = logging.getLogger("llm_es.service.chat")
 
 VIEW_WAIT_SECONDS = 10.0
 RETRY_WAIT_ALLOWANCE_SECONDS = 10.0

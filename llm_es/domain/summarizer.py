@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llm_es.prompt import speaker_line
-from llm_es.providers.base import ChatMessage
-from llm_es.views import ContextMessage, ContextView
+from llm_es.domain.messages import ChatMessage
+from llm_es.domain.prompt import speaker_line
+from llm_es.domain.views import ContextMessage, ContextView
 
 SUMMARY_INSTRUCTIONS = (
     "You maintain the running summary of a group chat so the assistant can remember "

@@ -15,8 +15,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
 
+from llm_es.domain.views import ACTIVE_VIEWS_KEY, BUCKET, META_BUCKET, parse_active_views
 from llm_es.headers import KV_OPERATION
-from llm_es.views import ACTIVE_VIEWS_KEY, BUCKET, META_BUCKET, parse_active_views
 
 
 async def read_bucket(js: JetStreamContext, bucket: str) -> dict[str, bytes]:

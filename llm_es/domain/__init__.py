@@ -1,0 +1,1 @@
+"""Pure domain: events, deciders, prompt assembly, replies, view shapes (no I/O)."""

@@ -1,0 +1,1 @@
+"""The application and its NATS surfaces: turns, channel commands, summaries, recovery."""
