@@ -67,7 +67,7 @@ from llm_es.domain.views import (
 from llm_es.headers import KV_OPERATION
 from llm_es.logs import log_kv
 from llm_es.store.codec import UnknownEventError, decode_event
-from llm_es.store.kv import read_bucket
+from llm_es.store.kv import ensure_bucket, read_bucket
 from llm_es.store.lease import KvLease, open_lease
 from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
@@ -116,18 +116,16 @@ def views_bucket_config(bucket: str) -> api.KeyValueConfig:
 
 async def ensure_meta_bucket(js: JetStreamContext) -> KeyValue:
     """The pointer bucket, created on first use."""
-    try:
-        return await js.key_value(META_BUCKET)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            api.KeyValueConfig(
-                bucket=META_BUCKET,
-                history=5,
-                storage=api.StorageType.FILE,
-                direct=True,
-                description="llm-es: which views bucket is live (blue/green)",
-            )
-        )
+    return await ensure_bucket(
+        js,
+        api.KeyValueConfig(
+            bucket=META_BUCKET,
+            history=5,
+            storage=api.StorageType.FILE,
+            direct=True,
+            description="llm-es: which views bucket is live (blue/green)",
+        ),
+    )
 
 
 async def read_active_views(js: JetStreamContext) -> ActiveViews:
@@ -379,10 +377,7 @@ class BucketViews:
         self._wake(self._applied)
 
     async def _ensure_bucket(self) -> KeyValue:
-        try:
-            return await self._js.key_value(self._bucket_name)
-        except BucketNotFoundError:
-            return await self._js.create_key_value(views_bucket_config(self._bucket_name))
+        return await ensure_bucket(self._js, views_bucket_config(self._bucket_name))
 
     async def _load_bucket(self) -> None:
         async with asyncio.timeout(LOAD_TIMEOUT_SECONDS):

@@ -42,7 +42,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import (
     APIError,
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyValueError,
     KeyWrongLastSequenceError,
@@ -57,6 +56,7 @@ from llm_es.domain.views import EventFeed
 from llm_es.errors import OperationalError
 from llm_es.logs import log_kv
 from llm_es.store.codec import UnknownEventError, decode_event
+from llm_es.store.kv import ensure_bucket
 from llm_es.store.lease import KvLease, open_lease
 from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
@@ -94,21 +94,16 @@ REPUBLISH_IDLE_LIMIT = 50
 
 async def ensure_position_bucket(js: JetStreamContext) -> KeyValue:
     """The bucket holding the publisher's position (no TTL: it must outlive every instance)."""
-    try:
-        return await js.key_value(POSITION_BUCKET)
-    except BucketNotFoundError:
-        pass
-    with contextlib.suppress(APIError):
-        return await js.create_key_value(
-            api.KeyValueConfig(
-                bucket=POSITION_BUCKET,
-                history=1,
-                storage=api.StorageType.FILE,
-                direct=True,
-                description="llm-es: last log sequence published on rosey.event.llm.*",
-            )
-        )
-    return await js.key_value(POSITION_BUCKET)
+    return await ensure_bucket(
+        js,
+        api.KeyValueConfig(
+            bucket=POSITION_BUCKET,
+            history=1,
+            storage=api.StorageType.FILE,
+            direct=True,
+            description="llm-es: last log sequence published on rosey.event.llm.*",
+        ),
+    )
 
 
 # ---------------------------------------------------------------- publisher

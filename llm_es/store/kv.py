@@ -1,4 +1,4 @@
-"""Reading a whole KV bucket at once, reliably.
+"""KV helpers: getting or creating a bucket, and reading a whole bucket at once, reliably.
 
 nats-py's `KeyValue.watchall()` can signal "initial values done" before it has
 delivered them (it compares consumer info with a delivery count that races
@@ -13,10 +13,33 @@ import asyncio
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    NotFoundError,
+)
+from nats.js.kv import KeyValue
 
 from llm_es.domain.views import ACTIVE_VIEWS_KEY, BUCKET, META_BUCKET, parse_active_views
 from llm_es.headers import KV_OPERATION
+
+
+async def ensure_bucket(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
+    """The bucket `config.bucket`, created with `config` if it does not exist yet.
+
+    Several instances start at once: when another one creates the bucket between
+    our lookup and our create, the create fails and the lookup is tried again.
+    """
+    try:
+        return await js.key_value(config.bucket)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(config)
+    except APIError:
+        return await js.key_value(config.bucket)
 
 
 async def read_bucket(js: JetStreamContext, bucket: str) -> dict[str, bytes]:

@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 import nats.errors
 import orjson
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, BucketNotFoundError, KeyValueError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyValueError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from llm_es.errors import OperationalError
+from llm_es.store.kv import ensure_bucket
 
 LEASE_BUCKET = "llm_leases"
 """KV bucket of leases; its `max_age` is the lease TTL (a lease not renewed expires)."""
@@ -31,22 +32,17 @@ before the server can have expired the lease and let another instance take it.""
 
 async def ensure_lease_bucket(js: JetStreamContext, ttl_seconds: float) -> KeyValue:
     """The leases bucket (created with `max_age = ttl_seconds` on first use)."""
-    try:
-        return await js.key_value(LEASE_BUCKET)
-    except BucketNotFoundError:
-        pass
-    with contextlib.suppress(APIError):  # another instance created it first
-        return await js.create_key_value(
-            api.KeyValueConfig(
-                bucket=LEASE_BUCKET,
-                history=1,
-                ttl=ttl_seconds,
-                storage=api.StorageType.FILE,
-                direct=True,
-                description="llm-es leases: single active workers across instances",
-            )
-        )
-    return await js.key_value(LEASE_BUCKET)
+    return await ensure_bucket(
+        js,
+        api.KeyValueConfig(
+            bucket=LEASE_BUCKET,
+            history=1,
+            ttl=ttl_seconds,
+            storage=api.StorageType.FILE,
+            direct=True,
+            description="llm-es leases: single active workers across instances",
+        ),
+    )
 
 
 async def open_lease(js: JetStreamContext, key: str, holder: str, ttl_seconds: float) -> KvLease:

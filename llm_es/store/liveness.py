@@ -17,11 +17,12 @@ import uuid
 import nats.errors
 import orjson
 from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, KeyValueError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyValueError
 from nats.js.kv import KeyValue
 
 from llm_es.domain.tokens import encode_name
 from llm_es.logs import log_kv
+from llm_es.store.kv import ensure_bucket
 
 logger = logging.getLogger("llm_es.store.liveness")
 
@@ -45,18 +46,16 @@ class InstanceRegistry:
         self._started_at = time.time()
 
     async def start(self) -> None:
-        try:
-            self._kv = await self._js.key_value(INSTANCES_BUCKET)
-        except BucketNotFoundError:
-            self._kv = await self._js.create_key_value(
-                api.KeyValueConfig(
-                    bucket=INSTANCES_BUCKET,
-                    history=1,
-                    storage=api.StorageType.FILE,
-                    direct=True,
-                    description="llm-es instance heartbeats (who may still own a turn)",
-                )
-            )
+        self._kv = await ensure_bucket(
+            self._js,
+            api.KeyValueConfig(
+                bucket=INSTANCES_BUCKET,
+                history=1,
+                storage=api.StorageType.FILE,
+                direct=True,
+                description="llm-es instance heartbeats (who may still own a turn)",
+            ),
+        )
         await self._beat()
         self._task = asyncio.create_task(self._beat_forever(), name="instance-heartbeat")
 
