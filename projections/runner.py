@@ -68,7 +68,7 @@ from llm_es.headers import KV_OPERATION
 from llm_es.logs import log_kv
 from llm_es.store.codec import UnknownEventError, decode_event
 from llm_es.store.kv import ensure_bucket, read_bucket
-from llm_es.store.lease import KvLease, open_lease
+from llm_es.store.lease import KvLease, keep_single_active, open_lease
 from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
 from llm_es.tasks import finish_task
@@ -95,9 +95,6 @@ SWITCH_CATCH_UP_SECONDS = 300.0
 SWITCH_MAX_ROUNDS = 100_000
 CHECKPOINT_INTERVAL_SECONDS = 1.0
 """Checkpoints are written at most this often (and at stop and takeover); values every batch."""
-STANDBY_POLL_SECONDS = 1.0
-"""A standby reads the stored checkpoints and tries to take the lease this often."""
-RENEWALS_PER_TTL = 3
 DEFAULT_LEASE_TTL_SECONDS = 15.0
 """Lease TTL asked for when a runner creates the leases bucket (`service.instance_ttl_seconds`)."""
 STOP_FLUSH_SECONDS = 5.0
@@ -388,24 +385,22 @@ class BucketViews:
     # ------------------------------------------------------------ the lease
 
     async def _lease_loop(self) -> None:
-        """Renew the lease while holding it (every third of its TTL); else, every
-        `STANDBY_POLL_SECONDS`, forget what the stored checkpoints cover and try to take it."""
+        """Renew the lease while holding it; else forget what the stored checkpoints
+        cover and try to take it (`keep_single_active`)."""
         assert self._lease is not None
-        lease = self._lease
-        renew_every = lease.ttl_seconds / RENEWALS_PER_TTL
-        while not self._halt.is_set():
-            try:
-                if self._holding:
-                    if not await lease.renew():
-                        self._lose_lease()
-                else:
-                    await self._try_lease()
-            except Exception:  # the loop must outlive any one failure; logged in full
-                logger.exception("views_lease_loop_failed bucket=%s", self._bucket_name)
-            interval = renew_every if self._holding else min(STANDBY_POLL_SECONDS, renew_every)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._halt.wait()
+        await keep_single_active(
+            self._lease,
+            self._halt,
+            holding=lambda: self._holding,
+            keep=self._renew_lease,
+            take=self._try_lease,
+            name=f"views:{self._bucket_name}",
+        )
+
+    async def _renew_lease(self) -> None:
+        assert self._lease is not None
+        if not await self._lease.renew():
+            self._lose_lease()
 
     async def _try_lease(self) -> None:
         """A standby's round: forget what KV already has, then try to become the writer."""

@@ -57,7 +57,7 @@ from llm_es.errors import OperationalError
 from llm_es.logs import log_kv
 from llm_es.store.codec import UnknownEventError, decode_event
 from llm_es.store.kv import ensure_bucket
-from llm_es.store.lease import KvLease, open_lease
+from llm_es.store.lease import KvLease, keep_single_active, open_lease
 from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
 from llm_es.tasks import finish_task
@@ -69,10 +69,6 @@ POSITION_BUCKET = "llm_publisher"
 POSITION_KEY = "position"
 
 DEFAULT_LEASE_TTL_SECONDS = 10.0
-RENEWALS_PER_TTL = 4
-MAX_POLL_SECONDS = 1.0
-"""A standby tries to take the lease at least this often."""
-
 IDLE_POLL_SECONDS = 0.2
 """Longest the publisher waits for a log event before it checks the lease and the stop flag."""
 CONSUMER_HEARTBEAT_SECONDS = 1.0
@@ -333,20 +329,24 @@ class EventPublisher:
 
     async def _supervise(self) -> None:
         assert self._lease is not None
-        lease = self._lease
-        interval = min(lease.ttl_seconds / RENEWALS_PER_TTL, MAX_POLL_SECONDS)
-        while not self._stopping.is_set():
-            try:
-                if self._worker is None:
-                    if await lease.acquire():
-                        self._worker = asyncio.create_task(self._lead(), name="event-publishing")
-                elif self._worker.done() or not await lease.renew():
-                    await self._step_down()
-            except Exception:  # the loop must outlive any one failure; logged in full
-                logger.exception("event_publisher_supervisor_failed")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._stopping.wait()
+        await keep_single_active(
+            self._lease,
+            self._stopping,
+            holding=lambda: self._worker is not None,
+            keep=self._keep_leading,
+            take=self._try_to_lead,
+            name="event-publisher",
+        )
+
+    async def _try_to_lead(self) -> None:
+        assert self._lease is not None
+        if await self._lease.acquire():
+            self._worker = asyncio.create_task(self._lead(), name="event-publishing")
+
+    async def _keep_leading(self) -> None:
+        assert self._lease is not None
+        if self._worker is None or self._worker.done() or not await self._lease.renew():
+            await self._step_down()
 
     async def _step_down(self) -> None:
         """Stop publishing, store the position, release the lease.

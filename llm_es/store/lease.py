@@ -5,12 +5,17 @@ The bucket's `max_age` is the lease TTL, so a holder that stops renewing (it
 died, or lost its connection) loses the lease without anyone deleting it. The
 bucket is created on first use with the TTL its creator asks for; every lease
 then uses the TTL the bucket has (`KvLease.ttl_seconds`), whoever asks.
+`keep_single_active` is the loop every single-active worker runs around its
+lease (the view writer, the event publisher).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import nats.errors
@@ -21,6 +26,8 @@ from nats.js.kv import KeyValue
 
 from llm_es.errors import OperationalError
 from llm_es.store.kv import ensure_bucket
+
+logger = logging.getLogger(__name__)
 
 LEASE_BUCKET = "llm_leases"
 """KV bucket of leases; its `max_age` is the lease TTL (a lease not renewed expires)."""
@@ -128,3 +135,38 @@ class KvLease:
             return None
         holder = value.get("holder") if isinstance(value, dict) else None
         return holder if isinstance(holder, str) else None
+
+
+RENEWALS_PER_TTL = 4
+"""A holder renews this many times per TTL (one lost renewal still leaves three)."""
+STANDBY_POLL_SECONDS = 1.0
+"""A standby tries to take the lease at least this often."""
+
+
+async def keep_single_active(
+    lease: KvLease,
+    halt: asyncio.Event,
+    *,
+    holding: Callable[[], bool],
+    keep: Callable[[], Awaitable[None]],
+    take: Callable[[], Awaitable[None]],
+    name: str,
+) -> None:
+    """The single-active loop of a worker that acts only while it holds `lease`.
+
+    Until `halt` is set: while `holding()`, call `keep` (renew the lease, or step
+    down) every `1/RENEWALS_PER_TTL` of the TTL; otherwise call `take` (a standby's
+    round: try to acquire and start acting) at least every `STANDBY_POLL_SECONDS`.
+    The loop outlives any one failure of a round (logged in full), so a worker
+    whose store is briefly unreachable keeps competing.
+    """
+    renew_every = lease.ttl_seconds / RENEWALS_PER_TTL
+    while not halt.is_set():
+        try:
+            await (keep() if holding() else take())
+        except Exception:  # the loop must outlive any one failure; logged in full
+            logger.exception("lease_loop_round_failed worker=%s key=%s", name, lease.key)
+        interval = renew_every if holding() else min(STANDBY_POLL_SECONDS, renew_every)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await halt.wait()

@@ -17,12 +17,11 @@ from llm_es.app import Plugin
 from llm_es.config import Config, RateLimitsConfig
 from llm_es.domain.views import BUCKET, context_key
 from llm_es.embedded import EmbeddedNatsServer
-from llm_es.store.lease import LEASE_BUCKET, KvLease, open_lease
+from llm_es.store.lease import LEASE_BUCKET, STANDBY_POLL_SECONDS, KvLease, open_lease
 from llm_es.store.log import STREAM_NAME
 from projections.base import View
 from projections.runner import (
     CHECKPOINT_INTERVAL_SECONDS,
-    STANDBY_POLL_SECONDS,
     ViewRunner,
     default_projections,
     views_lease_key,
