@@ -35,7 +35,7 @@ from llm_es.domain.events import (
 )
 from llm_es.domain.observations import ObservationFold, fold_window_start
 from llm_es.embedded import EmbeddedNatsServer
-from llm_es.service import event_publisher
+from llm_es.service import observation_source
 from llm_es.service.event_publisher import EventPublisher
 from llm_es.store.log import EventStore
 from tests.integration.conftest import PluginStarter
@@ -560,7 +560,7 @@ async def test_a_publisher_that_falls_behind_the_views_feed_reads_the_log_instea
 ) -> None:
     """With no room to buffer the views' events (every event overflows the feed), the
     publisher keeps reading the log instead: every event is published exactly once."""
-    monkeypatch.setattr(event_publisher, "FEED_BUFFER", 0)
+    monkeypatch.setattr(observation_source, "FEED_BUFFER", 0)
     plugin = await start(rate_limits=NO_LIMITS)
     assert plugin.views is not None
     publisher, nc = await connect_publisher(
