@@ -286,14 +286,8 @@ async def wait_until_service_answers(nc: NATS, plugin: Child) -> float:
 # ---------------------------------------------------------------- echo responder mode
 
 
-async def echo_responder(url: str, max_seconds: float) -> None:
-    """The bare-NATS peer: replies with the request's bytes, inline in the callback."""
-    nc = await nats.connect(url)
-
-    async def echo(msg: Any) -> None:
-        await msg.respond(msg.data)
-
-    await nc.subscribe(ECHO_SUBJECT, cb=echo)
+async def serve_until_stopped(nc: NATS, max_seconds: float) -> None:
+    """Say READY once the subscriptions are live, serve until SIGINT/SIGTERM (bounded)."""
     await nc.flush()
     print("READY", flush=True)
     stop = asyncio.Event()
@@ -304,6 +298,17 @@ async def echo_responder(url: str, max_seconds: float) -> None:
         async with asyncio.timeout(max_seconds):
             await stop.wait()
     await nc.drain()
+
+
+async def echo_responder(url: str, max_seconds: float) -> None:
+    """The bare-NATS peer: replies with the request's bytes, inline in the callback."""
+    nc = await nats.connect(url)
+
+    async def echo(msg: Any) -> None:
+        await msg.respond(msg.data)
+
+    await nc.subscribe(ECHO_SUBJECT, cb=echo)
+    await serve_until_stopped(nc, max_seconds)
 
 
 # ---------------------------------------------------------------- pass-through mode
@@ -342,16 +347,7 @@ async def passthrough_responder(url: str, llm_url: str, max_seconds: float) -> N
         task.add_done_callback(tasks.discard)
 
     await nc.subscribe(PASSTHROUGH_SUBJECT, queue="passthrough", cb=dispatch)
-    await nc.flush()
-    print("READY", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max_seconds):
-            await stop.wait()
-    await nc.drain()
+    await serve_until_stopped(nc, max_seconds)
     await http.aclose()
 
 
