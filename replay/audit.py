@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
 from llm_es.domain.events import EVENT_TYPES, TokensSpent, TurnAdmitted, TurnRejected
@@ -46,8 +47,8 @@ _SCHEMAS = {name: EVENT_TYPES[name].SCHEMA for name in AUDITED_TYPES}
 _DEFAULTS = {
     name: {
         f.name: f.default
-        for f in dataclasses.fields(EVENT_TYPES[name])
-        if f.default is not dataclasses.MISSING
+        for f in msgspec.structs.fields(EVENT_TYPES[name])
+        if f.default is not msgspec.NODEFAULT
     }
     for name in AUDITED_TYPES
 }
@@ -242,7 +243,7 @@ def _decoded(data: bytes) -> dict[str, Any] | None:
         return None
     if event.TYPE not in _SCHEMAS:
         return None
-    body = {name: getattr(event, name) for name in event.__dataclass_fields__}
+    body = {name: getattr(event, name) for name in event.__struct_fields__}
     body["type"] = event.TYPE
     body["at"] = iso_z(event.at)
     return body

@@ -9,18 +9,11 @@ Older versions keep their files: the log still holds events written with them.
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
-import itertools
-import textwrap
-import types
-import typing
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from llm_es.domain.events import EVENT_TYPES, Event
@@ -34,92 +27,17 @@ def schema_file_name(type_name: str, version: int) -> str:
     return f"{type_name}.v{version}.json"
 
 
-def _type_schema(hint: Any) -> dict[str, Any]:
-    """JSON Schema of one field type (the types events use)."""
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        options = [_type_schema(arg) for arg in typing.get_args(hint)]
-        if all(set(option) == {"type"} for option in options):
-            names: list[Any] = []
-            for option in options:
-                names += option["type"] if isinstance(option["type"], list) else [option["type"]]
-            return {"type": names}
-        return {"anyOf": options}
-    if origin is tuple:
-        args = typing.get_args(hint)
-        return {"type": "array", "items": _type_schema(args[0])}
-    if hint is type(None):
-        return {"type": "null"}
-    if hint is bool:
-        return {"type": "boolean"}
-    if hint is int:
-        return {"type": "integer"}
-    if hint is float:
-        return {"type": "number"}
-    if hint is str:
-        return {"type": "string"}
-    if hint is datetime:
-        return {
-            "type": "string",
-            "format": "date-time",
-            "description": "UTC time set by the writer (ISO 8601, `Z`)",
-        }
-    raise TypeError(f"no JSON Schema for field type {hint!r}")
-
-
-def field_docs(cls: type[Event]) -> dict[str, str]:
-    """The docstrings written under fields (`x: int` then `\"\"\"...\"\"\"`), base classes first."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if klass is object or not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError, SyntaxError):
-            continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for statement, following in itertools.pairwise(body):
-            if (
-                isinstance(statement, ast.AnnAssign)
-                and isinstance(statement.target, ast.Name)
-                and isinstance(following, ast.Expr)
-                and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)
-            ):
-                docs[statement.target.id] = " ".join(following.value.value.split())
-    return docs
-
-
 def event_schema(cls: type[Event]) -> dict[str, Any]:
-    """The schema of `cls`'s current version, as `encode_event` writes it."""
-    hints = typing.get_type_hints(cls)
-    properties: dict[str, Any] = {
-        "type": {"const": cls.TYPE, "description": "event type"},
-        "schema": {"const": cls.SCHEMA, "description": "schema version of this event type"},
-    }
-    required = ["type", "schema", "id", "at"]
-    docs = field_docs(cls)
-    for item in dataclasses.fields(cls):
-        properties[item.name] = _type_schema(hints[item.name])
-        if item.name in docs:
-            properties[item.name]["description"] = docs[item.name]
-        if item.name in ("id", "at"):
-            continue
-        if item.default is not dataclasses.MISSING:
-            # Added after version 1 was first written: older events lack it and read as this.
-            default = item.default
-            properties[item.name]["default"] = (
-                list(default) if isinstance(default, tuple) else default
-            )
-        elif item.default_factory is not dataclasses.MISSING:
-            default = item.default_factory()
-            properties[item.name]["default"] = (
-                list(default) if isinstance(default, tuple) else default
-            )
-        else:
-            required.append(item.name)
-    properties["id"]["description"] = "uuid4 hex; also the Nats-Msg-Id of the append"
-    doc = " ".join((cls.__doc__ or "").split())
+    """The schema of `cls`'s current version, as `encode_event` writes it.
+
+    msgspec describes the fields (types, defaults, the descriptions in their
+    `Meta`, no other properties); around them go the `type` and `schema` the
+    codec writes first, and `id` and `at` become required: the classes fill
+    them in for a new event, but a stored one without them is refused.
+    """
+    (reference,), components = msgspec.json.schema_components([cls])
+    fields = components[reference["$ref"].rpartition("/")[2]]
+    doc = " ".join(fields.get("description", "").split())
     return {
         "$schema": SCHEMA_DIALECT,
         "$id": SCHEMA_ID_BASE + schema_file_name(cls.TYPE, cls.SCHEMA),
@@ -130,9 +48,13 @@ def event_schema(cls: type[Event]) -> dict[str, Any]:
             "`_` for none)."
         ),
         "type": "object",
-        "properties": properties,
-        "required": required,
-        "additionalProperties": False,
+        "properties": {
+            "type": {"const": cls.TYPE, "description": "event type"},
+            "schema": {"const": cls.SCHEMA, "description": "schema version of this event type"},
+            **fields["properties"],
+        },
+        "required": ["type", "schema", "id", "at", *fields.get("required", [])],
+        "additionalProperties": fields["additionalProperties"],
     }
 
 

@@ -15,6 +15,7 @@ from contextlib import aclosing
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
 import orjson
 
 from llm_es.domain.events import Event
@@ -37,7 +38,7 @@ def describe_event(seq: int, event: Event) -> str:
     channel = event.channel_name or "-"
     user = event.user_name or "-"
     parts = [f"#{seq}", iso_z(event.at), channel, user, event.TYPE]
-    for item in dataclasses.fields(event):
+    for item in msgspec.structs.fields(event):
         if item.name in _COMMON_FIELDS:
             continue
         parts.append(f"{item.name}={_value(item.name, getattr(event, item.name))}")

@@ -1,18 +1,20 @@
 """The event catalog: every state change llm-es makes, as immutable records.
 
-Events are frozen dataclasses with past-tense names. Each carries `id` (a
+Events are frozen msgspec Structs with past-tense names. Each carries `id` (a
 uuid, also used as the JetStream `Nats-Msg-Id`, so a retried append is a
 no-op), `at` (UTC time set by the writer; folds use it, never the wall clock)
-and its data. `EVENT_TYPES` maps the stable type name to the class; the wire
-form lives in `llm_es.store.codec`.
+and its data. The field types are what a stored event is checked against when
+read (`llm_es.store.codec` holds the wire form); `EVENT_TYPES` maps the stable
+type name to the class.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Annotated, ClassVar
+
+from msgspec import Meta, Struct, field
 
 
 def new_event_id() -> str:
@@ -25,15 +27,26 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
-    """Fields every event carries; subclasses add their data."""
+EventId = Annotated[str, Meta(description="uuid4 hex; also the Nats-Msg-Id of the append")]
+# A stored time without an offset would be read as local time: `tz` refuses one.
+EventTime = Annotated[
+    datetime, Meta(tz=True, description="UTC time set by the writer (ISO 8601, `Z`)")
+]
+
+
+class Event(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Fields every event carries; subclasses add their data.
+
+    Every subclass repeats `frozen=True, kw_only=True`: msgspec applies `kw_only`
+    only to the fields a class declares (with it, a base's fields come first, as
+    the wire form lists them), and mypy reads `frozen` from each class statement.
+    """
 
     TYPE: ClassVar[str] = "Event"
     SCHEMA: ClassVar[int] = 1
 
-    id: str = field(default_factory=new_event_id)
-    at: datetime = field(default_factory=utc_now)
+    id: EventId = field(default_factory=new_event_id)
+    at: EventTime = field(default_factory=utc_now)
 
     @property
     def channel_name(self) -> str | None:
@@ -46,8 +59,7 @@ class Event:
         return None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _ChannelUserEvent(Event):
+class _ChannelUserEvent(Event, frozen=True, kw_only=True):
     channel: str
     user: str | None
 
@@ -60,8 +72,7 @@ class _ChannelUserEvent(Event):
         return self.user
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _TurnEvent(Event):
+class _TurnEvent(Event, frozen=True, kw_only=True):
     """A turn's events: a chat turn has a channel; a service completion may not."""
 
     channel: str | None
@@ -76,8 +87,7 @@ class _TurnEvent(Event):
         return self.user
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TurnAdmitted(_TurnEvent):
+class TurnAdmitted(_TurnEvent, frozen=True, kw_only=True):
     """A chat turn passed the rate limits; `reserved_tokens` are held until it ends."""
 
     TYPE: ClassVar[str] = "TurnAdmitted"
@@ -89,14 +99,19 @@ class TurnAdmitted(_TurnEvent):
     message: str
     reserved_tokens: int
     max_tokens: int
-    purpose: str = "chat"
-    """`chat` (a channel conversation), `complete` or `summarize` (service requests)."""
-    instance: str = ""
-    """The llm-es instance that runs the turn (who may still end it)."""
+    purpose: Annotated[
+        str,
+        Meta(
+            description="`chat` (a channel conversation), `complete` or `summarize` "
+            "(service requests)."
+        ),
+    ] = "chat"
+    instance: Annotated[
+        str, Meta(description="The llm-es instance that runs the turn (who may still end it).")
+    ] = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TurnRejected(_TurnEvent):
+class TurnRejected(_TurnEvent, frozen=True, kw_only=True):
     """A chat turn was refused by a limit; nothing was sent to a provider."""
 
     TYPE: ClassVar[str] = "TurnRejected"
@@ -105,12 +120,16 @@ class TurnRejected(_TurnEvent):
     window: str
     limit: int
     detail: str
-    provider: str = ""
-    """The provider the turn would have asked (empty in events recorded before 0.2)."""
+    provider: Annotated[
+        str,
+        Meta(
+            description="The provider the turn would have asked "
+            "(empty in events recorded before 0.2)."
+        ),
+    ] = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TurnCompleted(_TurnEvent):
+class TurnCompleted(_TurnEvent, frozen=True, kw_only=True):
     """The provider answered an admitted turn."""
 
     TYPE: ClassVar[str] = "TurnCompleted"
@@ -120,12 +139,16 @@ class TurnCompleted(_TurnEvent):
     model: str
     latency_ms: float
     finish_reason: str | None
-    fallback_from: tuple[str, ...] = ()
-    """Providers asked first that were down (in order); empty when the first one answered."""
+    fallback_from: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="Providers asked first that were down (in order); "
+            "empty when the first one answered."
+        ),
+    ] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TurnFailed(_TurnEvent):
+class TurnFailed(_TurnEvent, frozen=True, kw_only=True):
     """An admitted turn ended without an answer (provider error, timeout, abandoned)."""
 
     TYPE: ClassVar[str] = "TurnFailed"
@@ -134,8 +157,7 @@ class TurnFailed(_TurnEvent):
     error: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TokensSpent(_TurnEvent):
+class TokensSpent(_TurnEvent, frozen=True, kw_only=True):
     """One provider call's token usage; settles the turn's reservation."""
 
     TYPE: ClassVar[str] = "TokensSpent"
@@ -149,8 +171,7 @@ class TokensSpent(_TurnEvent):
     cost: float | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MemoryAdded(Event):
+class MemoryAdded(Event, frozen=True, kw_only=True):
     """A fact was remembered in a channel."""
 
     TYPE: ClassVar[str] = "MemoryAdded"
@@ -170,8 +191,7 @@ class MemoryAdded(Event):
         return self.user_id
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MemoryRecalled(_ChannelUserEvent):
+class MemoryRecalled(_ChannelUserEvent, frozen=True, kw_only=True):
     """Memories were looked up; their `accessed_at` moves to this event's time."""
 
     TYPE: ClassVar[str] = "MemoryRecalled"
@@ -179,31 +199,27 @@ class MemoryRecalled(_ChannelUserEvent):
     memory_ids: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MemoryForgotten(_ChannelUserEvent):
+class MemoryForgotten(_ChannelUserEvent, frozen=True, kw_only=True):
     """A memory was removed from its channel."""
 
     TYPE: ClassVar[str] = "MemoryForgotten"
     memory_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PersonaSwitched(_ChannelUserEvent):
+class PersonaSwitched(_ChannelUserEvent, frozen=True, kw_only=True):
     """A channel's persona changed."""
 
     TYPE: ClassVar[str] = "PersonaSwitched"
     persona: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ContextReset(_ChannelUserEvent):
+class ContextReset(_ChannelUserEvent, frozen=True, kw_only=True):
     """A channel's conversation context (messages and summary) was cleared."""
 
     TYPE: ClassVar[str] = "ContextReset"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ContextSummarized(Event):
+class ContextSummarized(Event, frozen=True, kw_only=True):
     """Old messages of a channel were folded into a summary."""
 
     TYPE: ClassVar[str] = "ContextSummarized"

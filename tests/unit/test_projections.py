@@ -7,11 +7,11 @@ whose value already records a sequence >= the event's is left alone.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import msgspec
 import pytest
 
 from llm_es.domain.events import (
@@ -421,7 +421,7 @@ def test_usage_a_failed_turn_that_spent_tokens_settles_then_closes() -> None:
     """TokensSpent (estimated) then TurnFailed for one turn, as a call cut mid-stream records
     them: the tokens count, the reservation is released once and the turn is closed."""
     key = usage_key("alice")
-    cut_short = dataclasses.replace(spent("t1", 40, 6), estimated=True)
+    cut_short = msgspec.structs.replace(spent("t1", 40, 6), estimated=True)
     state = fold(
         UsageProjection(),
         [admitted("t1", "q", reserved=500), admitted("t2", "q", reserved=100), cut_short],

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import types
 import typing
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
 from llm_es.domain.events import EVENT_TYPES, Event
@@ -29,7 +29,7 @@ def sample_event(cls: type[Event]) -> Event:
     """An instance with every field set (required and defaulted) to a plausible value."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for item in dataclasses.fields(cls):
+    for item in msgspec.structs.fields(cls):
         hint = hints[item.name]
         if typing.get_origin(hint) in (types.UnionType, typing.Union):
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
