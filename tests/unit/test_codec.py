@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -166,6 +167,118 @@ def test_wire_form_is_one_flat_object_with_type_schema_and_utc_z(event: Event) -
     assert all(not isinstance(value, dict) for value in body.values())
 
 
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).TYPE)
+def test_wire_form_lists_type_schema_then_the_fields_in_class_order(event: Event) -> None:
+    """Keys come as the log has always had them: type, schema, id, at, then the class's data
+    fields in declaration order (base classes' first)."""
+    assert list(wire(event)) == ["type", "schema", *type(event).__struct_fields__]
+    assert type(event).__struct_fields__[:2] == ("id", "at")
+
+
+WRITTEN_BEFORE_MSGSPEC = [
+    (
+        '{"type":"TurnAdmitted","schema":1,"id":"0f1e2d3c4b5a69788796a5b4c3d2e1f0",'
+        '"at":"2024-05-17T12:34:56.789012Z","channel":"général.chat","user":"alice 🎉",'
+        '"turn_id":"t1","source":"command","persona":"default","provider":"ollama",'
+        '"model":"llama3.2","message":"hello \\"world\\"\\nline two","reserved_tokens":600,'
+        '"max_tokens":512,"purpose":"chat","instance":""}',
+        TurnAdmitted(
+            id="0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+            at=AT,
+            turn_id="t1",
+            channel="général.chat",
+            user="alice 🎉",
+            source="command",
+            persona="default",
+            provider="ollama",
+            model="llama3.2",
+            message='hello "world"\nline two',
+            reserved_tokens=600,
+            max_tokens=512,
+        ),
+    ),
+    (
+        '{"type":"TokensSpent","schema":1,"id":"5c0ffee5c0ffee5c0ffee5c0ffee5c0f",'
+        '"at":"2024-05-17T12:34:56.789012Z","channel":null,"user":null,"turn_id":"t4",'
+        '"purpose":"context_summary","provider":"ollama","model":"llama3.2",'
+        '"prompt_tokens":10,"completion_tokens":5,"estimated":true,"cost":null}',
+        TokensSpent(
+            id="5c0ffee5c0ffee5c0ffee5c0ffee5c0f",
+            at=AT,
+            turn_id="t4",
+            channel=None,
+            user=None,
+            purpose="context_summary",
+            provider="ollama",
+            model="llama3.2",
+            prompt_tokens=10,
+            completion_tokens=5,
+            estimated=True,
+        ),
+    ),
+    (
+        '{"type":"TurnCompleted","schema":1,"id":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",'
+        '"at":"2024-05-17T14:00:00+02:00","channel":"general","user":"alice","turn_id":"t1",'
+        '"content":"an answer","provider":"openrouter","model":"m","latency_ms":12.5,'
+        '"finish_reason":null,"fallback_from":["ollama"]}',
+        TurnCompleted(
+            id="a" * 32,
+            at=datetime(2024, 5, 17, 14, 0, tzinfo=timezone(timedelta(hours=2))),
+            turn_id="t1",
+            channel="general",
+            user="alice",
+            content="an answer",
+            provider="openrouter",
+            model="m",
+            latency_ms=12.5,
+            finish_reason=None,
+            fallback_from=("ollama",),
+        ),
+    ),
+    (
+        '{"type":"MemoryRecalled","schema":1,"id":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",'
+        '"at":"2024-05-17T12:34:56.789012Z","channel":"general","user":"bob","query":"python",'
+        '"memory_ids":["deadbeef","0badf00d"]}',
+        MemoryRecalled(
+            id="b" * 32,
+            at=AT,
+            channel="general",
+            user="bob",
+            query="python",
+            memory_ids=("deadbeef", "0badf00d"),
+        ),
+    ),
+]
+"""Bytes captured from the orjson encoder used before msgspec (86a5f3c), with their events."""
+
+
+@pytest.mark.parametrize(
+    ("stored", "event"), WRITTEN_BEFORE_MSGSPEC, ids=[e.TYPE for _, e in WRITTEN_BEFORE_MSGSPEC]
+)
+def test_events_written_before_msgspec_read_back_and_encode_to_the_same_bytes(
+    stored: str, event: Event
+) -> None:
+    """Events the orjson encoder wrote (a tuple field, a null cost, a +02:00 time, escapes,
+    non-ASCII names) decode to equal events, which encode to exactly the stored bytes."""
+    data = stored.encode()
+    decoded = decode_event(data)
+    assert type(decoded) is type(event)
+    assert decoded == event
+    assert encode_event(decoded) == data
+    assert encode_event(event) == data
+
+
+def test_other_writers_formatting_and_key_order_are_read_alike() -> None:
+    """Whitespace and another key order (a tool that rewrote the log, say) do not matter:
+    the same event comes back."""
+    event = SAMPLES[7]
+    body = wire(event)
+    reordered = dict(reversed(list(body.items())))
+    data = orjson.dumps(reordered, option=orjson.OPT_INDENT_2)
+    assert data.startswith(b'{\n  "memory_ids"')
+    assert decode_event(data) == event
+
+
 def test_default_id_and_time_survive_and_offsets_are_normalised() -> None:
     """A generated id and a non-UTC offset decode to the same id and instant."""
     event = ContextReset(at=AT.astimezone(timezone(timedelta(hours=2))), channel="c", user="u")
@@ -235,23 +348,59 @@ def test_garbage_raises_unknown_event_error(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "change",
+    ("change", "message"),
     [
-        {"at": None},
-        {"at": 1715949296},
-        {"at": "yesterday"},
-        {"at": "2024-05-17T12:34:56"},  # no offset: would be read as local time
-        {"id": None},
-        {"id": 7},
-        {"surprise": "extra field"},
+        ({"at": None}, "missing required field `at`"),
+        ({"at": 1715949296}, "Expected `datetime`, got `int` - at `$.at`"),
+        ({"at": "yesterday"}, "Invalid RFC3339 encoded datetime - at `$.at`"),
+        # No offset: it would be read as local time.
+        ({"at": "2024-05-17T12:34:56"}, "Expected `datetime` with a timezone component"),
+        ({"id": None}, "missing required field `id`"),
+        ({"id": 7}, "Expected `str`, got `int` - at `$.id`"),
+        ({"surprise": "extra field"}, "unknown field `surprise`"),
     ],
     ids=["at-null", "at-number", "at-text", "at-naive", "id-null", "id-number", "extra-field"],
 )
-def test_broken_fields_raise_unknown_event_error(change: dict[str, Any]) -> None:
-    """A known type with a missing, mistyped or extra field raises UnknownEventError."""
+def test_broken_fields_raise_unknown_event_error(change: dict[str, Any], message: str) -> None:
+    """A known type with a missing, mistyped or extra field raises UnknownEventError naming it
+    (a missing `id` or `at` too, though a new event gets them by default)."""
     body = wire(SAMPLES[9]) | change
     body = {k: v for k, v in body.items() if v is not None}
-    with pytest.raises(UnknownEventError):
+    with pytest.raises(UnknownEventError, match=re.escape(message)):
+        decode_event(orjson.dumps(body))
+
+
+@pytest.mark.parametrize(
+    ("sample", "change", "message"),
+    [
+        (0, {"reserved_tokens": "lots"}, "Expected `int`, got `str` - at `$.reserved_tokens`"),
+        (0, {"max_tokens": 512.0}, "Expected `int`, got `float` - at `$.max_tokens`"),
+        (0, {"user": 5}, "Expected `str | null`, got `int` - at `$.user`"),
+        (2, {"latency_ms": "fast"}, "Expected `float`, got `str` - at `$.latency_ms`"),
+        (4, {"prompt_tokens": "abc"}, "Expected `int`, got `str` - at `$.prompt_tokens`"),
+        (4, {"estimated": "no"}, "Expected `bool`, got `str` - at `$.estimated`"),
+        (4, {"cost": True}, "Expected `float | null`, got `bool` - at `$.cost`"),
+        (7, {"memory_ids": "deadbeef"}, "Expected `array`, got `str` - at `$.memory_ids`"),
+        (7, {"memory_ids": ["a", 1]}, "Expected `str`, got `int` - at `$.memory_ids[1]`"),
+    ],
+    ids=[
+        "reserved_tokens-text",
+        "max_tokens-float",
+        "user-number",
+        "latency_ms-text",
+        "prompt_tokens-text",
+        "estimated-text",
+        "cost-bool",
+        "memory_ids-text",
+        "memory_ids-item-number",
+    ],
+)
+def test_wrongly_typed_fields_raise_unknown_event_error_naming_the_field(
+    sample: int, change: dict[str, Any], message: str
+) -> None:
+    """A data field of the wrong JSON type is refused, with the type and the field's path."""
+    body = wire(SAMPLES[sample]) | change
+    with pytest.raises(UnknownEventError, match=re.escape(message)):
         decode_event(orjson.dumps(body))
 
 
@@ -319,6 +468,21 @@ def test_upcasters_chain_one_version_at_a_time(upcasters: dict[tuple[str, int], 
     assert order == [-1, 0]
 
 
+def test_an_upcast_body_is_checked_like_a_current_one(
+    upcasters: dict[tuple[str, int], Any],
+) -> None:
+    """What an upcaster returns is typed like stored bytes: a wrong type or a leftover field of
+    the old version is refused, naming the field."""
+    upcasters[("TurnFailed", 0)] = lambda body: body | {"error_type": 3}
+    old = wire(SAMPLES[3]) | {"schema": 0}
+    with pytest.raises(UnknownEventError, match=re.escape("got `int` - at `$.error_type`")):
+        decode_event(orjson.dumps(old))
+
+    upcasters[("TurnFailed", 0)] = lambda body: body | {"message": "kept by mistake"}
+    with pytest.raises(UnknownEventError, match="unknown field `message`"):
+        decode_event(orjson.dumps(old))
+
+
 def test_upcasters_are_left_as_they_were() -> None:
     """Runs after the upcaster tests: nothing they registered is still in UPCASTERS."""
     assert ("TurnFailed", 0) not in UPCASTERS
@@ -338,7 +502,7 @@ def test_fields_with_defaults_may_be_absent_from_older_writers() -> None:
 
 
 def test_decoded_events_stay_frozen() -> None:
-    """Decoding builds events past the frozen `__init__`, yet they remain immutable."""
+    """A decoded event is as immutable as a constructed one."""
     decoded = decode_event(encode_event(SAMPLES[0]))
     with pytest.raises(AttributeError):
         decoded.id = "changed"  # type: ignore[misc]

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from llm_es.domain.events import EVENT_TYPES, Event
+from llm_es.domain.events import EVENT_TYPES, Event, TurnAdmitted
 from llm_es.store.codec import encode_event
 from replay.schemas import check_schemas, current_schemas, event_schema, schema_file_name
 
@@ -94,3 +94,21 @@ def test_a_stale_schema_file_is_reported(tmp_path: pathlib.Path) -> None:
     )
     assert any("differs from the event class" in p for p in problems)
     assert any(p.startswith("TurnRejected.v7.json: not a version before") for p in problems)
+
+
+def test_field_descriptions_and_required_stamp_reach_the_schema() -> None:
+    """A field's description written in its class (`msgspec.Meta`) is in the schema beside its
+    type and default; `id` and `at` are required (a stored event must carry them, though a new
+    one gets them by default), defaulted fields are not."""
+    schema = event_schema(TurnAdmitted)
+    assert schema["properties"]["instance"] == {
+        "description": "The llm-es instance that runs the turn (who may still end it).",
+        "type": "string",
+        "default": "",
+    }
+    assert schema["properties"]["at"]["format"] == "date-time"
+    assert schema["required"][:4] == ["type", "schema", "id", "at"]
+    assert "purpose" not in schema["required"]
+    assert "instance" not in schema["required"]
+    assert schema["additionalProperties"] is False
+    assert schema["description"].startswith("A chat turn passed the rate limits;")
