@@ -1,5 +1,6 @@
 """The plugin's configuration: the seed's config.json format, validated into frozen dataclasses."""
 
+from llm_es.config._secret import Secret, redact_url
 from llm_es.config._settings import (
     DEFAULT_CONFIG_JSON,
     ENV_OVERRIDES,
@@ -12,14 +13,12 @@ from llm_es.config._settings import (
     ProviderName,
     ProvidersConfig,
     RateLimitsConfig,
-    Secret,
     ServiceConfig,
     config_reference,
     default_config_dict,
     load_config,
     load_config_sync,
     parse_config,
-    redact_url,
 )
 
 __all__ = [
