@@ -1,9 +1,17 @@
-"""The plugin's configuration: the seed's config.json format, validated into frozen dataclasses."""
+"""The plugin's configuration: the seed's config.json format, validated into frozen dataclasses.
 
-from llm_es.config._secret import Secret, redact_url
-from llm_es.config._settings import (
-    DEFAULT_CONFIG_JSON,
-    ENV_OVERRIDES,
+Inside: `_schema` (the dataclasses; each key's type carries its range and meaning),
+`_validation` (msgspec conversion, errors that name the key), `_loading` (file,
+environment, defaults), `_reference` (the sample config and the README table),
+`_describe` (the words both of those use for a key's type), `_secret` (`Secret`,
+`redact_url`), `personas` (the built-in personas). Every problem raises `ConfigError`
+naming the full dotted key, what is wrong and what was given; secret values (API keys,
+NATS password/token, passwords inside URLs) are never echoed.
+"""
+
+from llm_es.config._loading import ENV_OVERRIDES, load_config, load_config_sync, parse_config
+from llm_es.config._reference import DEFAULT_CONFIG_JSON, config_reference, default_config_dict
+from llm_es.config._schema import (
     PERSONA_NAME_PATTERN,
     Config,
     NatsConfig,
@@ -14,12 +22,8 @@ from llm_es.config._settings import (
     ProvidersConfig,
     RateLimitsConfig,
     ServiceConfig,
-    config_reference,
-    default_config_dict,
-    load_config,
-    load_config_sync,
-    parse_config,
 )
+from llm_es.config._secret import Secret, redact_url
 
 __all__ = [
     "DEFAULT_CONFIG_JSON",
