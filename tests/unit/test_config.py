@@ -317,6 +317,24 @@ INVALID = [
         id="default-provider",
     ),
     pytest.param(
+        {"fallback_providers": "openai"},
+        "fallback_providers",
+        'expected a list of one of "ollama", "openai", "openrouter", got "openai"',
+        id="fallback-not-a-list",
+    ),
+    pytest.param(
+        {"fallback_providers": ["openai", "claude"]},
+        "fallback_providers[1]",
+        'expected one of "ollama", "openai", "openrouter", got "claude" (string)',
+        id="fallback-unknown-provider",
+    ),
+    pytest.param(
+        {"fallback_providers": ["openai", "openai"]},
+        "fallback_providers",
+        "without repeats",
+        id="fallback-repeated",
+    ),
+    pytest.param(
         {"service": {"default_persona": "pirate"}},
         "service.default_persona",
         "unknown persona 'pirate'; known personas: default, concise, technical, creative",
@@ -398,6 +416,30 @@ def test_unknown_key_lists_known_keys_without_a_close_match() -> None:
         "unknown key; known keys: requests_per_minute, requests_per_hour, "
         "requests_per_day, tokens_per_day"
     )
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "problem"),
+    [
+        pytest.param(
+            {"providers": {"ollama": {"timeout": float("inf")}}},
+            "providers.ollama.timeout",
+            "expected a finite number, got inf (number)",
+            id="infinite-timeout",
+        ),
+        pytest.param(
+            {"providers": {"ollama": {"temperature": float("nan")}}},
+            "providers.ollama.temperature",
+            "must be between 0 and 2, got nan (number)",
+            id="nan-temperature",
+        ),
+    ],
+)
+def test_non_finite_numbers_are_rejected(raw: object, key: str, problem: str) -> None:
+    """inf and nan (which only a Python caller can pass; JSON has neither) fail, shown as such."""
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert (caught.value.key, caught.value.problem) == (key, problem)
 
 
 # --- environment -----------------------------------------------------------------------
