@@ -76,6 +76,7 @@ from llm_es.errors import (
 )
 from llm_es.logs import log_kv
 from llm_es.providers.base import ChatMessage, CompletionResult, LLMProvider
+from llm_es.service.user_locks import UserLocks
 from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
 
@@ -161,7 +162,7 @@ class ChatService:
         self._clock = clock or utc_now
         # Serializes admissions per user inside this process; the conditional
         # append keeps them exact across processes.
-        self._user_locks: dict[str, asyncio.Lock] = {}
+        self._user_locks = UserLocks()
         self._summarizing: dict[str, asyncio.Task[bool]] = {}
         self.instance_id = instance_id or new_instance_id()
         self._in_flight: set[str] = set()
@@ -574,55 +575,46 @@ class ChatService:
         self, request: TurnRequest, prompt_estimate: int, max_tokens: int
     ) -> TurnAdmitted | TurnRejected:
         """Decide and append admission with the per-user conditional append; retry on races."""
-        lock = self._user_locks.setdefault(request.user, asyncio.Lock())
-        async with lock:
+        async with self._user_locks.hold(request.user):
             boundary = self._store.user_boundary(request.user)
             known_last: int | None = None
-            try:
-                for attempt in range(self._config.service.admit_retries):
-                    usage = self.usage_of(request.user)
-                    position = usage["seq"] if usage else 0
-                    if known_last is not None:
-                        # Events the views skip (unreadable ones) still move the
-                        # subject's last sequence; the views include all up to it.
-                        position = max(position, known_last)
-                    decision: TurnAdmitted | TurnRejected = decide_admission(
-                        request,
-                        usage,
-                        self._config.rate_limits,
-                        now=self._clock(),
-                        prompt_tokens_estimate=prompt_estimate,
-                        max_tokens=max_tokens,
-                    )
-                    if isinstance(decision, TurnRejected):
-                        # A refusal consumes no budget, so it has no race to lose:
-                        # appending it unconditionally keeps floods from contending.
-                        await self._wait_for(await self._store.append(decision))
-                        self.rejected += 1
-                        return decision
-                    try:
-                        seq = await self._store.append(
-                            decision, expected_last_seq=position, boundary=boundary
-                        )
-                    except IntegrityError as conflict:
-                        # Another writer got there first: fold what it wrote, decide again.
-                        self.admission_conflicts += 1
-                        known_last = conflict.actual_last_seq or await self._store.last_seq(
-                            boundary
-                        )
-                        await self._wait_for(known_last)
-                        # Jitter spreads instances that keep colliding on one user.
-                        await asyncio.sleep(
-                            random.uniform(0, ADMIT_BACKOFF_SECONDS) * min(attempt, 8)
-                        )
-                        continue
-                    self.admitted += 1
-                    await self._wait_for(seq)
+            for attempt in range(self._config.service.admit_retries):
+                usage = self.usage_of(request.user)
+                position = usage["seq"] if usage else 0
+                if known_last is not None:
+                    # Events the views skip (unreadable ones) still move the
+                    # subject's last sequence; the views include all up to it.
+                    position = max(position, known_last)
+                decision: TurnAdmitted | TurnRejected = decide_admission(
+                    request,
+                    usage,
+                    self._config.rate_limits,
+                    now=self._clock(),
+                    prompt_tokens_estimate=prompt_estimate,
+                    max_tokens=max_tokens,
+                )
+                if isinstance(decision, TurnRejected):
+                    # A refusal consumes no budget, so it has no race to lose:
+                    # appending it unconditionally keeps floods from contending.
+                    await self._wait_for(await self._store.append(decision))
+                    self.rejected += 1
                     return decision
-                raise OperationalError("too many concurrent requests for this user; try again")
-            finally:
-                if not lock.locked() or len(self._user_locks) > 10_000:
-                    self._user_locks.pop(request.user, None)
+                try:
+                    seq = await self._store.append(
+                        decision, expected_last_seq=position, boundary=boundary
+                    )
+                except IntegrityError as conflict:
+                    # Another writer got there first: fold what it wrote, decide again.
+                    self.admission_conflicts += 1
+                    known_last = conflict.actual_last_seq or await self._store.last_seq(boundary)
+                    await self._wait_for(known_last)
+                    # Jitter spreads instances that keep colliding on one user.
+                    await asyncio.sleep(random.uniform(0, ADMIT_BACKOFF_SECONDS) * min(attempt, 8))
+                    continue
+                self.admitted += 1
+                await self._wait_for(seq)
+                return decision
+            raise OperationalError("too many concurrent requests for this user; try again")
 
     async def _wait_for(self, seq: int) -> None:
         async with asyncio.timeout(VIEW_WAIT_SECONDS):
