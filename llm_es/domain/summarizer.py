@@ -1,15 +1,19 @@
 """Channel summaries: which old messages to fold into the summary, and the prompt that does it.
 
-Pure: the service calls the provider with `summary_prompt` and records the
-result as `ContextSummarized` (with the sequence it covers) plus its own
-`TokensSpent`; the context view then keeps the summary instead of those
-messages.
+Pure: `plan_summary` says what to fold and how to ask; the service calls the
+provider with the plan's prompt, and `decide_summary` turns the answer into
+`ContextSummarized` (with the sequence it covers), which the service appends on
+the plan's condition, plus its own `TokensSpent`; the context view then keeps
+the summary instead of those messages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
+from llm_es.domain.events import ContextSummarized
 from llm_es.domain.messages import ChatMessage
 from llm_es.domain.prompt import speaker_line
 from llm_es.domain.views import ContextMessage, ContextView
@@ -55,6 +59,50 @@ def summary_prompt(
         {"role": "system", "content": SUMMARY_INSTRUCTIONS.format(max_words=max_words)},
         {"role": "user", "content": body},
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryPlan:
+    """What one summary of a channel folds, and what it asks the provider."""
+
+    channel: str
+    older: list[ContextMessage]
+    """The messages to fold, oldest first."""
+    prompt: list[ChatMessage]
+    expected_summary_seq: int
+    """The sequence of the summary this plan builds on: the append's condition, so two
+    instances never both fold the same messages."""
+
+
+def plan_summary(
+    channel: str,
+    view: ContextView | None,
+    *,
+    keep_recent: int,
+    threshold: int | None,
+    max_words: int,
+) -> SummaryPlan | None:
+    """The summary a channel's history calls for now; None when it calls for none."""
+    older = messages_to_summarize(view, keep_recent=keep_recent, threshold=threshold)
+    if view is None or not older:
+        return None
+    return SummaryPlan(
+        channel=channel,
+        older=older,
+        prompt=summary_prompt(view["summary"], older, max_words),
+        expected_summary_seq=view.get("summary_seq", 0),
+    )
+
+
+def decide_summary(plan: SummaryPlan, answer: str, *, now: datetime) -> ContextSummarized:
+    """The provider's answer to a plan, as the event that replaces the folded messages."""
+    return ContextSummarized(
+        at=now,
+        channel=plan.channel,
+        summary=answer.strip(),
+        through_seq=plan.older[-1]["seq"],
+        message_count=len(plan.older),
+    )
 
 
 SUMMARY_STYLES = ("concise", "detailed", "bullets")

@@ -1,9 +1,19 @@
-"""Which messages get summarized, and the prompt that summarizes them."""
+"""Which messages get summarized, the prompt that summarizes them, and the event it records."""
 
 from __future__ import annotations
 
-from llm_es.domain.summarizer import messages_to_summarize, summary_prompt
+from datetime import UTC, datetime
+
+from llm_es.domain.events import ContextSummarized
+from llm_es.domain.summarizer import (
+    decide_summary,
+    messages_to_summarize,
+    plan_summary,
+    summary_prompt,
+)
 from llm_es.domain.views import ContextMessage, ContextView
+
+NOW = datetime(2024, 5, 17, 20, 0, 0, tzinfo=UTC)
 
 
 def message(n: int, role: str, seq: int) -> ContextMessage:
@@ -58,3 +68,33 @@ def test_prompt_carries_previous_summary_and_speakers() -> None:
         prompt[1]["content"]
         == "Previous summary:\nEarlier: hello.\n\nNew messages:\nalice: m0\nassistant: m1"
     )
+
+
+def test_a_plan_folds_the_older_messages_on_the_summary_it_read() -> None:
+    """The plan names the messages to fold, asks with the summary prompt, and is appended on
+    the condition that the summary it built on is still the latest."""
+    view = view_of(8)
+    view["summary"] = "Earlier: alice asked about tea."
+    view["summary_seq"] = 7
+    plan = plan_summary("c", view, keep_recent=2, threshold=4, max_words=50)
+    assert plan is not None
+    assert plan.older == view["messages"][:6]
+    assert plan.prompt == summary_prompt(view["summary"], view["messages"][:6], 50)
+    assert plan.expected_summary_seq == 7
+
+
+def test_no_plan_until_the_history_calls_for_one() -> None:
+    """Under the threshold, without a view, or with summaries off: no summary is due."""
+    assert plan_summary("c", view_of(4), keep_recent=2, threshold=4, max_words=50) is None
+    assert plan_summary("c", None, keep_recent=2, threshold=4, max_words=50) is None
+    assert plan_summary("c", view_of(8), keep_recent=2, threshold=None, max_words=50) is None
+
+
+def test_the_answer_becomes_context_summarized_through_the_last_folded_message() -> None:
+    """The provider's answer (trimmed) is recorded with the sequence and count it covers."""
+    plan = plan_summary("c", view_of(8), keep_recent=2, threshold=4, max_words=50)
+    assert plan is not None
+    event = decide_summary(plan, "  alice and the bot talked.\n", now=NOW)
+    assert isinstance(event, ContextSummarized)
+    assert (event.channel, event.summary, event.at) == ("c", "alice and the bot talked.", NOW)
+    assert (event.through_seq, event.message_count) == (plan.older[-1]["seq"], 6)

@@ -1,0 +1,88 @@
+"""Recovery decider: which open turns nobody will end any more, and the event closing each.
+
+Pure: the service gathers the open turns from the usage views, who runs each
+(the instance its `TurnAdmitted` names) and whether those instances are alive,
+and passes them in with the clock and the turns' deadline. A close is
+`TurnFailed(error_type="abandoned")`, so the turn's reservation is released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from llm_es.domain.events import TurnFailed
+
+ABANDON_GRACE_SECONDS = 30.0
+"""Past its deadline, a turn whose instance still looks alive is closed after this much more."""
+
+ABANDONED_ERROR = "turn was admitted but never ended (its instance stopped mid-turn)"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTurnFacts:
+    """An open turn as recovery sees it."""
+
+    turn_id: str
+    user: str
+    channel: str | None
+    admitted_at: datetime
+    owner: str | None
+    """The instance running it; "" for turns admitted before instances were recorded,
+    None when not looked up (a turn past its deadline needs no owner)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Survivors:
+    """What recovery knows about instances: this one, and which others are alive."""
+
+    this_instance: str
+    started_at: datetime
+    """When this process started: its own turns admitted earlier belong to a dead run."""
+    alive: Mapping[str, bool]
+    """Every other owner named by the open turns not past their deadline."""
+
+
+def past_deadline(admitted_at: datetime, now: datetime, deadline_seconds: float) -> bool:
+    """Whether a turn has run past the longest it may run, and the grace after it."""
+    return (now - admitted_at).total_seconds() > deadline_seconds + ABANDON_GRACE_SECONDS
+
+
+def is_abandoned(
+    turn: OpenTurnFacts, survivors: Survivors, *, now: datetime, deadline_seconds: float
+) -> bool:
+    """Past its deadline whoever runs it; else when its instance is gone.
+
+    A turn of this instance from before this process started is gone (nothing
+    here runs it any more); one with no recorded owner waits for the deadline.
+    """
+    if past_deadline(turn.admitted_at, now, deadline_seconds):
+        return True
+    if not turn.owner:
+        return False
+    if turn.owner == survivors.this_instance:
+        return turn.admitted_at < survivors.started_at
+    return not survivors.alive[turn.owner]
+
+
+def decide_abandoned(
+    turns: Iterable[OpenTurnFacts],
+    survivors: Survivors,
+    *,
+    now: datetime,
+    deadline_seconds: float,
+) -> list[TurnFailed]:
+    """A `TurnFailed(abandoned)` for each abandoned turn, in the order given."""
+    return [
+        TurnFailed(
+            at=now,
+            turn_id=turn.turn_id,
+            channel=turn.channel,
+            user=turn.user,
+            error_type="abandoned",
+            error=ABANDONED_ERROR,
+        )
+        for turn in turns
+        if is_abandoned(turn, survivors, now=now, deadline_seconds=deadline_seconds)
+    ]
