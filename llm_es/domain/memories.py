@@ -1,11 +1,14 @@
-"""Memory deciders: remember, recall (keyword ranking) and forget, without I/O."""
+"""Memory deciders: remember, recall (keyword ranking) and forget, without I/O.
+
+Ids come from the caller (`new_id` draws a candidate memory id), so a test can
+fix them; errors are neutral `ValidationError`s: each surface says how to use it.
+"""
 
 from __future__ import annotations
 
 import bisect
 import functools
 import re
-import secrets
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
@@ -75,10 +78,9 @@ _STOPWORDS = frozenset(
 )
 
 
-def new_memory_id(existing: Iterable[str], random_hex: Callable[[], str] | None = None) -> str:
-    """A fresh 8-hex id that no memory of the channel uses."""
+def new_memory_id(existing: Iterable[str], draw: Callable[[], str]) -> str:
+    """A fresh id from `draw` (8 hex digits) that no memory of the channel uses."""
     taken = set(existing)
-    draw = random_hex or (lambda: secrets.token_hex(4))
     for _ in range(64):
         candidate = draw()
         if candidate not in taken:
@@ -87,11 +89,23 @@ def new_memory_id(existing: Iterable[str], random_hex: Callable[[], str] | None 
 
 
 def normalize_memory_id(raw: str) -> str:
-    """Memory ids are 8 hex digits, compared case-insensitively."""
+    """Memory ids are 8 hex digits, compared case-insensitively; blank is nothing to forget."""
     memory_id = raw.strip().lower()
+    if not memory_id:
+        raise ValidationError("Nothing to forget", "memory_id")
     if not MEMORY_ID.fullmatch(memory_id):
-        raise ValidationError(f"Invalid memory ID: {raw.strip()!r} (expected 8 hex digits)", "args")
+        raise ValidationError(
+            f"Invalid memory ID: {raw.strip()!r} (expected 8 hex digits)", "memory_id"
+        )
     return memory_id
+
+
+def recall_query(raw: str) -> str:
+    """What a recall looks for: the text without surrounding blanks; blank is an error."""
+    query = raw.strip()
+    if not query:
+        raise ValidationError("Nothing to recall", "query")
+    return query
 
 
 def keywords(text: str) -> set[str]:
@@ -143,15 +157,16 @@ def decide_remember(
     category: str,
     importance: int,
     existing_ids: Iterable[str],
+    new_id: Callable[[], str],
     now: datetime,
 ) -> MemoryAdded:
-    """Remember a fact in a channel under a fresh id."""
+    """Remember a fact in a channel under a fresh id (drawn by `new_id`)."""
     content = content.strip()
     if not content:
-        raise ValidationError("Nothing to remember. Usage: !chat remember <fact>", "args")
+        raise ValidationError("Nothing to remember", "content")
     return MemoryAdded(
         at=now,
-        memory_id=new_memory_id(existing_ids),
+        memory_id=new_memory_id(existing_ids, new_id),
         channel=channel,
         user_id=user,
         content=content,

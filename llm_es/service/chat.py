@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from llm_es.domain.memories import (
     decide_remember,
     normalize_memory_id,
     rank_memories,
+    recall_query,
 )
 from llm_es.domain.prompt import build_chat_prompt, prompt_length
 from llm_es.domain.summarizer import (
@@ -154,12 +156,14 @@ class ChatService:
         *,
         clock: Callable[[], datetime] | None = None,
         instance_id: str | None = None,
+        memory_ids: Callable[[], str] | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._views = views
         self._providers = providers
         self._clock = clock or utc_now
+        self._memory_ids = memory_ids or random_memory_id
         # Serializes admissions per user inside this process; the conditional
         # append keeps them exact across processes.
         self._user_locks = UserLocks()
@@ -678,6 +682,7 @@ class ChatService:
             category=category,
             importance=importance,
             existing_ids=(m["id"] for m in self.memories_of(channel)),
+            new_id=self._memory_ids,
             now=self._clock(),
         )
         await self._record(event)
@@ -688,9 +693,7 @@ class ChatService:
     async def recall(
         self, *, channel: str, user: str | None, query: str, limit: int = 5
     ) -> Outcome:
-        query = query.strip()
-        if not query:
-            raise ValidationError("Nothing to recall. Usage: !chat recall <query>", "args")
+        query = recall_query(query)
         await self._catch_up()
         found, event = decide_recall(
             channel=channel,
@@ -707,8 +710,6 @@ class ChatService:
         return Outcome.ok(replies.recalled(query, found), memories=listed, count=len(listed))
 
     async def forget(self, *, channel: str, user: str | None, memory_id: str) -> Outcome:
-        if not memory_id.strip():
-            raise ValidationError("Nothing to forget. Usage: !chat forget <id>", "args")
         normalized = normalize_memory_id(memory_id)
         await self._catch_up()
         event = decide_forget(
@@ -996,6 +997,11 @@ def spend_of(
         estimated=result.prompt_tokens is None or result.completion_tokens is None,
         cost=result.cost,
     )
+
+
+def random_memory_id() -> str:
+    """A candidate memory id: 8 random hex digits."""
+    return secrets.token_hex(4)
 
 
 def _public_memory(memory: MemoryView) -> dict[str, Any]:

@@ -40,6 +40,13 @@ COMMAND_SUBJECT = "rosey.command.chat"
 QUEUE_GROUP = "llm-es"
 MAX_IN_FLIGHT = 512
 
+COMMAND_USAGE = {
+    "remember": "!chat remember <fact>",
+    "recall": "!chat recall <query>",
+    "forget": "!chat forget <id>",
+}
+"""How to use the subcommands that need an argument: said when one comes without it."""
+
 
 def success_reply(outcome: Outcome) -> dict[str, Any]:
     return {"success": True, "result": {"message": outcome.message, **outcome.data}}
@@ -115,25 +122,33 @@ class CommandSurface:
             if subcommand in SUBCOMMANDS
             else parse_chat_args(request.args)
         )
-        service = self._service
-        channel, user = request.channel, request.user
-        if command.name == "help":
-            outcome = Outcome.ok(replies.HELP)
-        elif command.name == "reset":
-            outcome = await service.reset(channel=channel, user=user)
-        elif command.name == "persona":
-            outcome = await service.persona(channel=channel, user=user, name=command.argument)
-        elif command.name == "remember":
-            outcome = await service.remember(channel=channel, user=user, content=command.argument)
-        elif command.name == "recall":
-            outcome = await service.recall(channel=channel, user=user, query=command.argument)
-        elif command.name == "forget":
-            outcome = await service.forget(channel=channel, user=user, memory_id=command.argument)
-        else:
-            outcome = await service.chat(channel=channel, user=user, message=command.argument)
+        try:
+            outcome = await self._outcome(command, request.channel, request.user)
+        except ValidationError as exc:
+            usage = COMMAND_USAGE.get(command.name)
+            if usage is None or command.argument.strip():
+                raise
+            # The service says what is missing; how to write it is this surface's syntax.
+            raise ValidationError(f"{exc}. Usage: {usage}", exc.field) from exc
         if outcome.success:
             return success_reply(outcome)
         return error_reply(outcome.message)
+
+    async def _outcome(self, command: ChatCommand, channel: str, user: str) -> Outcome:
+        service = self._service
+        if command.name == "help":
+            return Outcome.ok(replies.HELP)
+        if command.name == "reset":
+            return await service.reset(channel=channel, user=user)
+        if command.name == "persona":
+            return await service.persona(channel=channel, user=user, name=command.argument)
+        if command.name == "remember":
+            return await service.remember(channel=channel, user=user, content=command.argument)
+        if command.name == "recall":
+            return await service.recall(channel=channel, user=user, query=command.argument)
+        if command.name == "forget":
+            return await service.forget(channel=channel, user=user, memory_id=command.argument)
+        return await service.chat(channel=channel, user=user, message=command.argument)
 
     async def _reply(self, subject: str | None, answer: dict[str, Any]) -> None:
         if subject is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from llm_es.domain.memories import (
     new_memory_id,
     normalize_memory_id,
     rank_memories,
+    recall_query,
     relevance,
 )
 from llm_es.domain.views import MemoryView
@@ -48,11 +50,12 @@ def draws(*values: str) -> Iterator[str]:
     yield from values
 
 
-def test_new_ids_are_8_lower_case_hex_and_unique() -> None:
-    """Ids are 8 hex digits and never repeat one already taken in the channel."""
+def test_new_ids_never_repeat_one_already_taken() -> None:
+    """Drawing from a source that repeats itself still gives ids no memory uses yet."""
     taken: set[str] = set()
-    for _ in range(500):
-        memory_id = new_memory_id(taken)
+    source = itertools.cycle(f"{n:08x}" for n in range(50))
+    for _ in range(50):
+        memory_id = new_memory_id(taken, lambda: next(source))
         assert HEX8.fullmatch(memory_id)
         assert memory_id not in taken
         taken.add(memory_id)
@@ -88,13 +91,29 @@ def test_normalize_memory_id_accepts_8_hex_any_case(raw: str, expected: str) -> 
 
 
 @pytest.mark.parametrize(
-    "raw", ["", "   ", "deadbee", "deadbeef0", "deadbeeg", "dead beef", "0xdeadbe", "déadbeef"]
+    "raw", ["deadbee", "deadbeef0", "deadbeeg", "dead beef", "0xdeadbe", "déadbeef"]
 )
 def test_normalize_memory_id_rejects_anything_else(raw: str) -> None:
-    """Anything but 8 hex digits is a ValidationError naming the `args` field."""
+    """Anything but 8 hex digits is a ValidationError naming the `memory_id` field."""
     with pytest.raises(ValidationError, match="Invalid memory ID") as caught:
         normalize_memory_id(raw)
-    assert caught.value.field == "args"
+    assert caught.value.field == "memory_id"
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "\t\n"])
+def test_a_blank_memory_id_is_nothing_to_forget(raw: str) -> None:
+    """A blank id says so in neutral words: each surface adds its own usage text."""
+    with pytest.raises(ValidationError) as caught:
+        normalize_memory_id(raw)
+    assert (str(caught.value), caught.value.field) == ("Nothing to forget", "memory_id")
+
+
+def test_recall_query_is_trimmed_and_blank_is_nothing_to_recall() -> None:
+    """A query loses its surrounding blanks; a blank one is a neutral ValidationError."""
+    assert recall_query("  launch plans \n") == "launch plans"
+    with pytest.raises(ValidationError) as caught:
+        recall_query(" \t ")
+    assert (str(caught.value), caught.value.field) == ("Nothing to recall", "query")
 
 
 def test_keywords_are_lower_case_without_stopwords() -> None:
@@ -192,7 +211,9 @@ def test_nothing_matches() -> None:
 
 
 def test_decide_remember_strips_content_and_uses_a_free_id() -> None:
-    """Remember makes a MemoryAdded with trimmed content, the given fields and a fresh id."""
+    """Remember makes a MemoryAdded with trimmed content, the given fields and the first
+    id drawn that no memory of the channel uses."""
+    drawn = draws("deadbeef", "0badf00d")
     event = decide_remember(
         channel="general",
         user="alice",
@@ -200,11 +221,11 @@ def test_decide_remember_strips_content_and_uses_a_free_id() -> None:
         category="fact",
         importance=4,
         existing_ids={"deadbeef"},
+        new_id=lambda: next(drawn),
         now=NOW,
     )
     assert isinstance(event, MemoryAdded)
-    assert HEX8.fullmatch(event.memory_id)
-    assert event.memory_id != "deadbeef"
+    assert event.memory_id == "0badf00d"
     assert (event.channel, event.user_id, event.content) == (
         "general",
         "alice",
@@ -214,8 +235,9 @@ def test_decide_remember_strips_content_and_uses_a_free_id() -> None:
 
 
 def test_decide_remember_rejects_empty_content() -> None:
-    """Blank content is a ValidationError with the usage text."""
-    with pytest.raises(ValidationError, match="Nothing to remember"):
+    """Blank content is a neutral ValidationError (no `!chat` syntax: the domain serves
+    every surface)."""
+    with pytest.raises(ValidationError) as caught:
         decide_remember(
             channel="general",
             user=None,
@@ -223,8 +245,10 @@ def test_decide_remember_rejects_empty_content() -> None:
             category="fact",
             importance=3,
             existing_ids=(),
+            new_id=lambda: "deadbeef",
             now=NOW,
         )
+    assert (str(caught.value), caught.value.field) == ("Nothing to remember", "content")
 
 
 def test_decide_recall_records_the_ranked_ids() -> None:
