@@ -62,7 +62,7 @@ from llm_es.domain.views import UsageView, usage_key
 from llm_es.embedded import EmbeddedNatsServer, server_version
 from llm_es.errors import IntegrityError, OperationalError
 from llm_es.headers import LLM_TURN_ID
-from llm_es.service.chat import ADMIT_BACKOFF_SECONDS
+from llm_es.service.admission import ADMIT_BACKOFF_SECONDS
 from llm_es.status import gather_replies, instances_status
 from llm_es.store.codec import decode_event
 from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX, EventStore

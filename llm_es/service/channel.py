@@ -1,0 +1,177 @@
+"""A channel's own state: context reset, persona, memories, and the chat prompt built from them.
+
+Each command decides with a pure decider (`llm_es.domain.channel`,
+`llm_es.domain.memories`), appends, and answers once the views include it.
+Per-channel facts need no lock: stream order is the order of the channel's history.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, cast
+
+from llm_es.config import Config
+from llm_es.domain import replies
+from llm_es.domain.channel import decide_persona_switch, decide_reset
+from llm_es.domain.memories import (
+    DEFAULT_IMPORTANCE,
+    decide_forget,
+    decide_recall,
+    decide_remember,
+    normalize_memory_id,
+    rank_memories,
+    recall_query,
+)
+from llm_es.domain.messages import ChatMessage
+from llm_es.domain.prompt import build_chat_prompt
+from llm_es.domain.views import (
+    ContextView,
+    MemoryView,
+    SettingsView,
+    context_key,
+    memories_group,
+    memory_key,
+    settings_key,
+)
+from llm_es.service.outcome import Outcome
+from llm_es.service.recording import Recorder
+
+
+def random_memory_id() -> str:
+    """A candidate memory id: 8 random hex digits."""
+    return secrets.token_hex(4)
+
+
+class Channels:
+    """Reads and commands of channels: context, persona and memories."""
+
+    def __init__(
+        self,
+        config: Config,
+        recorder: Recorder,
+        *,
+        clock: Callable[[], datetime],
+        memory_ids: Callable[[], str] = random_memory_id,
+    ) -> None:
+        self._config = config
+        self._recorder = recorder
+        self._views = recorder.views
+        self._clock = clock
+        self._memory_ids = memory_ids
+
+    # ---------------------------------------------------------------- reads
+
+    def persona_of(self, channel: str) -> str:
+        """The channel's persona; the default when none is set or it is no longer configured."""
+        settings = cast(SettingsView | None, self._views.get(settings_key(channel)))
+        persona = settings["persona"] if settings else self._config.service.default_persona
+        return persona if persona in self._config.personas else self._config.service.default_persona
+
+    def memories_of(self, channel: str) -> list[MemoryView]:
+        return cast(list[MemoryView], self._views.values_under(memories_group(channel)))
+
+    def chat_prompt(
+        self, *, channel: str, user: str, message: str, persona: str | None
+    ) -> list[ChatMessage]:
+        """The prompt of a chat turn from the views as they are now (persona: an override)."""
+        service = self._config.service
+        context = cast(ContextView | None, self._views.get(context_key(channel)))
+        return build_chat_prompt(
+            persona_prompt=self._config.personas[persona or self.persona_of(channel)],
+            summary=context["summary"] if context else None,
+            memories=rank_memories(
+                message, self.memories_of(channel), service.max_memories_in_prompt
+            ),
+            recent=context["messages"][-service.max_context_messages :] if context else [],
+            user=user,
+            message=message,
+        )
+
+    # ---------------------------------------------------------------- context and persona
+
+    async def reset(self, *, channel: str, user: str) -> Outcome:
+        await self._recorder.record(decide_reset(channel=channel, user=user, now=self._clock()))
+        return Outcome.ok(replies.CONTEXT_RESET)
+
+    async def persona(self, *, channel: str, user: str | None, name: str) -> Outcome:
+        """List the personas (empty `name`) or switch the channel's persona to `name`."""
+        await self._recorder.catch_up()
+        names = list(self._config.personas)
+        if not name:
+            current = self.persona_of(channel)
+            return Outcome.ok(replies.persona_list(names, current), persona=current)
+        switched = decide_persona_switch(
+            channel=channel, user=user, requested=name, personas=names, now=self._clock()
+        )
+        if switched is None:
+            return Outcome.error(replies.unknown_persona(name.strip(), names))
+        await self._recorder.record(switched)
+        return Outcome.ok(replies.persona_changed(switched.persona), persona=switched.persona)
+
+    # ---------------------------------------------------------------- memories
+
+    async def remember(
+        self,
+        *,
+        channel: str,
+        user: str | None,
+        content: str,
+        category: str = "fact",
+        importance: int = DEFAULT_IMPORTANCE,
+    ) -> Outcome:
+        await self._recorder.catch_up()
+        event = decide_remember(
+            channel=channel,
+            user=user,
+            content=content,
+            category=category,
+            importance=importance,
+            existing_ids=(m["id"] for m in self.memories_of(channel)),
+            new_id=self._memory_ids,
+            now=self._clock(),
+        )
+        await self._recorder.record(event)
+        return Outcome.ok(
+            replies.remembered(event.content, event.memory_id), memory_id=event.memory_id
+        )
+
+    async def recall(
+        self, *, channel: str, user: str | None, query: str, limit: int = 5
+    ) -> Outcome:
+        query = recall_query(query)
+        await self._recorder.catch_up()
+        found, event = decide_recall(
+            channel=channel,
+            user=user,
+            query=query,
+            memories=self.memories_of(channel),
+            limit=limit,
+            now=self._clock(),
+        )
+        if event is None:
+            return Outcome.ok(replies.nothing_recalled(query), memories=[], count=0)
+        await self._recorder.record(event)
+        listed = [public_memory(m) for m in found]
+        return Outcome.ok(replies.recalled(query, found), memories=listed, count=len(listed))
+
+    async def forget(self, *, channel: str, user: str | None, memory_id: str) -> Outcome:
+        normalized = normalize_memory_id(memory_id)
+        await self._recorder.catch_up()
+        event = decide_forget(
+            channel=channel,
+            user=user,
+            memory_id=normalized,
+            exists=self._views.get(memory_key(channel, normalized)) is not None,
+            now=self._clock(),
+        )
+        if event is None:
+            return Outcome.error(replies.memory_not_found(normalized))
+        await self._recorder.record(event)
+        return Outcome.ok(replies.forgot(normalized), memory_id=normalized)
+
+
+def public_memory(memory: MemoryView) -> dict[str, Any]:
+    """A memory as callers see it (no internal sequence numbers)."""
+    return {k: v for k, v in memory.items() if k != "seq"}

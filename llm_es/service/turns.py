@@ -1,0 +1,321 @@
+"""A turn: admit it, ask the providers (with fallback), record how it ended and what it cost.
+
+A turn ends in exactly one of `TurnCompleted`, `TurnFailed` or `TurnRejected`;
+its `TokensSpent` go in the same append as its end, so the views never see the
+turn closed with its tokens missing, nor the tokens without the close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+
+from llm_es.config import Config
+from llm_es.domain import replies
+from llm_es.domain.events import TurnAdmitted, TurnCompleted, TurnFailed
+from llm_es.domain.limits import TurnRequest, estimate_tokens
+from llm_es.domain.messages import ChatMessage
+from llm_es.domain.prompt import prompt_length
+from llm_es.errors import PartialUsage, ProviderError, ProviderTimeout
+from llm_es.logs import log_kv
+from llm_es.providers.base import LLMProvider
+from llm_es.service.admission import Admission
+from llm_es.service.channel import Channels
+from llm_es.service.fallback import (
+    ChunkSink,
+    StreamProgress,
+    ask_providers,
+    failure_type,
+    provider_chain,
+    turn_deadline_seconds,
+)
+from llm_es.service.ledger import Booking, owed_spends, spend_of, tokens_of
+from llm_es.service.outcome import Outcome
+from llm_es.service.recording import Recorder
+
+logger = logging.getLogger(__name__)
+
+SERVICE_USER = "service"
+"""Whom a service request without a user is booked to (rate limits and token ledger)."""
+
+
+def new_turn_id() -> str:
+    """A fresh turn id (uuid4 hex)."""
+    return uuid.uuid4().hex
+
+
+class Turns:
+    """Chat turns in channels and raw completions, on the same limits and ledger."""
+
+    def __init__(
+        self,
+        config: Config,
+        recorder: Recorder,
+        providers: Mapping[str, LLMProvider],
+        admission: Admission,
+        channels: Channels,
+        *,
+        clock: Callable[[], datetime],
+        instance_id: str,
+        turn_ids: Callable[[], str] = new_turn_id,
+    ) -> None:
+        self._config = config
+        self._recorder = recorder
+        self._providers = providers
+        self._admission = admission
+        self._channels = channels
+        self._clock = clock
+        self._instance_id = instance_id
+        self._turn_ids = turn_ids
+        self.in_flight: set[str] = set()
+        """Turns running in this process, from before their admission to their end."""
+
+    def provider_chain(self, requested: str | None = None) -> list[LLMProvider]:
+        return provider_chain(self._config, self._providers, requested)
+
+    async def chat(
+        self,
+        *,
+        channel: str,
+        user: str,
+        message: str,
+        source: str,
+        persona: str | None,
+        provider_name: str | None,
+        on_chunk: ChunkSink | None,
+    ) -> Outcome:
+        """One chat turn in a channel: context and memories in the prompt."""
+        chain = self.provider_chain(provider_name)
+        if persona is not None and persona not in self._config.personas:
+            return Outcome.error(replies.unknown_persona(persona, self._config.personas))
+
+        def build_prompt() -> list[ChatMessage]:
+            return self._channels.chat_prompt(
+                channel=channel, user=user, message=message, persona=persona
+            )
+
+        request = TurnRequest(
+            turn_id=self._turn_ids(),
+            channel=channel,
+            user=user,
+            source=source,
+            persona=persona or self._channels.persona_of(channel),
+            provider=chain[0].name,
+            model=chain[0].default_model,
+            message=message,
+            instance=self._instance_id,
+        )
+        # The first prompt only sizes the token reservation; the one sent is built
+        # once the views include the admission (see `run`).
+        return await self.run(
+            request,
+            chain,
+            build_prompt(),
+            max_tokens=self._config.service.max_tokens,
+            on_chunk=on_chunk,
+            rebuild_prompt=build_prompt,
+        )
+
+    async def complete(
+        self,
+        *,
+        messages: Sequence[ChatMessage],
+        user: str | None,
+        temperature: float | None,
+        max_tokens: int | None,
+        provider_name: str | None,
+        purpose: str,
+        source: str,
+        on_chunk: ChunkSink | None,
+    ) -> Outcome:
+        """A raw completion: no context, no memory; without a user, booked to SERVICE_USER."""
+        chain = self.provider_chain(provider_name)
+        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        request = TurnRequest(
+            turn_id=self._turn_ids(),
+            channel=None,
+            user=user or SERVICE_USER,
+            source=source,
+            persona="",
+            provider=chain[0].name,
+            model=chain[0].default_model,
+            message=last_user,
+            purpose=purpose,
+            instance=self._instance_id,
+        )
+        return await self.run(
+            request,
+            chain,
+            list(messages),
+            max_tokens=max_tokens or self._config.service.max_tokens,
+            temperature=temperature,
+            on_chunk=on_chunk,
+        )
+
+    async def run(
+        self,
+        request: TurnRequest,
+        chain: Sequence[LLMProvider],
+        prompt: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        on_chunk: ChunkSink | None = None,
+        rebuild_prompt: Callable[[], list[ChatMessage]] | None = None,
+    ) -> Outcome:
+        """Admit (or reject), ask the providers, record the answer or the failure.
+
+        `rebuild_prompt` builds the prompt again once admitted: admission waits
+        until the views include its own event, hence everything logged before
+        it, so the rebuilt prompt sees the channel's latest turn whichever
+        instance answered it (read-your-writes without an extra round trip).
+        """
+        # In flight before it is admitted: the sweeper must never see it open and unowned.
+        self.in_flight.add(request.turn_id)
+        try:
+            decision = await self._admission.admit_turn(
+                request, estimate_tokens(prompt_length(prompt)), max_tokens
+            )
+            if not isinstance(decision, TurnAdmitted):
+                log_kv(
+                    logger,
+                    "turn_rejected",
+                    channel=request.channel,
+                    user=request.user,
+                    window=decision.window,
+                )
+                return Outcome.error(
+                    decision.detail, turn_id=request.turn_id, reason=decision.reason
+                )
+            if rebuild_prompt is not None:
+                prompt = rebuild_prompt()
+            return await self._answer(
+                request, decision, chain, prompt, temperature=temperature, on_chunk=on_chunk
+            )
+        finally:
+            self.in_flight.discard(request.turn_id)
+
+    async def _answer(
+        self,
+        request: TurnRequest,
+        decision: TurnAdmitted,
+        chain: Sequence[LLMProvider],
+        prompt: list[ChatMessage],
+        *,
+        temperature: float | None,
+        on_chunk: ChunkSink | None,
+    ) -> Outcome:
+        """Ask the providers for an admitted turn and record how it ended."""
+        started = time.perf_counter()
+        progress = StreamProgress()
+        try:
+            # Past the deadline other instances may close this turn as abandoned,
+            # so it must not end any later than that here.
+            async with asyncio.timeout(turn_deadline_seconds(self._config)):
+                provider, result, passed_over = await ask_providers(
+                    chain,
+                    prompt,
+                    decision.max_tokens,
+                    temperature=temperature,
+                    on_chunk=on_chunk,
+                    progress=progress,
+                )
+        except TimeoutError:
+            streaming = progress.provider
+            provider_name = (streaming or chain[0]).name
+            exc: ProviderError = ProviderTimeout(
+                provider_name, f"{provider_name} did not answer within the turn's deadline"
+            )
+            if streaming is not None:
+                # Pieces had arrived: the provider had taken the prompt, and bills for it.
+                exc.prompt_consumed = True
+                exc.usage = PartialUsage(
+                    model=streaming.default_model, completion_chars=progress.chars
+                )
+            return await self._fail(request, exc, prompt, progress.charged)
+        except ProviderError as exc:
+            return await self._fail(request, exc, prompt, progress.charged)
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+
+        now = self._clock()
+        spent = spend_of(
+            result,
+            at=now,
+            turn_id=request.turn_id,
+            channel=request.channel,
+            user=request.user,
+            purpose=request.purpose,
+            provider=provider.name,
+            prompt_chars=prompt_length(prompt),
+        )
+        owed = owed_spends(Booking.of(request), progress.charged, prompt, self._providers, now)
+        await self._recorder.record(
+            *owed,
+            spent,
+            TurnCompleted(
+                at=now,
+                turn_id=request.turn_id,
+                channel=request.channel,
+                user=request.user,
+                content=result.content,
+                provider=provider.name,
+                model=result.model,
+                latency_ms=latency_ms,
+                finish_reason=result.finish_reason,
+                fallback_from=passed_over,
+            ),
+        )
+        tokens_used = tokens_of([*owed, spent])
+        log_kv(
+            logger,
+            "turn_completed",
+            channel=request.channel,
+            user=request.user,
+            purpose=request.purpose,
+            provider=provider.name,
+            model=result.model,
+            tokens=tokens_used,
+            latency_ms=latency_ms,
+        )
+        return Outcome.ok(
+            result.content,
+            content=result.content,
+            turn_id=request.turn_id,
+            tokens_used=tokens_used,
+            provider=provider.name,
+            model=result.model,
+        )
+
+    async def _fail(
+        self,
+        request: TurnRequest,
+        exc: ProviderError,
+        prompt: Sequence[ChatMessage],
+        charged: Sequence[ProviderError],
+    ) -> Outcome:
+        """Record the failure; first what every provider that had taken the prompt is owed."""
+        error_type = failure_type(exc)
+        now = self._clock()
+        failed = TurnFailed(
+            at=now,
+            turn_id=request.turn_id,
+            channel=request.channel,
+            user=request.user,
+            error_type=error_type,
+            error=str(exc),
+        )
+        owed = owed_spends(Booking.of(request), [*charged, exc], prompt, self._providers, now)
+        await self._recorder.record(*owed, failed)
+        log_kv(
+            logger,
+            "turn_failed",
+            channel=request.channel,
+            user=request.user,
+            error_type=error_type,
+            tokens=tokens_of(owed),
+        )
+        return Outcome.error(str(exc), turn_id=request.turn_id, provider=exc.provider)
