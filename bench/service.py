@@ -8,10 +8,12 @@ dir), the zero-delay fake Ollama (`bench/fake_ollama.py`) and one or two
    server, same stream settings as `LLM_EVENTS`): (a) uncontended, one writer,
    one request at a time: `decide_admission` + the conditional append of its
    `TurnAdmitted` on the user's boundary; (b) bursts of 32 concurrent
-   admissions for ONE user through 1 or 2 simulated instances, each running
-   `ChatService._admit`'s loop (decide, conditional append, on conflict catch
-   up and decide again, jittered), with and without the per-user lock each
-   instance holds: conflict retries per admitted turn, latencies, livelock.
+   admissions for ONE user through 1, 2 or 3 simulated instances. A simulated
+   instance runs the plugin's own code: `llm_es.service.admission.Admission`
+   (decide, conditional append, on conflict catch up and decide again,
+   jittered; a per-user lock) over `projections.runner.ViewRunner` folding the
+   usage view, with and without the per-user lock shared between requests:
+   conflict retries per admitted turn, latencies, livelock.
 2. `rosey.llm.chat` through NATS, closed loop, distinct users, at each
    concurrency, with one instance and with two (the second started and
    stopped every round, the order alternating), plus bursts of 32 concurrent
@@ -32,40 +34,35 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import heapq
-import itertools
 import os
 import pathlib
 import platform
-import random
 import statistics
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import metadata
-from typing import Any, cast
+from typing import Any
 
 import nats
 import nats.errors
 import orjson
 import turns
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js import api
 from turns import CellSpec, Child, Op, llm_es_command, percentile, run_cell, summarize
 
-from llm_es.config import RateLimitsConfig
-from llm_es.domain.events import TurnRejected
+from llm_es.config import RateLimitsConfig, ServiceConfig
+from llm_es.domain.events import Event, TurnAdmitted, utc_now
 from llm_es.domain.limits import TurnRequest, decide_admission, estimate_tokens
-from llm_es.domain.views import UsageView, usage_key
 from llm_es.embedded import EmbeddedNatsServer, server_version
 from llm_es.errors import IntegrityError, OperationalError
 from llm_es.headers import LLM_TURN_ID
-from llm_es.service.admission import ADMIT_BACKOFF_SECONDS
+from llm_es.service.admission import Admission
+from llm_es.service.recording import Recorder
 from llm_es.status import gather_replies, instances_status
-from llm_es.store.codec import decode_event
 from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX, EventStore
+from projections.runner import ViewRunner
 from projections.usage import UsageProjection
 
 SERVICE_CHAT_SUBJECT = "rosey.llm.chat"
@@ -75,8 +72,8 @@ ADMIT_STREAM = "BENCH_ADMIT"
 ADMIT_PREFIX = "bench.admit"
 BURST_SIZE = 32
 ANSWER_WITHIN_SECONDS = 1.0
-ADMIT_RETRIES = 50  # service.admit_retries' default
-MAX_TOKENS = 1024  # service.max_tokens' default
+ADMIT_RETRIES = ServiceConfig().admit_retries
+MAX_TOKENS = ServiceConfig().max_tokens
 ADMIT_WAIT_SECONDS = 10.0
 PING_COLLECT_SECONDS = 0.3
 TARGET_ADMISSION_P50_US = 500.0
@@ -130,89 +127,115 @@ class AdmitResult:
     attempts: int
     conflicts: int
     decide_s: float = 0.0
-    """decide_admission of the attempt that succeeded."""
+    """decide_admission of the attempt that succeeded (one admission at a time only)."""
     append_s: float = 0.0
     """The conditional append of the attempt that succeeded."""
     visible_s: float = 0.0
     """From the successful append's ack until this instance's view includes it."""
 
 
-class AdmissionInstance:
-    """One simulated plugin instance: its own connection, usage views folded from the log,
-    and `ChatService._admit`'s decide/conditional-append/catch-up/retry loop.
+class TimedStore(EventStore):
+    """The plugin's event store, timing and counting each turn's conditional appends.
 
-    The views come from `projections.usage.UsageProjection` applied to an ordered
-    consumer of the log, as the plugin's view runner does (minus the KV writes,
-    which are off the plugin's request path too).
+    The admission runs unchanged; only the store it is handed watches it work.
+    """
+
+    def __init__(self, nc: NATS, js: Any, *, stream: str, prefix: str) -> None:
+        super().__init__(nc, js, stream=stream, prefix=prefix)
+        self.attempts: collections.Counter[str] = collections.Counter()
+        self.conflicts: collections.Counter[str] = collections.Counter()
+        self.appended: dict[str, tuple[float, float]] = {}
+        """Turn id -> (start, ack) of its successful conditional append."""
+
+    async def append(
+        self, event: Event, *, expected_last_seq: int | None = None, boundary: str | None = None
+    ) -> int:
+        if expected_last_seq is None or not isinstance(event, TurnAdmitted):
+            return await super().append(
+                event, expected_last_seq=expected_last_seq, boundary=boundary
+            )
+        turn = event.turn_id
+        self.attempts[turn] += 1
+        started = time.perf_counter()
+        try:
+            seq = await super().append(
+                event, expected_last_seq=expected_last_seq, boundary=boundary
+            )
+        except IntegrityError:
+            self.conflicts[turn] += 1
+            raise
+        self.appended[turn] = (started, time.perf_counter())
+        return seq
+
+
+class DecideClock:
+    """The admission's clock, noting when it was last read: right before decide_admission."""
+
+    def __init__(self) -> None:
+        self.last_read = 0.0
+
+    def __call__(self) -> datetime:
+        self.last_read = time.perf_counter()
+        return utc_now()
+
+
+class AdmissionInstance:
+    """One simulated plugin instance: its own connection, the plugin's read side and the
+    plugin's admission (`llm_es.service.admission.Admission`), run as the plugin runs it.
+
+    The read side is `projections.runner.ViewRunner` with the usage projection only,
+    folding the log into a KV bucket of its own (writes off the request path, as in
+    the plugin). Without the per-user lock, each request gets an `Admission` of its
+    own, so no lock is shared and every request races (the worst case).
     """
 
     def __init__(
-        self, nc: NATS, store: EventStore, limits: RateLimitsConfig, *, per_user_lock: bool
+        self,
+        nc: NATS,
+        store: TimedStore,
+        views: ViewRunner,
+        limits: RateLimitsConfig,
+        *,
+        per_user_lock: bool,
     ) -> None:
         self.nc = nc
         self.store = store
+        self.views = views
         self.limits = limits
         self.per_user_lock = per_user_lock
-        self.projection = UsageProjection()
-        self.views: dict[str, dict[str, Any]] = {}
-        self.position = 0
-        self.waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self.order = itertools.count()
-        self.locks: dict[str, asyncio.Lock] = {}
-        self.sub: Any = None
+        self.recorder = Recorder(store, views)
+        self.clock = DecideClock()
+        self.admission = self.new_admission()
         self.prompt_estimate = estimate_tokens(len(turns.SYSTEM_PROMPT) + len(turns.MESSAGE))
 
     @classmethod
     async def connect(
-        cls, url: str, stream: str, prefix: str, limits: RateLimitsConfig, *, per_user_lock: bool
+        cls,
+        url: str,
+        stream: str,
+        prefix: str,
+        limits: RateLimitsConfig,
+        *,
+        per_user_lock: bool,
+        bucket: str,
     ) -> AdmissionInstance:
         nc = await nats.connect(url, name="bench-admission")
-        store = EventStore(nc, nc.jetstream(), stream=stream, prefix=prefix)
-        instance = cls(nc, store, limits, per_user_lock=per_user_lock)
-        await instance.follow()
-        return instance
+        js = nc.jetstream()
+        store = TimedStore(nc, js, stream=stream, prefix=prefix)
+        # Recent requests kept as the plugin sizes them: its largest request window.
+        usage = UsageProjection(keep_requests=limits.requests_per_minute or 0)
+        views = ViewRunner(js, store, [usage], bucket=bucket)
+        await views.start()
+        async with asyncio.timeout(ADMIT_WAIT_SECONDS * 6):
+            await views.catch_up()
+        return cls(nc, store, views, limits, per_user_lock=per_user_lock)
 
-    async def follow(self) -> None:
-        """Fold the log from its current end on (the bench's users are all new)."""
-        self.position = await self.store.last_seq()
-        self.sub = await self.nc.jetstream().subscribe(
-            f"{self.store.prefix}.>",
-            stream=self.store.stream,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            config=api.ConsumerConfig(opt_start_seq=self.position + 1),
-            cb=self.fold,
-            manual_ack=True,
-        )
+    def new_admission(self) -> Admission:
+        return Admission(self.recorder, self.limits, retries=ADMIT_RETRIES, clock=self.clock)
 
     async def close(self) -> None:
-        with contextlib.suppress(nats.errors.Error):
-            if self.sub is not None:
-                await self.sub.unsubscribe()
+        await self.views.stop()
         await self.nc.close()
-
-    async def fold(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
-        event = decode_event(msg.data)
-        for key in self.projection.keys_for(event):
-            view = self.projection.apply(key, self.views.get(key), event, seq)
-            if view is None:
-                self.views.pop(key, None)
-            else:
-                self.views[key] = view
-        self.position = seq
-        while self.waiters and self.waiters[0][0] <= seq:
-            future = heapq.heappop(self.waiters)[2]
-            if not future.done():
-                future.set_result(None)
-
-    async def wait_for(self, seq: int) -> None:
-        if self.position >= seq:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self.waiters, (seq, next(self.order), future))
-        async with asyncio.timeout(ADMIT_WAIT_SECONDS):
-            await future
 
     def request(self, user: str) -> TurnRequest:
         return TurnRequest(
@@ -228,56 +251,33 @@ class AdmissionInstance:
         )
 
     async def admit(self, user: str) -> AdmitResult:
-        """`ChatService._admit`, step for step, with its timings."""
-        lock: contextlib.AbstractAsyncContextManager[Any] = (
-            self.locks.setdefault(user, asyncio.Lock())
-            if self.per_user_lock
-            else contextlib.nullcontext()
-        )
+        """The plugin's `Admission.admit_turn`, with what the store and clock saw of it."""
+        admission = self.admission if self.per_user_lock else self.new_admission()
         request = self.request(user)
-        conflicts = 0
-        async with lock:
-            boundary = self.store.user_boundary(user)
-            known_last: int | None = None
-            for attempt in range(ADMIT_RETRIES):
-                started = time.perf_counter()
-                usage = cast(UsageView | None, self.views.get(usage_key(user)))
-                position = usage["seq"] if usage else 0
-                if known_last is not None:
-                    position = max(position, known_last)
-                decision = decide_admission(
-                    request,
-                    usage,
-                    self.limits,
-                    now=datetime.now(UTC),
-                    prompt_tokens_estimate=self.prompt_estimate,
-                    max_tokens=MAX_TOKENS,
-                )
-                decided = time.perf_counter()
-                if isinstance(decision, TurnRejected):
-                    await self.wait_for(await self.store.append(decision))
-                    return AdmitResult(False, attempt + 1, conflicts)
-                try:
-                    seq = await self.store.append(
-                        decision, expected_last_seq=position, boundary=boundary
-                    )
-                except IntegrityError:
-                    conflicts += 1
-                    known_last = await self.store.last_seq(boundary)
-                    await self.wait_for(known_last)
-                    await asyncio.sleep(random.uniform(0, ADMIT_BACKOFF_SECONDS) * min(attempt, 8))
-                    continue
-                appended = time.perf_counter()
-                await self.wait_for(seq)
-                return AdmitResult(
-                    True,
-                    attempt + 1,
-                    conflicts,
-                    decide_s=decided - started,
-                    append_s=appended - decided,
-                    visible_s=time.perf_counter() - appended,
-                )
-        raise OperationalError("too many concurrent requests for this user; try again")
+        turn = request.turn_id
+        try:
+            decision = await admission.admit_turn(request, self.prompt_estimate, MAX_TOKENS)
+            finished = time.perf_counter()
+        finally:
+            attempts = self.store.attempts.pop(turn, 0)
+            conflicts = self.store.conflicts.pop(turn, 0)
+            appended = self.store.appended.pop(turn, None)
+        if not isinstance(decision, TurnAdmitted) or appended is None:
+            return AdmitResult(False, attempts, conflicts)
+        append_started, acked = appended
+        return AdmitResult(
+            True,
+            attempts,
+            conflicts,
+            decide_s=append_started - self.clock.last_read,
+            append_s=acked - append_started,
+            visible_s=finished - acked,
+        )
+
+
+def views_bucket(tag: str, index: int) -> str:
+    """A KV bucket of its own for each simulated instance's views."""
+    return f"bench_views_{tag}_{index}".replace(".", "_")
 
 
 async def uncontended_admissions(
@@ -289,7 +289,7 @@ async def uncontended_admissions(
     condition (to other users), so the cost of the condition itself shows.
     """
     instance = await AdmissionInstance.connect(
-        url, stream, prefix, BURST_LIMITS, per_user_lock=True
+        url, stream, prefix, BURST_LIMITS, per_user_lock=True, bucket=views_bucket(tag, 0)
     )
     try:
         warm = max(10, count // 10)
@@ -303,7 +303,7 @@ async def uncontended_admissions(
                 event,
                 None,
                 instance.limits,
-                now=datetime.now(UTC),
+                now=utc_now(),
                 prompt_tokens_estimate=instance.prompt_estimate,
                 max_tokens=MAX_TOKENS,
             )
@@ -343,9 +343,14 @@ async def one_user_bursts(
     round-robin over `instances` simulated instances."""
     writers = [
         await AdmissionInstance.connect(
-            url, stream, prefix, BURST_LIMITS, per_user_lock=per_user_lock
+            url,
+            stream,
+            prefix,
+            BURST_LIMITS,
+            per_user_lock=per_user_lock,
+            bucket=views_bucket(tag, index),
         )
-        for _ in range(instances)
+        for index in range(instances)
     ]
     latencies: list[float] = []
     results: list[AdmitResult] = []
