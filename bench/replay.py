@@ -175,6 +175,9 @@ class SyntheticHistory:
 
     def __init__(self, *, seed: int, channels: int, users: int, mean_gap_seconds: float) -> None:
         self.rnd = random.Random(seed)
+        # Their own source, so that the rest of a seed's history stays as it was when the
+        # domain drew memory ids itself (cached logs stay valid).
+        self.memory_ids = random.Random(f"memory ids {seed}")
         self.limits = RateLimitsConfig()
         self.mean_gap = mean_gap_seconds
         # Some names need encoding (spaces, dots, non-ASCII), as real ones do.
@@ -388,6 +391,7 @@ class SyntheticHistory:
                 category=self.rnd.choice(("fact", "preference", "fact", "event")),
                 importance=self.rnd.randint(1, 5),
                 existing_ids=list(self.channel_memories[channel]),
+                new_id=lambda: f"{self.memory_ids.getrandbits(32):08x}",
                 now=self.now,
             )
         ]
