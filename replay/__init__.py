@@ -5,7 +5,8 @@
 - `channel_state` / `user_state`: a channel's or user's views at a past moment.
 - `run_audit`: requests, rejections, tokens and cost per user and group.
 - `run_tail` / `run_export`: follow the log, or dump it as JSON lines.
-- `EventLog` / `LogFold`: the fast ordered read and the in-memory fold beneath them.
+- `EventLog` / `LogFold`: the ordered read and the in-memory fold beneath them
+  (`BulkClient`: the opt-in `--fast-reader` connection).
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from typing import TextIO
 
 import nats.errors
 import orjson
-from nats.aio.client import Client as NATS
 
 from llm_es import __version__
 from llm_es.chat_client import CONNECT_ERRORS, cannot_connect
@@ -47,6 +46,7 @@ from replay.errors import (
 )
 from replay.output import LineWriter
 from replay.progress import Progress
+from replay.pull import TESTED_NATS_PY
 from replay.reading import EventLog, event_filter
 from replay.rebuild import run_rebuild
 from replay.schemas import check_schemas, write_schemas
@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--log-level",
             default=os.environ.get("LLM_ES_LOG_LEVEL") if top else argparse.SUPPRESS,
             help="DEBUG, INFO, WARNING (default) or ERROR",
+        )
+        sub.add_argument(
+            "--fast-reader",
+            action="store_true",
+            default=False if top else argparse.SUPPRESS,
+            help="read the log with llm-replay's own pull loop on nats-py internals instead "
+            "of nats-py's ordered consumer: faster (README: Performance), tested with nats-py "
+            + " and ".join(version + "x" for version in TESTED_NATS_PY),
         )
 
     common(parser, top=True)
@@ -270,14 +278,16 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         return None if text is None else parse_moment(text, now=now, option=f"--{option}")
 
     times = {name: moment(name) for name in ("since", "until", "at")}
+    # Rebuild and verify read a long log in a child process that connects the same way.
+    recipe = ConnectRecipe(args.config, args.nats_url, args.fast_reader)
     try:
-        nc = await connect(config, args.nats_url)
+        nc = await connect(config, recipe)
     except CONNECT_ERRORS as exc:
         return _fail(
             cannot_connect(config, args.nats_url, exc).removeprefix("llm-es: "), EXIT_UNAVAILABLE
         )
     try:
-        return await dispatch(args, config, nc, times)
+        return await dispatch(args, config, EventLog(nc, recipe=recipe), times)
     except (nats.errors.Error, TimeoutError) as exc:
         return _fail(f"NATS failed: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE)
     finally:
@@ -288,11 +298,9 @@ async def run(args: argparse.Namespace, config: Config) -> int:
 async def dispatch(
     args: argparse.Namespace,
     config: Config,
-    nc: NATS,
+    log: EventLog,
     times: dict[str, datetime | None],
 ) -> int:
-    # Rebuild and verify read a long log in a child process that connects the same way.
-    log = EventLog(nc, recipe=ConnectRecipe(args.config, args.nats_url))
     out = LineWriter()
     show_progress = not getattr(args, "no_progress", True)
 

@@ -1,10 +1,10 @@
 """Connecting the replay tools to NATS the way `llm-es` does, here or again in a child process.
 
-`connect` takes the loaded config; a `ConnectRecipe` is what a child process
-needs to make the same connection: the config file and the `--nats-url` the
-command was given. `Config` does not pickle (its mappings are read-only
-proxies), so the child reads the file again; it inherits the environment,
-so the `LLM_ES_*` overrides apply to it the same.
+`connect` takes the loaded config and a `ConnectRecipe`: the config file,
+the `--nats-url` and the `--fast-reader` the command was given, all a child
+process needs to make the same connection. `Config` does not pickle (its
+mappings are read-only proxies), so the child reads the file again; it
+inherits the environment, so the `LLM_ES_*` overrides apply to it the same.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import pathlib
 from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
 
 from llm_es.config import Config, load_config_sync
 from llm_es.store.connection import DEFAULT_LOCAL_URL, INITIAL_CONNECT_SECONDS, connect_options
@@ -22,21 +24,23 @@ CLIENT_NAME = "llm-replay"
 
 @dataclass(frozen=True, slots=True)
 class ConnectRecipe:
-    """How to connect like the command did: its config file (None: defaults) and URL option."""
+    """How to connect like the command did: its config file (None: defaults), URL option
+    and reader (`BulkClient` with `--fast-reader`, else nats-py's own client)."""
 
     config_path: pathlib.Path | None = None
     nats_url: str | None = None
+    fast_reader: bool = False
 
     def load_config(self) -> Config:
         """The command's config, read again (synchronous: call it before the event loop)."""
         return load_config_sync(self.config_path)
 
 
-async def connect(config: Config, nats_url: str | None) -> BulkClient:
+async def connect(config: Config, recipe: ConnectRecipe) -> NATS:
     """Connect like `llm-es` does (same options, auth and TLS), failing within seconds."""
-    url = nats_url or config.nats.url or DEFAULT_LOCAL_URL
+    url = recipe.nats_url or config.nats.url or DEFAULT_LOCAL_URL
     options = await connect_options(config.nats, url, CLIENT_NAME)
-    nc = BulkClient()
+    nc = BulkClient() if recipe.fast_reader else NATS()
     async with asyncio.timeout(INITIAL_CONNECT_SECONDS):
         await nc.connect(**options)
     return nc

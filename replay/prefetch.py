@@ -1,7 +1,7 @@
 """Reading a range of the log in a child process, so that reading and folding use two cores.
 
-Reading costs about 5-6 µs of CPU an event (the pull loop and protocol parser
-of `replay.pull`), folding about 11 µs; in one process they share a core.
+Reading costs 9-10 µs of CPU an event with nats-py's ordered consumer (4-5 with
+`--fast-reader`), folding about 11 µs; in one process they share a core.
 `read_in_child` spawns a daemon process that connects the way the command did
 (`ConnectRecipe`), reads the selection with `EventLog.read` and sends each
 batch down a one-way pipe as one frame; the parent only splits frames back
@@ -290,9 +290,7 @@ def _read_into_pipe(
     try:
         config = recipe.load_config()
         asyncio.run(
-            _send_selection(
-                out, config, recipe.nats_url, selection, stream, batch_size, idle_timeout
-            )
+            _send_selection(out, config, recipe, selection, stream, batch_size, idle_timeout)
         )
     except (BrokenPipeError, ConnectionResetError):
         return  # the parent stopped reading: nobody to tell
@@ -310,7 +308,7 @@ def _read_into_pipe(
 async def _send_selection(
     out: _FrameWriter,
     config: Config,
-    nats_url: str | None,
+    recipe: ConnectRecipe,
     selection: LogSelection,
     stream: str,
     batch_size: int,
@@ -320,9 +318,9 @@ async def _send_selection(
     from replay.reading import EventLog
 
     try:
-        nc = await connect(config, nats_url)
+        nc = await connect(config, recipe)
     except CONNECT_ERRORS as exc:
-        reason = cannot_connect(config, nats_url, exc).removeprefix("llm-es: ")
+        reason = cannot_connect(config, recipe.nats_url, exc).removeprefix("llm-es: ")
         raise LogUnavailable(reason) from exc
     try:
         log = EventLog(nc, stream=stream)

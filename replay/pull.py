@@ -1,19 +1,21 @@
-"""A hand-rolled pull loop for reading the log in bulk, about 2.5x cheaper than nats-py's.
+"""The `--fast-reader`: a hand-rolled pull loop on nats-py internals, 2-2.5x cheaper to read.
 
-nats-py turns every delivered message into a `Msg` (headers parsed, reply
-subject decoded, queued, awaited by a callback task), after matching its
-control line against one regex per protocol operation: about 9 µs of CPU a
-message on the reference machine, which caps any replay near 100k events/s
-before it decodes anything. `BulkClient` keeps nats-py for everything but
-the messages of its bulk subscriptions: `BulkParser` splits their `HMSG`
-lines by hand and hands them, as bytes, straight to a plain function
-(about 3.6 µs a message). `pull_batches` drives an ephemeral pull consumer
-with `$JS.API.CONSUMER.MSG.NEXT` requests kept ahead of the reader (DESIGN.md:
-"a hand-rolled pull loop: nats-py `fetch()` is 5x slower than the raw limit").
+Off by default: the replay tools read with nats-py's ordered consumer
+(`replay.reading`), public API only. nats-py turns every delivered message
+into a `Msg` (control line matched against one regex per protocol operation,
+headers parsed, reply decoded, queued, awaited by a callback task): 8.5-10 µs
+of CPU a message on the reference machine. `BulkClient` keeps nats-py for
+everything but the messages of its bulk subscriptions: `BulkParser` splits
+their `HMSG` lines by hand and hands them, as bytes, straight to a plain
+function (3.5-4 µs a message). `pull_batches` drives an ephemeral pull
+consumer with `$JS.API.CONSUMER.MSG.NEXT` requests kept ahead of the reader
+(nats-py's own `fetch()` costs about 32 µs a message).
 
-Both lean on nats-py internals (`Client._process_msg`, the parser's state
-fields), stable since nats-py 2.0 and checked at import: without them
-`FAST_PATH`/`FAST_PARSER` are false and nats-py does the work as usual.
+Both lean on nats-py internals (`Client._process_msg`, `Client._subs`, the
+parser's state fields), so `BulkClient` refuses a nats-py outside
+`TESTED_NATS_PY`, the versions its tests ran on (the unit tests feed its
+parser split buffers; the integration tests compare it with the ordered
+consumer).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
+from importlib import metadata
 
 import nats.errors
 import orjson
@@ -38,16 +41,13 @@ from nats.protocol.parser import (
     Parser,
 )
 
-from replay.errors import LogUnavailable
+from replay.errors import LogUnavailable, UsageError
 
 BulkHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
 """(subject, reply, payload, raw headers) of one delivered message."""
 
-FAST_PATH = callable(getattr(Client, "_process_msg", None))
-FAST_PARSER = FAST_PATH and all(
-    hasattr(Parser(), name) for name in ("buf", "state", "needed", "header_needed", "msg_arg")
-)
-"""The parser fast path relies on nats-py's parser state; without it the library parses."""
+TESTED_NATS_PY = ("2.16.",)
+"""Version prefixes of nats-py whose internals `BulkClient` was tested on (pin the same)."""
 
 PULL_SIZE = 2000
 """Messages asked for by one MSG.NEXT request."""
@@ -132,10 +132,16 @@ class BulkClient(Client):
     """A nats-py client whose bulk subscriptions skip the per-message `Msg` machinery."""
 
     def __init__(self) -> None:
+        installed = metadata.version("nats-py")
+        if not installed.startswith(TESTED_NATS_PY):
+            raise UsageError(
+                f"--fast-reader relies on nats-py internals and was tested with nats-py "
+                f"{' and '.join(version + 'x' for version in TESTED_NATS_PY)}, not {installed}: "
+                "run without it"
+            )
         super().__init__()
         self._bulk: dict[int, BulkHandler] = {}
-        if FAST_PARSER:
-            self._ps = BulkParser(self)
+        self._ps = BulkParser(self)
 
     async def bulk_subscribe(self, subject: str, handler: BulkHandler) -> Subscription:
         """Subscribe `subject`; each message goes to `handler`, synchronously, in order."""
@@ -258,6 +264,8 @@ async def pull_batches(
     idle_timeout: float = 15.0,
 ) -> AsyncGenerator[list[tuple[int, str, bytes]], None]:
     """Yield `(seq, subject, data)` batches of the stream's events on `subject`, in order."""
+    if to_seq is not None and to_seq < from_seq:
+        return
     config = api.ConsumerConfig(
         name=f"llm-replay-{uuid.uuid4().hex[:12]}",
         ack_policy=api.AckPolicy.NONE,

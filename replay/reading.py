@@ -4,13 +4,13 @@ The server filters by subject (`llm.ev.<channel>.<user>.<EventType>`), so a
 user's audit never ships other users' events. Events arrive as `(seq,
 subject, stored bytes)` in batches; decoding is the caller's choice, because
 an audit does not need every field of every event. A bounded read ends at
-the last matching event that existed when it got there (or at `to_seq`);
-it uses the hand-rolled pull loop of `replay.pull` on a `BulkClient`
-connection. A long bounded read (`read_all`, what rebuild and verify fold) runs
-mostly in a child process, on the second core, when the log knows how to
-connect again (`replay.prefetch`).
-Following the log (`tail`) uses nats-py's ordered push consumer, which
-re-creates itself after gaps and server restarts.
+the last matching event that existed when it got there (or at `to_seq`).
+Every read uses nats-py's ordered push consumer, which re-creates itself
+after gaps and server restarts; on a `BulkClient` connection (`--fast-reader`)
+bounded reads use the hand-rolled pull loop of `replay.pull` instead. A long
+bounded read (`read_all`, what rebuild and verify fold) runs mostly in a child
+process, on the second core, when the log knows how to connect again
+(`replay.prefetch`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,7 +33,7 @@ from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
 from replay.connecting import ConnectRecipe
 from replay.errors import LogUnavailable
 from replay.prefetch import read_in_child
-from replay.pull import FAST_PATH, BulkClient, pull_batches
+from replay.pull import BulkClient, pull_batches
 
 RawEvent = tuple[int, str, bytes]
 """One stored event: stream sequence, subject, the bytes as appended."""
@@ -46,12 +45,13 @@ IDLE_TIMEOUT_SECONDS = 15.0
 JS_TIMEOUT_SECONDS = 10.0
 MAX_BATCHES = 10**9
 """Bound of every read loop: more batches than any log holds."""
-CHILD_READER_MIN_EVENTS = 50_000
+CHILD_READER_MIN_EVENTS = 150_000
 """The shortest range `read_all` reads in a child process. A child takes about 0.3 s to
-start (spawn, imports, connect), then saves the folding process 2-3 µs an event on two
-cores (reading costs 5-6 µs of CPU, receiving its frames about 1, and both processes and
-nats-server share the cores). With `CHILD_START_EVENTS` read meanwhile, the fold is as
-fast at 50k events, 5-8% faster at 100k, 10-15% at 200k and 15-25% at 1M (2-CPU machine)."""
+start (spawn, imports, connect), then takes the read (9-10 µs of CPU an event with the
+ordered consumer) off the folding process, which only receives its frames (about 1 µs).
+On the 2-CPU reference machine, where both processes and nats-server share the cores,
+a rebuild with the ordered consumer is as fast at 100k events, 6-10% faster at 300k and
+10-15% at 1M (with `--fast-reader`: as fast at 50k, 5-8% faster at 100k, 15-25% at 1M)."""
 CHILD_START_EVENTS = 25_000
 """Events `read_all` reads in this process while its child starts (about 0.3 s of reading)."""
 
@@ -102,7 +102,11 @@ def reads_in_child(selection: LogSelection) -> bool:
 
 
 def delivery_position(reply: str) -> tuple[int, int]:
-    """Stream sequence and pending count from a JetStream delivery's reply subject."""
+    """Stream sequence and pending count from a JetStream delivery's reply subject.
+
+    What `Msg.metadata` gives, for 0.4 µs a message instead of 4.5 (it builds
+    three dataclasses and a datetime): this runs once per event read.
+    """
     tokens = reply.split(".")
     # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or the
     # newer form with domain and account hash after ACK (and a random token at the end).
@@ -116,9 +120,8 @@ def delivery_position(reply: str) -> tuple[int, int]:
 class EventLog:
     """The event stream as the replay tools read it: its end, and ordered reads of it.
 
-    Bounded reads on a `BulkClient` connection use the hand-rolled pull loop
-    (`replay.pull`); following the log, or any read on a plain nats-py
-    connection, uses nats-py's ordered push consumer.
+    Reads use nats-py's ordered push consumer; bounded reads on a `BulkClient`
+    connection (`--fast-reader`) use the hand-rolled pull loop (`replay.pull`).
     """
 
     def __init__(
@@ -172,8 +175,19 @@ class EventLog:
         events for as long as the caller iterates. Use it under
         `contextlib.aclosing`, so the consumer goes away when the caller stops early.
         """
-        if FAST_PATH and isinstance(self.nc, BulkClient) and not follow and not selection.new_only:
-            return self._pull(selection, batch_size, idle_timeout)
+        if isinstance(self.nc, BulkClient) and not follow and not selection.new_only:
+            return pull_batches(
+                self.nc,
+                self.js,
+                self.stream,
+                subject=selection.subject,
+                types=selection.types,
+                from_seq=selection.from_seq,
+                to_seq=selection.to_seq,
+                start_time=selection.start_time,
+                batch_size=batch_size,
+                idle_timeout=idle_timeout,
+            )
         return self._ordered(selection, follow, batch_size, idle_timeout)
 
     def read_all(
@@ -204,29 +218,6 @@ class EventLog:
                 meanwhile=self.read(head, batch_size=batch_size, idle_timeout=idle_timeout),
             )
         return self.read(selection, batch_size=batch_size, idle_timeout=idle_timeout)
-
-    async def _pull(
-        self, selection: LogSelection, batch_size: int, idle_timeout: float
-    ) -> AsyncGenerator[list[RawEvent], None]:
-        assert isinstance(self.nc, BulkClient)
-        if selection.to_seq is not None and selection.to_seq < selection.from_seq:
-            return
-        async with aclosing(
-            pull_batches(
-                self.nc,
-                self.js,
-                self.stream,
-                subject=selection.subject,
-                types=selection.types,
-                from_seq=selection.from_seq,
-                to_seq=selection.to_seq,
-                start_time=selection.start_time,
-                batch_size=batch_size,
-                idle_timeout=idle_timeout,
-            )
-        ) as batches:
-            async for batch in batches:
-                yield batch
 
     async def _ordered(
         self, selection: LogSelection, follow: bool, batch_size: int, idle_timeout: float

@@ -38,7 +38,6 @@ from llm_es.store.kv import read_bucket
 from llm_es.store.log import EventStore
 from projections.runner import ViewRunner, read_active_views
 from replay import (
-    BulkClient,
     EventLog,
     Moment,
     channel_state,
@@ -83,8 +82,8 @@ def history_config(fake_llm: FakeLLMServer) -> Config:
 
 @pytest.fixture
 async def replay_log(nats_server: EmbeddedNatsServer) -> AsyncIterator[EventLog]:
-    """The replay tools' own connection (the fast bulk reader's client)."""
-    nc = BulkClient()
+    """The replay tools' own connection, with the default reader (nats-py's ordered consumer)."""
+    nc = NATS()
     await nc.connect(nats_server.url, max_reconnect_attempts=2)
     try:
         yield EventLog(nc)

@@ -69,6 +69,27 @@ async def test_rebuild_then_verify_print_readable_reports(
     assert dry.json()["switched"] is False
 
 
+async def test_the_fast_reader_gives_the_default_readers_answers(
+    plugin: Plugin, client: NATS, nats_server: EmbeddedNatsServer
+) -> None:
+    """`--fast-reader`, before or after the command: rebuild switches, verify finds the
+    views equal, and audit and export print exactly what the ordered consumer gives."""
+    await history(client)
+    url = nats_server.url
+    rebuilt = await replay("--fast-reader", "rebuild", "--json", "--no-progress", url=url)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert rebuilt.json()["switched"] is True
+    verified = await replay("verify", "--fast-reader", "--json", "--no-progress", url=url)
+    assert verified.returncode == 0, verified.stderr
+    assert (verified.json()["ok"], verified.json()["bucket"]) == (True, "llm_data_2")
+    for args in (("audit", "--all", "--format", "json"), ("export", "--user", "alice")):
+        default = await replay(*args, url=url)
+        fast = await replay(*args, "--fast-reader", url=url)
+        assert (fast.returncode, default.returncode) == (0, 0), fast.stderr + default.stderr
+        assert fast.stdout == default.stdout
+        assert fast.stdout.count("\n") > 2
+
+
 async def test_verify_exits_1_with_a_diff_naming_key_live_and_rebuilt(
     plugin: Plugin, client: NATS, nats_server: EmbeddedNatsServer
 ) -> None:

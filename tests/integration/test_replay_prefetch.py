@@ -1,9 +1,11 @@
-"""Reading the log in a child process (`replay.prefetch`), against a real nats-server.
+"""The log's two readers, and reading in a child process (`replay.prefetch`), on a real server.
 
-The child connects by itself from a `ConnectRecipe`, so these tests run real
-child processes against the test server: the batches and the rebuilt views
-must be exactly those of the in-process reader, failures in the child must
-surface as LogUnavailable, and no child may outlive its reader.
+The `--fast-reader` (`BulkClient`, `replay.pull`) must yield exactly the
+batches of the default reader, nats-py's ordered consumer. The child connects
+by itself from a `ConnectRecipe`, so these tests run real child processes
+against the test server: the batches and the rebuilt views must be exactly
+those of the in-process reader (with either reader), failures in the child
+must surface as LogUnavailable, and no child may outlive its reader.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -122,13 +125,15 @@ def history(turns: int, *, reply: str = "Hello from the model.") -> list[Event]:
 
 async def write_log(client: NATS, events: list[Event], *, garbage_at: int) -> int:
     """Append the events, with one unreadable message before `events[garbage_at]`;
-    returns the log's last sequence."""
+    returns the log's last sequence. Every other event carries a `Nats-Msg-Id` header,
+    as the plugin's do: the server delivers those as `HMSG`, the others as `MSG`."""
     store = EventStore(client, client.jetstream())
     await store.ensure_stream()
     for index, event in enumerate(events):
         if index == garbage_at:
             await client.publish(store.subject_for(event), GARBAGE)
-        await client.publish(store.subject_for(event), encode_event(event))
+        headers = {"Nats-Msg-Id": f"event-{index}"} if index % 2 else None
+        await client.publish(store.subject_for(event), encode_event(event), headers=headers)
     await client.flush()
     total = len(events) + 1
     js = client.jetstream()
@@ -173,11 +178,23 @@ async def views_in(client: NATS, bucket: str) -> dict[str, Any]:
     return {key: orjson.loads(raw) for key, raw in stored.items()}
 
 
+async def connected(url: str, *, fast_reader: bool) -> NATS:
+    """A replay connection: `BulkClient` for `--fast-reader`, else nats-py's client."""
+    nc = BulkClient() if fast_reader else NATS()
+    await nc.connect(url, max_reconnect_attempts=2)
+    return nc
+
+
+@pytest.fixture(params=[False, True], ids=["ordered", "fast_reader"])
+def fast_reader(request: pytest.FixtureRequest) -> bool:
+    """Each reader in turn: nats-py's ordered consumer (the default), then `--fast-reader`."""
+    return bool(request.param)
+
+
 @pytest.fixture
-async def replay_nc(nats_server: EmbeddedNatsServer) -> AsyncIterator[BulkClient]:
-    """The replay tools' own connection (the fast bulk reader's client)."""
-    nc = BulkClient()
-    await nc.connect(nats_server.url, max_reconnect_attempts=2)
+async def replay_nc(nats_server: EmbeddedNatsServer, fast_reader: bool) -> AsyncIterator[NATS]:
+    """The replay tools' own connection, with the reader under test."""
+    nc = await connected(nats_server.url, fast_reader=fast_reader)
     try:
         yield nc
     finally:
@@ -185,8 +202,8 @@ async def replay_nc(nats_server: EmbeddedNatsServer) -> AsyncIterator[BulkClient
 
 
 @pytest.fixture
-def recipe(nats_server: EmbeddedNatsServer) -> ConnectRecipe:
-    return ConnectRecipe(nats_url=nats_server.url)
+def recipe(nats_server: EmbeddedNatsServer, fast_reader: bool) -> ConnectRecipe:
+    return ConnectRecipe(nats_url=nats_server.url, fast_reader=fast_reader)
 
 
 @pytest.fixture
@@ -197,8 +214,37 @@ def config() -> Config:
 # ------------------------------------------------------------------ the same events
 
 
+async def test_the_fast_reader_yields_the_ordered_consumers_batches(
+    nats_server: EmbeddedNatsServer, client: NATS
+) -> None:
+    """Over a mixed log with an unreadable message, for the whole log, a bounded range,
+    a channel's types from a sequence, a start time, a type nothing matches and an empty
+    range, `--fast-reader` yields exactly the ordered consumer's batches."""
+    end = await write_log(client, history(150), garbage_at=200)
+    selections = [
+        LogSelection(),
+        LogSelection(from_seq=7, to_seq=end - 5),
+        dataclasses.replace(
+            event_filter(channel="b", types=["TurnAdmitted", "TokensSpent"]), from_seq=40
+        ),
+        LogSelection(start_time=datetime.now(UTC) - timedelta(hours=1)),
+        event_filter(types=["TurnFailed"]),
+        LogSelection(from_seq=20, to_seq=19),
+    ]
+    ordered = EventLog(await connected(nats_server.url, fast_reader=False))
+    fast = EventLog(await connected(nats_server.url, fast_reader=True))
+    try:
+        for selection in selections:
+            expected = await read_here(ordered, selection, 64)
+            assert await read_here(fast, selection, 64) == expected, selection
+        assert sum(map(len, await read_here(fast, LogSelection(), 64))) == end
+    finally:
+        await ordered.nc.close()
+        await fast.nc.close()
+
+
 async def test_the_child_yields_the_batches_this_process_reads(
-    client: NATS, replay_nc: BulkClient, recipe: ConnectRecipe
+    client: NATS, replay_nc: NATS, recipe: ConnectRecipe
 ) -> None:
     """Over a mixed log with an unreadable message, up to a `to_seq` bound, with and
     without a subject filter, the child yields exactly `EventLog.read`'s batches:
@@ -234,7 +280,7 @@ async def test_the_child_yields_the_batches_this_process_reads(
 async def test_a_rebuild_through_the_child_equals_one_in_this_process(
     monkeypatch: pytest.MonkeyPatch,
     client: NATS,
-    replay_nc: BulkClient,
+    replay_nc: NATS,
     recipe: ConnectRecipe,
     config: Config,
 ) -> None:
@@ -272,7 +318,6 @@ async def test_a_child_that_cannot_read_raises_log_unavailable_with_its_reason(
     monkeypatch: pytest.MonkeyPatch,
     nats_server: EmbeddedNatsServer,
     client: NATS,
-    replay_nc: BulkClient,
     config: Config,
 ) -> None:
     """No server at the recipe's URL, or no log on the server: the child's reason comes
@@ -291,7 +336,7 @@ async def test_a_child_that_cannot_read_raises_log_unavailable_with_its_reason(
     monkeypatch.setattr(reading, "CHILD_READER_MIN_EVENTS", 1)
     with pytest.raises(LogUnavailable, match="cannot connect to NATS"):
         async with asyncio.timeout(READ_WITHIN_SECONDS):
-            await run_rebuild(EventLog(replay_nc, recipe=unreachable), config)
+            await run_rebuild(EventLog(client, recipe=unreachable), config)
     assert readers() == []
     assert (await read_active_views(client.jetstream())).bucket == "llm_data"
     with pytest.raises(BucketNotFoundError):

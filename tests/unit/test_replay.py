@@ -1,4 +1,4 @@
-"""The replay tools' pure parts: times, subjects, the fold, the audit's fast path, output."""
+"""The replay tools' pure parts: times, subjects, the fast reader, the fold, the audit, output."""
 
 from __future__ import annotations
 
@@ -26,11 +26,12 @@ from llm_es.domain.events import (
 )
 from llm_es.domain.views import memory_key, usage_key
 from llm_es.store.codec import UPCASTERS, encode_event
+from replay import pull
 from replay.audit import AuditReport, AuditRow, _Sums, render
 from replay.errors import UsageError
 from replay.fold import LogFold, select_projections
 from replay.progress import Progress
-from replay.pull import _position, _PullState
+from replay.pull import BulkClient, _position, _PullState
 from replay.reading import delivery_position, event_filter
 from replay.tail import describe_event, export_line, json_line
 from replay.times import parse_moment
@@ -171,6 +172,80 @@ def test_the_pull_state_batches_filters_and_stops_at_the_end() -> None:
     conflict.on_message(b"_INBOX.x", b"", b"", b"NATS/1.0 409 Consumer Deleted\r\n\r\n")
     assert conflict.error is not None
     assert "409" in conflict.error
+
+
+class RecordingClient(BulkClient):
+    """A `BulkClient`, never connected, that records the messages its parser hands back to
+    nats-py (those of other subscriptions)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.to_library: list[tuple[int, bytes, bytes, bytes, bytes | None]] = []
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        if sid not in self._bulk:
+            self.to_library.append((sid, subject, reply, data, headers))
+        await super()._process_msg(sid, subject, reply, data, headers)
+
+
+HEADERS = b"NATS/1.0\r\nNats-Msg-Id: a1\r\n\r\n"
+STATUS = b"NATS/1.0 404 No Messages\r\n\r\n"
+STORED = b'{"type":"TurnAdmitted","at":"2024-05-17T12:00:00Z"}'
+ACK = b"$JS.ACK.LLM_EVENTS.c1.1.41.41.1700000000.2"
+
+
+def protocol_bytes() -> bytes:
+    """What a server sends a `--fast-reader`: deliveries with and without headers and reply
+    (sid 7, the bulk subscription), a status, an `+OK`, and a message for sid 9."""
+    headers, status, event, ack = HEADERS, STATUS, STORED, ACK
+    sizes = f"{len(headers)} {len(headers) + len(event)}".encode()
+    return b"".join(
+        [
+            b"HMSG llm.ev.a.b.TurnAdmitted 7 " + ack + b" " + sizes + b"\r\n",
+            headers + event + b"\r\n",
+            b"MSG llm.ev.a.b.TokensSpent 7 " + ack.replace(b".41.", b".42.") + b" 2\r\n{}\r\n",
+            f"HMSG _INBOX.x 7 {len(status)} {len(status)}\r\n".encode() + status + b"\r\n",
+            b"+OK\r\n",
+            f"HMSG other 9 _INBOX.y {len(headers)} {len(headers) + 2}\r\n".encode(),
+            headers + b"hi\r\n",
+        ]
+    )
+
+
+async def test_the_fast_readers_parser_reads_split_buffers_like_whole_ones() -> None:
+    """However the server's bytes are cut (at every offset, or one byte at a time: mid
+    control line, mid headers, mid payload, between CR and LF), the bulk subscription's
+    handler gets every delivery once, in order, with its headers (None without), and a
+    message of another subscription goes to nats-py."""
+    stream = protocol_bytes()
+    expected = [
+        (b"llm.ev.a.b.TurnAdmitted", ACK, STORED, HEADERS),
+        (b"llm.ev.a.b.TokensSpent", ACK.replace(b".41.", b".42."), b"{}", None),
+        (b"_INBOX.x", b"", b"", STATUS),
+    ]
+    cuts = [[stream[:cut], stream[cut:]] for cut in range(len(stream) + 1)]
+    cuts.append([stream[i : i + 1] for i in range(len(stream))])
+    for pieces in cuts:
+        nc = RecordingClient()
+        got: list[tuple[bytes, bytes, bytes, bytes | None]] = []
+        nc._bulk[7] = lambda *message, into=got: into.append(message)
+        for piece in pieces:
+            await nc._ps.parse(piece)
+        assert got == expected, [len(piece) for piece in pieces]
+        assert nc.to_library == [(9, b"other", b"_INBOX.y", b"hi", HEADERS)]
+        assert not nc._ps.buf
+
+
+def test_the_fast_reader_refuses_a_nats_py_it_was_not_tested_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its internals may change in any release: outside `TESTED_NATS_PY` it is a usage
+    error naming both versions, and the command runs without it."""
+    monkeypatch.setattr(pull, "TESTED_NATS_PY", ("2.15.",))
+    with pytest.raises(UsageError, match=r"tested with nats-py 2\.15\.x, not 2\.\d+\.\d+"):
+        BulkClient()
 
 
 # ------------------------------------------------------------------ folding
