@@ -23,7 +23,9 @@ micro framework's `Nats-Service-Error` / `Nats-Service-Error-Code` headers,
 which are the only place for them in replies whose schema has no `error`
 (status, usage). A streamed chat (`"stream": true`) sends `{"chunk": text,
 "index": n}` messages to the reply subject as they arrive, then the final
-ChatResponse (the one message without `chunk`).
+ChatResponse (the one message without `chunk`). This module is the service and its
+dispatch; the reply bodies are `seed_replies.py`, the health behind `status` is
+`health.py`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
@@ -43,14 +44,14 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, EndpointStats, Service
 
-from llm_es import __version__, headers
+from llm_es import __version__
 from llm_es.config import Config
-from llm_es.domain import replies
 from llm_es.domain.messages import ChatMessage
 from llm_es.domain.summarizer import SUMMARY_STYLES
-from llm_es.errors import LLMESError, OperationalError, ProviderError, ValidationError
+from llm_es.errors import LLMESError, OperationalError, ValidationError
 from llm_es.logs import log_kv
-from llm_es.service.chat import ChatService, Outcome
+from llm_es.service.chat import ChatService
+from llm_es.service.health import HealthProbe
 from llm_es.service.requests import (
     bool_field,
     choice_field,
@@ -64,6 +65,21 @@ from llm_es.service.requests import (
     required_text,
     short_text_field,
 )
+from llm_es.service.seed_replies import (
+    CHAT_ERROR,
+    COMPLETION_ERROR,
+    MEMORY_ERROR,
+    PERSONA_ERROR,
+    STATUS_ERROR,
+    SUMMARY_ERROR,
+    USAGE_ERROR,
+    Reply,
+    completion_reply,
+    error_reply,
+    memory_reply,
+    persona_reply,
+    summary_reply,
+)
 from llm_es.store.connection import confirm_interest
 from llm_es.store.log import EventStore
 from llm_es.tasks import TaskPool
@@ -76,21 +92,12 @@ QUEUE_GROUP = "llm-es"
 ADMISSION_STATS_ENDPOINT = "chat"
 """The endpoint whose `$SRV.STATS` data carries the instance's admission counters."""
 MAX_IN_FLIGHT = 512
-HEALTH_PROBE_SECONDS = 30.0
 MAX_SUMMARIZE_CHARACTERS_FACTOR = 8
 """`summarize` accepts texts up to this many times `max_message_length`."""
 
 BODYLESS_ENDPOINTS = frozenset({"status"})
 SEED_DEFAULT_IMPORTANCE = 1
 """`MemoryAddRequest.importance` when the request leaves it out (the seed's default)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A response: the seed-shaped body, and what llm-es says beyond it in headers."""
-
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 Handler = Callable[[dict[str, Any], Request], Awaitable[Reply]]
@@ -102,14 +109,11 @@ class LLMServiceAPI:
     def __init__(self, nc: NATS, service: ChatService, store: EventStore, config: Config) -> None:
         self._nc = nc
         self._chat = service
-        self._store = store
         self._config = config
         self._micro: Service | None = None
         self._pool = TaskPool(MAX_IN_FLIGHT)
         self._started = time.monotonic()
-        self._provider_ok = False
-        self._log_ok = False
-        self._probe_task: asyncio.Task[None] | None = None
+        self._health = HealthProbe(service, store)
         self._endpoints: dict[str, tuple[Handler, dict[str, Any]]] = {
             "chat": (self._chat_endpoint, CHAT_ERROR),
             "complete": (self._complete_endpoint, COMPLETION_ERROR),
@@ -125,11 +129,10 @@ class LLMServiceAPI:
 
     @property
     def healthy(self) -> bool:
-        return self._provider_ok and self._log_ok
+        return self._health.healthy
 
     async def start(self) -> None:
-        await self._probe_health()
-        self._probe_task = asyncio.create_task(self._probe_forever(), name="health-probe")
+        await self._health.start()
         self._micro = await add_service(
             self._nc,
             name=SERVICE_NAME,
@@ -154,9 +157,7 @@ class LLMServiceAPI:
             with contextlib.suppress(nats.errors.Error):
                 await self._micro.stop()
             self._micro = None
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            await asyncio.gather(self._probe_task, return_exceptions=True)
+        await self._health.stop()
         await self._pool.drain(grace_seconds)
 
     # ------------------------------------------------------------ dispatch
@@ -252,11 +253,7 @@ class LLMServiceAPI:
             style=choice_field(body, "style", SUMMARY_STYLES, "concise") or "concise",
             user=optional_name(body, "user", limits),
         )
-        if not outcome.success:
-            return Reply({**SUMMARY_ERROR, "error": outcome.message}, turn_headers(outcome))
-        return Reply(
-            {"success": True, "summary": outcome.message, "error": None}, turn_headers(outcome)
-        )
+        return summary_reply(outcome)
 
     async def _memory_add_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
         limits = self._config.service
@@ -295,24 +292,14 @@ class LLMServiceAPI:
     async def _persona_get_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
         channel = name_field(body, "channel", self._config.service)
         outcome = await self._chat.persona(channel=channel, user=None, name="")
-        return self._persona_reply(channel, outcome)
+        return persona_reply(outcome, self._chat.persona_of(channel), list(self._config.personas))
 
     async def _persona_set_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
         """Switch a channel's persona, recorded as `PersonaSwitched` like `!chat persona`."""
         channel = name_field(body, "channel", self._config.service)
         persona = name_field(body, "persona", self._config.service)
         outcome = await self._chat.persona(channel=channel, user=None, name=persona)
-        return self._persona_reply(channel, outcome)
-
-    def _persona_reply(self, channel: str, outcome: Outcome) -> Reply:
-        return Reply(
-            {
-                "success": outcome.success,
-                "persona": self._chat.persona_of(channel),
-                "available": list(self._config.personas),
-                "error": None if outcome.success else outcome.message,
-            }
-        )
+        return persona_reply(outcome, self._chat.persona_of(channel), list(self._config.personas))
 
     async def _status_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
         """StatusResponse; `rate_limited` while the default provider throttles llm-es."""
@@ -383,78 +370,6 @@ class LLMServiceAPI:
 
         return send
 
-    async def _probe_health(self) -> None:
-        """Availability of the provider and the log, measured off the request path."""
-        provider = self._chat.provider_chain()[0]
-        self._provider_ok = await provider.is_available()
-        try:
-            await self._store.last_seq()
-        except (nats.errors.Error, LLMESError, TimeoutError):
-            self._log_ok = False
-        else:
-            self._log_ok = True
-
-    async def _probe_forever(self) -> None:
-        while True:
-            await asyncio.sleep(HEALTH_PROBE_SECONDS)
-            try:
-                await self._probe_health()
-            except (ProviderError, OSError) as exc:  # never let the probe die
-                self._provider_ok = False
-                log_kv(logger, "health_probe_failed", level=logging.WARNING, error=repr(exc))
-
-
-# Error bodies, each with exactly its seed schema's fields (ChatResponse, CompletionResponse,
-# SummaryResponse, MemoryResponse, PersonaResponse, StatusResponse, UsageResponse).
-CHAT_ERROR: dict[str, Any] = {
-    "success": False,
-    "content": None,
-    "error": None,
-    "tokens_used": 0,
-    "provider": None,
-}
-COMPLETION_ERROR = CHAT_ERROR
-SUMMARY_ERROR: dict[str, Any] = {"success": False, "summary": None, "error": None}
-MEMORY_ERROR: dict[str, Any] = {
-    "success": False,
-    "memories": None,
-    "count": 0,
-    "memory_id": None,
-    "error": None,
-}
-PERSONA_ERROR: dict[str, Any] = {
-    "success": False,
-    "persona": None,
-    "available": None,
-    "error": None,
-}
-STATUS_ERROR: dict[str, Any] = {
-    "healthy": False,
-    "provider": "",
-    "model": "",
-    "requests_today": 0,
-    "tokens_today": 0,
-    "rate_limited": False,
-    "uptime_seconds": 0,
-}
-USAGE_ERROR: dict[str, Any] = {
-    "user": None,
-    "requests_today": 0,
-    "tokens_today": 0,
-    "rate_limits_remaining": {},
-}
-
-
-def error_reply(shape: dict[str, Any], error: str, code: str) -> Reply:
-    """`shape` with the error in-band (where the schema has `error`) and in the micro headers."""
-    body = dict(shape)
-    if "error" in body:
-        body["error"] = error
-    return Reply(
-        body,
-        {headers.SERVICE_ERROR: headers.header_safe(error), headers.SERVICE_ERROR_CODE: code},
-    )
-
 
 def optional_persona(body: dict[str, Any], config: Config) -> str | None:
     value = body.get("persona")
@@ -464,53 +379,3 @@ def optional_persona(body: dict[str, Any], config: Config) -> str | None:
         known = ", ".join(config.personas)
         raise ValidationError(f"Field 'persona' must be one of: {known}", "persona")
     return value
-
-
-def turn_headers(outcome: Outcome) -> dict[str, str]:
-    """`Llm-Turn-Id` and `Llm-Model` of a turn's reply, where known."""
-    found: dict[str, str] = {}
-    if turn_id := outcome.data.get("turn_id"):
-        found[headers.LLM_TURN_ID] = turn_id
-    if model := outcome.data.get("model"):
-        found[headers.LLM_MODEL] = headers.header_safe(model)
-    return found
-
-
-def completion_reply(outcome: Outcome, default_provider: str) -> Reply:
-    """ChatResponse / CompletionResponse from a turn's outcome."""
-    if not outcome.success:
-        body = {
-            **CHAT_ERROR,
-            "error": outcome.message,
-            "provider": outcome.data.get("provider", default_provider),
-        }
-    else:
-        body = {
-            "success": True,
-            "content": outcome.message,
-            "error": None,
-            "tokens_used": outcome.data.get("tokens_used", 0),
-            "provider": outcome.data.get("provider"),
-        }
-    return Reply(body, turn_headers(outcome))
-
-
-def memory_reply(outcome: Outcome) -> Reply:
-    """MemoryResponse from a memory command's outcome; memories as `!chat recall` lists them."""
-    found = outcome.data.get("memories")
-    memories = (
-        None if found is None else [replies.memory_line(m["content"], m["id"]) for m in found]
-    )
-    if outcome.data.get("memory_id") is not None:
-        count = 1
-    else:
-        count = outcome.data.get("count", len(memories or ()))
-    return Reply(
-        {
-            "success": outcome.success,
-            "memories": memories,
-            "count": count if outcome.success else 0,
-            "memory_id": outcome.data.get("memory_id"),
-            "error": None if outcome.success else outcome.message,
-        }
-    )
