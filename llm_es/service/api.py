@@ -24,8 +24,8 @@ which are the only place for them in replies whose schema has no `error`
 (status, usage). A streamed chat (`"stream": true`) sends `{"chunk": text,
 "index": n}` messages to the reply subject as they arrive, then the final
 ChatResponse (the one message without `chunk`). This module is the service and its
-dispatch; the reply bodies are `seed_replies.py`, the health behind `status` is
-`health.py`.
+dispatch; the bodies are `requests.py` (in) and `seed_replies.py` (out), the
+health behind `status` is `health.py`.
 """
 
 from __future__ import annotations
@@ -46,24 +46,22 @@ from nats.micro.service import EndpointConfig, EndpointStats, Service
 
 from llm_es import __version__
 from llm_es.config import Config
-from llm_es.domain.messages import ChatMessage
-from llm_es.domain.summarizer import SUMMARY_STYLES
 from llm_es.errors import LLMESError, OperationalError, ValidationError
 from llm_es.logs import log_kv
 from llm_es.service.chat import ChatService
+from llm_es.service.decoding import PayloadT, decode_request
 from llm_es.service.health import HealthProbe
 from llm_es.service.requests import (
-    bool_field,
-    choice_field,
-    decode_object,
-    int_field,
+    ChatRequest,
+    CompletionRequest,
+    MemoryAddRequest,
+    MemoryForgetRequest,
+    MemoryRecallRequest,
+    PersonaGetRequest,
+    PersonaSetRequest,
+    SummarizeRequest,
+    UsageRequest,
     is_safe_reply_subject,
-    messages_field,
-    name_field,
-    number_field,
-    optional_name,
-    required_text,
-    short_text_field,
 )
 from llm_es.service.seed_replies import (
     CHAT_ERROR,
@@ -92,15 +90,16 @@ QUEUE_GROUP = "llm-es"
 ADMISSION_STATS_ENDPOINT = "chat"
 """The endpoint whose `$SRV.STATS` data carries the instance's admission counters."""
 MAX_IN_FLIGHT = 512
-MAX_SUMMARIZE_CHARACTERS_FACTOR = 8
-"""`summarize` accepts texts up to this many times `max_message_length`."""
-
-BODYLESS_ENDPOINTS = frozenset({"status"})
+# The seed's defaults, for a field left out or null (DESIGN.md "Seed schemas").
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_SUMMARY_WORDS = 200
+DEFAULT_SUMMARY_STYLE = "concise"
+DEFAULT_CATEGORY = "fact"
 SEED_DEFAULT_IMPORTANCE = 1
-"""`MemoryAddRequest.importance` when the request leaves it out (the seed's default)."""
+"""Not the domain's default (3, for `!chat remember`): the seed's, for `memory.add`."""
+DEFAULT_RECALL_LIMIT = 5
 
-
-Handler = Callable[[dict[str, Any], Request], Awaitable[Reply]]
+Handler = Callable[[Request], Awaitable[Reply]]
 
 
 class LLMServiceAPI:
@@ -176,10 +175,7 @@ class LLMServiceAPI:
         self, name: str, handler: Handler, error_shape: dict[str, Any], request: Request
     ) -> None:
         try:
-            # StatusRequest has no fields: like the seed, any body asks for the status.
-            wanted = request.data.strip() and name not in BODYLESS_ENDPOINTS
-            body = decode_object(request.data) if wanted else {}
-            answer = await handler(body, request)
+            answer = await handler(request)
         except ValidationError as exc:
             answer = error_reply(error_shape, str(exc), "400")
             log_kv(logger, "service_invalid", level=logging.WARNING, endpoint=name, error=str(exc))
@@ -194,6 +190,11 @@ class LLMServiceAPI:
             answer = error_reply(error_shape, f"Internal error ({type(exc).__name__})", "500")
         await self._respond(request, answer)
 
+    def _decode(self, request: Request, kind: type[PayloadT]) -> PayloadT:
+        # An empty body is an empty object, as it always was: all defaults, or "Missing field".
+        data = request.data if request.data.strip() else b"{}"
+        return decode_request(data, kind, self._config)
+
     async def _respond(self, request: Request, answer: Reply) -> None:
         # nats.micro's Request does not expose the reply subject; its message does.
         if not request._msg.reply or not is_safe_reply_subject(request._msg.reply):
@@ -206,103 +207,85 @@ class LLMServiceAPI:
 
     # ------------------------------------------------------------ endpoints
 
-    async def _chat_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
-        limits = self._config.service
-        channel = name_field(body, "channel", limits)
-        user = name_field(body, "user", limits)
-        message = required_text(body, "message", limits)
-        persona = optional_persona(body, self._config)
-        provider = self._provider_field(body)
-        on_chunk = self._chunk_sink(request) if bool_field(body, "stream") else None
+    async def _chat_endpoint(self, request: Request) -> Reply:
+        asked = self._decode(request, ChatRequest)
         outcome = await self._chat.chat(
-            channel=channel,
-            user=user,
-            message=message,
+            channel=asked.channel,
+            user=asked.user,
+            message=asked.message,
             source="service",
-            persona=persona,
-            provider_name=provider,
-            on_chunk=on_chunk,
+            persona=asked.persona,
+            provider_name=asked.provider,
+            on_chunk=self._chunk_sink(request) if asked.stream else None,
         )
         return completion_reply(outcome, self._config.default_provider)
 
-    async def _complete_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
-        limits = self._config.service
-        messages: list[ChatMessage] = messages_field(body, limits)  # type: ignore[assignment]
+    async def _complete_endpoint(self, request: Request) -> Reply:
+        asked = self._decode(request, CompletionRequest)
         outcome = await self._chat.complete(
-            messages=messages,
-            user=optional_name(body, "user", limits),
-            temperature=number_field(body, "temperature", default=0.7, low=0.0, high=2.0),
-            max_tokens=int_field(body, "max_tokens", default=None, low=1, high=1_000_000),
-            provider_name=self._provider_field(body),
+            messages=asked.messages,
+            user=asked.user,
+            temperature=DEFAULT_TEMPERATURE if asked.temperature is None else asked.temperature,
+            max_tokens=asked.max_tokens,
+            provider_name=asked.provider,
         )
         return completion_reply(outcome, self._config.default_provider)
 
-    async def _summarize_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
-        limits = self._config.service
-        text = body.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise ValidationError("Field 'text' must be a non-empty string", "text")
-        most = limits.max_message_length * MAX_SUMMARIZE_CHARACTERS_FACTOR
-        if len(text) > most:
-            raise ValidationError(
-                f"Field 'text' is too long: {len(text)} characters (limit {most})", "text"
-            )
+    async def _summarize_endpoint(self, request: Request) -> Reply:
+        asked = self._decode(request, SummarizeRequest)
         outcome = await self._chat.summarize_text(
-            text=text,
-            max_words=int_field(body, "max_length", default=200, low=10, high=4000) or 200,
-            style=choice_field(body, "style", SUMMARY_STYLES, "concise") or "concise",
-            user=optional_name(body, "user", limits),
+            text=asked.text,
+            max_words=asked.max_length or DEFAULT_SUMMARY_WORDS,
+            style=asked.style or DEFAULT_SUMMARY_STYLE,
+            user=asked.user,
         )
         return summary_reply(outcome)
 
-    async def _memory_add_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
-        limits = self._config.service
+    async def _memory_add_endpoint(self, request: Request) -> Reply:
+        asked = self._decode(request, MemoryAddRequest)
         outcome = await self._chat.remember(
-            channel=name_field(body, "channel", limits),
-            user=optional_name(body, "user_id", limits),
-            content=required_text(body, "content", limits),
-            category=short_text_field(body, "category", "fact"),
-            importance=int_field(body, "importance", default=SEED_DEFAULT_IMPORTANCE, low=1, high=5)
-            or SEED_DEFAULT_IMPORTANCE,
+            channel=asked.channel,
+            user=asked.user_id,
+            content=asked.content,
+            category=(asked.category or DEFAULT_CATEGORY).strip(),
+            importance=asked.importance or SEED_DEFAULT_IMPORTANCE,
         )
         return memory_reply(outcome)
 
-    async def _memory_recall_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
-        limits = self._config.service
+    async def _memory_recall_endpoint(self, request: Request) -> Reply:
+        asked = self._decode(request, MemoryRecallRequest)
         outcome = await self._chat.recall(
-            channel=name_field(body, "channel", limits),
-            user=optional_name(body, "user_id", limits),
-            query=required_text(body, "query", limits),
-            limit=int_field(body, "limit", default=5, low=1, high=100) or 5,
+            channel=asked.channel,
+            user=asked.user_id,
+            query=asked.query,
+            limit=asked.limit or DEFAULT_RECALL_LIMIT,
         )
         return memory_reply(outcome)
 
-    async def _memory_forget_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
-        limits = self._config.service
-        memory_id = body.get("memory_id")
-        if not isinstance(memory_id, str) or not memory_id.strip():
-            raise ValidationError("Field 'memory_id' must be a non-empty string", "memory_id")
+    async def _memory_forget_endpoint(self, request: Request) -> Reply:
+        asked = self._decode(request, MemoryForgetRequest)
         outcome = await self._chat.forget(
-            channel=name_field(body, "channel", limits),
-            user=optional_name(body, "user_id", limits),
-            memory_id=memory_id,
+            channel=asked.channel, user=asked.user_id, memory_id=asked.memory_id
         )
         return memory_reply(outcome)
 
-    async def _persona_get_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
-        channel = name_field(body, "channel", self._config.service)
+    async def _persona_get_endpoint(self, request: Request) -> Reply:
+        channel = self._decode(request, PersonaGetRequest).channel
         outcome = await self._chat.persona(channel=channel, user=None, name="")
         return persona_reply(outcome, self._chat.persona_of(channel), list(self._config.personas))
 
-    async def _persona_set_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
+    async def _persona_set_endpoint(self, request: Request) -> Reply:
         """Switch a channel's persona, recorded as `PersonaSwitched` like `!chat persona`."""
-        channel = name_field(body, "channel", self._config.service)
-        persona = name_field(body, "persona", self._config.service)
-        outcome = await self._chat.persona(channel=channel, user=None, name=persona)
-        return persona_reply(outcome, self._chat.persona_of(channel), list(self._config.personas))
+        asked = self._decode(request, PersonaSetRequest)
+        outcome = await self._chat.persona(channel=asked.channel, user=None, name=asked.persona)
+        available = list(self._config.personas)
+        return persona_reply(outcome, self._chat.persona_of(asked.channel), available)
 
-    async def _status_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
-        """StatusResponse; `rate_limited` while the default provider throttles llm-es."""
+    async def _status_endpoint(self, request: Request) -> Reply:
+        """StatusResponse; `rate_limited` while the default provider throttles llm-es.
+
+        StatusRequest has no fields: like the seed, any body asks for the status.
+        """
         requests_today, tokens_today = self._chat.totals_today()
         return Reply(
             {
@@ -316,9 +299,9 @@ class LLMServiceAPI:
             }
         )
 
-    async def _usage_endpoint(self, body: dict[str, Any], request: Request) -> Reply:
+    async def _usage_endpoint(self, request: Request) -> Reply:
         """One user's usage and what each limit still allows, or (no user) everyone's totals."""
-        user = optional_name(body, "user", self._config.service)
+        user = self._decode(request, UsageRequest).user
         if user is None:
             requests_today, tokens_today = self._chat.totals_today()
             return Reply(
@@ -343,14 +326,6 @@ class LLMServiceAPI:
             return self._chat.admission_stats()
         return None
 
-    def _provider_field(self, body: dict[str, Any]) -> str | None:
-        value = body.get("provider")
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise ValidationError("Field 'provider' must be a string", "provider")
-        return value
-
     def _chunk_sink(self, request: Request) -> Callable[[str], Awaitable[None]]:
         reply = request._msg.reply
         if not reply or not is_safe_reply_subject(reply):
@@ -369,13 +344,3 @@ class LLMServiceAPI:
                 await asyncio.sleep(0)
 
         return send
-
-
-def optional_persona(body: dict[str, Any], config: Config) -> str | None:
-    value = body.get("persona")
-    if value is None:
-        return None
-    if not isinstance(value, str) or value not in config.personas:
-        known = ", ".join(config.personas)
-        raise ValidationError(f"Field 'persona' must be one of: {known}", "persona")
-    return value

@@ -24,9 +24,9 @@ from llm_es.domain.commands import SUBCOMMANDS, ChatCommand, parse_chat_args
 from llm_es.errors import LLMESError, OperationalError, ValidationError
 from llm_es.logs import log_kv
 from llm_es.service.chat import ChatService, Outcome
+from llm_es.service.decoding import loose_object
 from llm_es.service.requests import (
     CommandRequest,
-    decode_object,
     is_safe_reply_subject,
     parse_command,
     reply_subject,
@@ -96,13 +96,13 @@ class CommandSurface:
         # A NATS reply subject is chosen by the sender too: the same rule as `reply_to`.
         reply_to = msg.reply if msg.reply and is_safe_reply_subject(msg.reply) else None
         try:
-            request = parse_command(msg.data, self._config.service)
+            request = parse_command(msg.data, self._config)
             reply_to = reply_to or request.reply_to
             subcommand = msg.subject[len(COMMAND_SUBJECT) + 1 :] or None
             answer = await self._run(request, subcommand)
         except ValidationError as exc:
             if reply_to is None:
-                reply_to = _reply_to_of(msg.data)
+                reply_to = reply_subject(loose_object(msg.data).get("reply_to"))
             answer = error_reply(str(exc))
             log_kv(logger, "command_invalid", level=logging.WARNING, error=str(exc))
         except OperationalError as exc:
@@ -158,10 +158,3 @@ class CommandSurface:
             await self._nc.publish(subject, orjson.dumps(answer))
         except nats.errors.Error as exc:
             log_kv(logger, "reply_failed", level=logging.WARNING, error=repr(exc))
-
-
-def _reply_to_of(data: bytes) -> str | None:
-    try:
-        return reply_subject(decode_object(data))
-    except ValidationError:
-        return None

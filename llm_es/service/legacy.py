@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -23,12 +22,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from llm_es.config import Config, ServiceConfig
+from llm_es.config import Config
 from llm_es.errors import LLMESError, OperationalError, ValidationError
 from llm_es.logs import log_kv
 from llm_es.service.chat import ChatService, Outcome
 from llm_es.service.commands import MAX_IN_FLIGHT, QUEUE_GROUP
-from llm_es.service.requests import decode_object, is_safe_reply_subject, name_field, text_field
+from llm_es.service.decoding import decode_request, loose_object
+from llm_es.service.requests import LegacyRequest, is_safe_reply_subject
 from llm_es.store.connection import confirm_interest, drain_subscription
 from llm_es.tasks import TaskPool
 
@@ -37,45 +37,11 @@ logger = logging.getLogger("llm_es.service.legacy")
 REQUEST_SUBJECT = "llm.request"
 RESPONSE_SUBJECT = "llm.response"
 ERROR_SUBJECT = "llm.error"
-ACTIONS = ("chat", "complete", "reset")
 DEFAULT_USERNAME = "User"
 """Whom the seed booked a chat without `username` to; kept for the same callers."""
 MAX_REMEMBERED_CALLERS = 10_000
 """Callers already warned about; past this many the set starts over (a repeat warning, no leak)."""
 ANONYMOUS_CALLER = "(no username)"
-
-
-@dataclass(frozen=True, slots=True)
-class LegacyRequest:
-    """A validated `llm.request` message."""
-
-    action: str
-    channel_id: str | None
-    username: str | None
-    message: str
-
-
-def parse_legacy_request(body: dict[str, Any], limits: ServiceConfig) -> LegacyRequest:
-    """Validate a decoded `llm.request` payload; ValidationError names the field."""
-    action = body.get("action")
-    if action is None:
-        raise ValidationError(f"Missing field 'action' (one of {', '.join(ACTIONS)})", "action")
-    if not isinstance(action, str) or action not in ACTIONS:
-        raise ValidationError(
-            f"Unknown action: {action!r} (expected one of {', '.join(ACTIONS)})", "action"
-        )
-    channel_id = (
-        name_field(body, "channel_id", limits)
-        if action != "complete" or body.get("channel_id") not in (None, "")
-        else None
-    )
-    username = name_field(body, "username", limits) if body.get("username") is not None else None
-    message = ""
-    if action != "reset":
-        message = text_field(body, "message", limits)
-        if not message.strip():
-            raise ValidationError("Field 'message' must not be empty", "message")
-    return LegacyRequest(action, channel_id, username, message)
 
 
 class LegacySurface:
@@ -110,31 +76,24 @@ class LegacySurface:
 
     async def _handle(self, msg: Msg) -> None:
         reply_to = msg.reply if msg.reply and is_safe_reply_subject(msg.reply) else None
-        body: dict[str, Any] = {}
         try:
-            body = decode_object(msg.data)
-            self._warn_deprecated(body)
-            answer = await self._run(parse_legacy_request(body, self._config.service))
+            request = decode_request(msg.data, LegacyRequest, self._config)
+            self._warn_deprecated(request.username)
+            answer = await self._run(request)
         except ValidationError as exc:
-            answer = _error(body, str(exc), self._config.service)
+            self._warn_deprecated(loose_object(msg.data).get("username"))
+            answer = self._error(msg.data, str(exc))
             log_kv(logger, "legacy_request_invalid", level=logging.WARNING, error=str(exc))
         except OperationalError as exc:
-            answer = _error(
-                body, f"The chat service is busy or degraded: {exc}", self._config.service
-            )
+            answer = self._error(msg.data, f"The chat service is busy or degraded: {exc}")
             log_kv(logger, "legacy_request_failed", level=logging.WARNING, error=str(exc))
         except (LLMESError, TimeoutError) as exc:
-            answer = _error(
-                body,
-                "The chat service failed to handle this request; try again",
-                self._config.service,
-            )
+            error = "The chat service failed to handle this request; try again"
+            answer = self._error(msg.data, error)
             log_kv(logger, "legacy_request_failed", level=logging.ERROR, error=repr(exc))
         except Exception as exc:  # a bug must not kill the handler; it is logged in full
             logger.exception("legacy_request_crashed")
-            answer = _error(
-                body, f"Internal error ({type(exc).__name__}); try again", self._config.service
-            )
+            answer = self._error(msg.data, f"Internal error ({type(exc).__name__}); try again")
         subject = RESPONSE_SUBJECT if answer["success"] else ERROR_SUBJECT
         payload = orjson.dumps(answer)
         for target in (subject, reply_to):
@@ -145,19 +104,39 @@ class LegacySurface:
             except nats.errors.Error as exc:
                 log_kv(logger, "legacy_reply_failed", level=logging.WARNING, error=repr(exc))
 
+    def _error(self, data: bytes, error: str) -> dict[str, Any]:
+        """An `llm.error` answer echoing what can be read of the request (short strings only)."""
+        body = loose_object(data)
+
+        def echoed(field: str) -> str | None:
+            value = body.get(field)
+            if isinstance(value, str) and len(value) <= self._config.service.max_name_length:
+                return value
+            return None
+
+        return {
+            "type": "llm_error",
+            "action": echoed("action"),
+            "channel_id": echoed("channel_id"),
+            "username": echoed("username"),
+            "success": False,
+            "error": error,
+        }
+
     async def _run(self, request: LegacyRequest) -> dict[str, Any]:
         service = self._service
+        message = request.message or ""  # LegacyRequest.check: non-blank unless a reset
         if request.action == "chat":
             assert request.channel_id is not None
             outcome = await service.chat(
                 channel=request.channel_id,
                 user=request.username or DEFAULT_USERNAME,
-                message=request.message,
+                message=message,
                 source="legacy",
             )
         elif request.action == "complete":
             outcome = await service.complete(
-                messages=[{"role": "user", "content": request.message}],
+                messages=[{"role": "user", "content": message}],
                 user=request.username,
                 source="legacy",
             )
@@ -168,9 +147,8 @@ class LegacySurface:
             )
         return _answer(request, outcome)
 
-    def _warn_deprecated(self, body: dict[str, Any]) -> None:
+    def _warn_deprecated(self, username: object) -> None:
         """Log once per caller (by `username`) that `llm.request` is deprecated."""
-        username = body.get("username")
         caller = username if isinstance(username, str) and username else ANONYMOUS_CALLER
         caller = caller[: self._config.service.max_name_length]
         if caller in self._warned:
@@ -191,7 +169,7 @@ class LegacySurface:
 def _answer(request: LegacyRequest, outcome: Outcome) -> dict[str, Any]:
     common = {
         "action": request.action,
-        "channel_id": request.channel_id,
+        "channel_id": request.channel_id or None,  # `complete` ignores an empty one
         "username": request.username,
     }
     if not outcome.success:
@@ -213,22 +191,3 @@ def _answer(request: LegacyRequest, outcome: Outcome) -> dict[str, Any]:
         if key in outcome.data:
             answer[key] = outcome.data[key]
     return answer
-
-
-def _error(body: dict[str, Any], error: str, limits: ServiceConfig) -> dict[str, Any]:
-    """An `llm.error` answer echoing what could be read of the request (short strings only)."""
-
-    def echoed(field: str) -> str | None:
-        value = body.get(field)
-        if isinstance(value, str) and len(value) <= limits.max_name_length:
-            return value
-        return None
-
-    return {
-        "type": "llm_error",
-        "action": echoed("action"),
-        "channel_id": echoed("channel_id"),
-        "username": echoed("username"),
-        "success": False,
-        "error": error,
-    }
