@@ -82,7 +82,7 @@ class Admission:
                 if isinstance(decision, TurnRejected):
                     # A refusal consumes no budget, so it has no race to lose:
                     # appending it unconditionally keeps floods from contending.
-                    await self._recorder.wait_for(await self._store.append(decision))
+                    await self._recorder.record(decision)
                     self.rejected += 1
                     return decision
                 try:

@@ -28,14 +28,14 @@ from llm_es.config import Config
 from llm_es.domain.events import utc_now
 from llm_es.domain.memories import DEFAULT_IMPORTANCE
 from llm_es.domain.messages import ChatMessage
-from llm_es.domain.views import MemoryView, UsageView, ViewReader
+from llm_es.domain.views import MemoryView, UsageView
 from llm_es.providers.base import LLMProvider
 from llm_es.service import usage
 from llm_es.service.admission import Admission
 from llm_es.service.channel import Channels, random_memory_id
 from llm_es.service.fallback import ChunkSink, turn_deadline_seconds
 from llm_es.service.outcome import Outcome
-from llm_es.service.recording import Recorder
+from llm_es.service.recording import RecordedViews, Recorder
 from llm_es.service.recovery import IsAlive, Recovery
 from llm_es.service.summaries import Summaries
 from llm_es.service.turns import SERVICE_USER, Turns, new_turn_id
@@ -52,7 +52,7 @@ class ChatService:
         self,
         config: Config,
         store: EventStore,
-        views: ViewReader,
+        views: RecordedViews,
         providers: Mapping[str, LLMProvider],
         *,
         clock: Callable[[], datetime] | None = None,

@@ -253,6 +253,24 @@ class EventStore:
             )
         )
 
+    async def send(self, events: Sequence[Event]) -> None:
+        """Publish events in order without asking for acks (each idempotent by its id).
+
+        For a caller that learns from the log itself that they are stored: an
+        ordered consumer delivers only stored messages, so a read side that folds
+        them has confirmed them (`llm_es.service.recording.Recorder.record`). A
+        caller that does not see them in time appends them again with `append_all`
+        (a stored one comes back as a duplicate with its sequence). The server
+        sends no ack and this process waits for none: one write out, nothing back.
+        """
+        try:
+            for event in events:
+                await self._nc.publish(
+                    self.subject_for(event), encode_event(event), headers={headers.MSG_ID: event.id}
+                )
+        except nats.errors.Error as exc:
+            raise OperationalError(f"append to {self.stream} failed: {type(exc).__name__}") from exc
+
     async def append_atomic(self, events: Sequence[Event]) -> list[int]:
         """Append events as one atomic batch: all are stored or none is."""
         if not events:
