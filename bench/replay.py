@@ -10,8 +10,8 @@ they read), appended like the plugin appends (`Nats-Msg-Id`, pipelined
 - `raw_ordered_read`: a bare nats-py ordered consumer counting the stream
   (nothing decoded): the limit the issue measures the rebuild against;
 - `replay_read`, `fast_reader_read`: the replay tools' reader (`EventLog.read`),
-  nothing decoded: by default (nats-py's ordered consumer), and with
-  `--fast-reader` (the hand-rolled pull loop of `replay.pull`);
+  nothing decoded: by default (the pull loop of `replay.pull` on nats-py's
+  public client), and with `--fast-reader` (the same loop on `BulkClient`);
 - `rebuild`, `verify`, `audit --all`: the `llm-replay` console script as an
   operator runs it, end to end (process start, connect, read, fold, write),
   with its peak RSS (`wait4`) and the nats-server's CPU during it; then each

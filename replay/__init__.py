@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from replay.audit import AuditReport, AuditRow, run_audit
 from replay.errors import LogUnavailable, ReplayError, UsageError
+from replay.fast_reader import BulkClient
 from replay.fold import LogFold, select_projections
-from replay.pull import BulkClient
 from replay.reading import EventLog, LogSelection, RawEvent, event_filter
 from replay.rebuild import RebuildReport, run_rebuild
 from replay.state import Moment, channel_state, user_state

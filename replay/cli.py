@@ -44,9 +44,9 @@ from replay.errors import (
     ReplayError,
     UsageError,
 )
+from replay.fast_reader import TESTED_NATS_PY
 from replay.output import LineWriter
 from replay.progress import Progress
-from replay.pull import TESTED_NATS_PY
 from replay.reading import EventLog, event_filter
 from replay.rebuild import run_rebuild
 from replay.schemas import check_schemas, write_schemas
@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--fast-reader",
             action="store_true",
             default=False if top else argparse.SUPPRESS,
-            help="read the log with llm-replay's own pull loop on nats-py internals instead "
-            "of nats-py's ordered consumer: faster (README: Performance), tested with nats-py "
+            help="read the log with llm-replay's own parser of nats-py's protocol, on its "
+            "internals: faster (README: Performance), tested with nats-py "
             + " and ".join(version + "x" for version in TESTED_NATS_PY),
         )
 

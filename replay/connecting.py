@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 
 from llm_es.config import Config, load_config_sync
 from llm_es.store.connection import DEFAULT_LOCAL_URL, INITIAL_CONNECT_SECONDS, connect_options
-from replay.pull import BulkClient
+from replay.fast_reader import BulkClient
 
 CLIENT_NAME = "llm-replay"
 

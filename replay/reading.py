@@ -4,13 +4,13 @@ The server filters by subject (`llm.ev.<channel>.<user>.<EventType>`), so a
 user's audit never ships other users' events. Events arrive as `(seq,
 subject, stored bytes)` in batches; decoding is the caller's choice, because
 an audit does not need every field of every event. A bounded read ends at
-the last matching event that existed when it got there (or at `to_seq`).
-Every read uses nats-py's ordered push consumer, which re-creates itself
-after gaps and server restarts; on a `BulkClient` connection (`--fast-reader`)
-bounded reads use the hand-rolled pull loop of `replay.pull` instead. A long
-bounded read (`read_all`, what rebuild and verify fold) runs mostly in a child
-process, on the second core, when the log knows how to connect again
-(`replay.prefetch`).
+the last matching event that existed when it got there (or at `to_seq`),
+read by the pull loop of `replay.pull` (which asks the server for no more
+than the caller keeps up with); a long one (`read_all`, what rebuild and
+verify fold) runs mostly in a child process, on the second core, when the
+log knows how to connect again (`replay.prefetch`). Following the log
+(`tail`) uses nats-py's ordered push consumer, which re-creates itself after
+gaps and server restarts.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
 from replay.connecting import ConnectRecipe
 from replay.errors import LogUnavailable
 from replay.prefetch import read_in_child
-from replay.pull import BulkClient, pull_batches
+from replay.pull import delivery_position, pull_batches
 
 RawEvent = tuple[int, str, bytes]
 """One stored event: stream sequence, subject, the bytes as appended."""
@@ -47,11 +47,12 @@ MAX_BATCHES = 10**9
 """Bound of every read loop: more batches than any log holds."""
 CHILD_READER_MIN_EVENTS = 150_000
 """The shortest range `read_all` reads in a child process. A child takes about 0.3 s to
-start (spawn, imports, connect), then takes the read (9-10 µs of CPU an event with the
-ordered consumer) off the folding process, which only receives its frames (about 1 µs).
-On the 2-CPU reference machine, where both processes and nats-server share the cores,
-a rebuild with the ordered consumer is as fast at 100k events, 6-10% faster at 300k and
-10-15% at 1M (with `--fast-reader`: as fast at 50k, 5-8% faster at 100k, 15-25% at 1M)."""
+start (spawn, imports, connect), then takes the read (about 9 µs of CPU an event on
+nats-py's public client, 4 with `--fast-reader`) off the folding process, which only
+receives its frames (about 1 µs). That pays when a core is free for it: on the 2-CPU
+reference machine, quiet, a 1M-event rebuild took 13.8 s with the child against 20.3 s
+without (12.0 against 14.2 with `--fast-reader`); with the cores busy with other work
+(load 3.5) it gains nothing at 1M and loses ~15% at 300k."""
 CHILD_START_EVENTS = 25_000
 """Events `read_all` reads in this process while its child starts (about 0.3 s of reading)."""
 
@@ -101,27 +102,12 @@ def reads_in_child(selection: LogSelection) -> bool:
     return selection.to_seq - selection.from_seq + 1 >= CHILD_READER_MIN_EVENTS
 
 
-def delivery_position(reply: str) -> tuple[int, int]:
-    """Stream sequence and pending count from a JetStream delivery's reply subject.
-
-    What `Msg.metadata` gives, for 0.4 µs a message instead of 4.5 (it builds
-    three dataclasses and a datetime): this runs once per event read.
-    """
-    tokens = reply.split(".")
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or the
-    # newer form with domain and account hash after ACK (and a random token at the end).
-    if len(tokens) == 9:
-        return int(tokens[5]), int(tokens[8])
-    if len(tokens) >= 11:
-        return int(tokens[7]), int(tokens[10])
-    raise LogUnavailable(f"not a JetStream delivery: {reply!r}")
-
-
 class EventLog:
     """The event stream as the replay tools read it: its end, and ordered reads of it.
 
-    Reads use nats-py's ordered push consumer; bounded reads on a `BulkClient`
-    connection (`--fast-reader`) use the hand-rolled pull loop (`replay.pull`).
+    Bounded reads use the pull loop (`replay.pull`) on nats-py's public API, or
+    on a `BulkClient` connection its `--fast-reader` parser; following the log,
+    nats-py's ordered consumer.
     """
 
     def __init__(
@@ -171,24 +157,26 @@ class EventLog:
         """Yield the selected events in stream order, in batches.
 
         Without `follow` the read ends at the end of the selection (the last
-        matching event when it gets there, or `to_seq`); with it, it waits for new
-        events for as long as the caller iterates. Use it under
-        `contextlib.aclosing`, so the consumer goes away when the caller stops early.
+        matching event when it gets there, or `to_seq`): the pull loop of
+        `replay.pull`. With it, it waits for new events for as long as the caller
+        iterates: nats-py's ordered consumer. Use it under `contextlib.aclosing`,
+        so the consumer goes away when the caller stops early.
         """
-        if isinstance(self.nc, BulkClient) and not follow and not selection.new_only:
-            return pull_batches(
-                self.nc,
-                self.js,
-                self.stream,
-                subject=selection.subject,
-                types=selection.types,
-                from_seq=selection.from_seq,
-                to_seq=selection.to_seq,
-                start_time=selection.start_time,
-                batch_size=batch_size,
-                idle_timeout=idle_timeout,
-            )
-        return self._ordered(selection, follow, batch_size, idle_timeout)
+        if follow:
+            return self._follow(selection, batch_size)
+        return pull_batches(
+            self.nc,
+            self.js,
+            self.stream,
+            subject=selection.subject,
+            types=selection.types,
+            from_seq=selection.from_seq,
+            to_seq=selection.to_seq,
+            start_time=selection.start_time,
+            new_only=selection.new_only,
+            batch_size=batch_size,
+            idle_timeout=idle_timeout,
+        )
 
     def read_all(
         self,
@@ -219,8 +207,8 @@ class EventLog:
             )
         return self.read(selection, batch_size=batch_size, idle_timeout=idle_timeout)
 
-    async def _ordered(
-        self, selection: LogSelection, follow: bool, batch_size: int, idle_timeout: float
+    async def _follow(
+        self, selection: LogSelection, batch_size: int
     ) -> AsyncGenerator[list[RawEvent], None]:
         to_seq = selection.to_seq
         if to_seq is not None and to_seq < selection.from_seq:
@@ -240,28 +228,14 @@ class EventLog:
             subject = msg.subject
             if not past_end and (not types or subject[subject.rfind(".") + 1 :] in types):
                 batch.append((seq, subject, msg.data))
-            finished = not follow and (pending == 0 or (to_seq is not None and seq >= to_seq))
-            if past_end:
-                finished = True
-            if finished or pending == 0 or len(batch) >= batch_size:
+            if past_end or pending == 0 or len(batch) >= batch_size:
                 ready, batch = batch, []
-                await queue.put((ready, finished))
+                await queue.put((ready, past_end))
 
         sub = await _subscribe(self.js, self.stream, selection, take)
         try:
-            if not follow and await _nothing_selected(sub):
-                return
             for _ in range(MAX_BATCHES):
-                try:
-                    if follow:
-                        ready, finished = await queue.get()
-                    else:
-                        ready, finished = await asyncio.wait_for(queue.get(), idle_timeout)
-                except TimeoutError:
-                    raise LogUnavailable(
-                        f"the event log stopped answering (nothing for {idle_timeout:g}s "
-                        f"after sequence {last_seq})"
-                    ) from None
+                ready, finished = await queue.get()
                 if ready:
                     yield ready
                 if finished:
@@ -304,13 +278,3 @@ async def _subscribe(
         ) from None
     except (nats.errors.Error, TimeoutError) as exc:
         raise LogUnavailable(f"cannot read stream {stream}: {exc}") from exc
-
-
-async def _nothing_selected(sub: JetStreamContext.PushSubscription) -> bool:
-    """True when the consumer has nothing to deliver (no message will ever end the read)."""
-    try:
-        info = await sub.consumer_info()
-    except (nats.errors.Error, TimeoutError) as exc:
-        raise LogUnavailable(f"cannot read the event log's consumer: {exc}") from exc
-    delivered = info.delivered.consumer_seq if info.delivered else 0
-    return not info.num_pending and not delivered

@@ -82,7 +82,7 @@ def history_config(fake_llm: FakeLLMServer) -> Config:
 
 @pytest.fixture
 async def replay_log(nats_server: EmbeddedNatsServer) -> AsyncIterator[EventLog]:
-    """The replay tools' own connection, with the default reader (nats-py's ordered consumer)."""
+    """The replay tools' own connection, with the default reader (nats-py's public client)."""
     nc = NATS()
     await nc.connect(nats_server.url, max_reconnect_attempts=2)
     try:

@@ -73,7 +73,7 @@ async def test_the_fast_reader_gives_the_default_readers_answers(
     plugin: Plugin, client: NATS, nats_server: EmbeddedNatsServer
 ) -> None:
     """`--fast-reader`, before or after the command: rebuild switches, verify finds the
-    views equal, and audit and export print exactly what the ordered consumer gives."""
+    views equal, and audit and export print exactly what the default reader gives."""
     await history(client)
     url = nats_server.url
     rebuilt = await replay("--fast-reader", "rebuild", "--json", "--no-progress", url=url)

@@ -1,7 +1,8 @@
 """The log's two readers, and reading in a child process (`replay.prefetch`), on a real server.
 
-The `--fast-reader` (`BulkClient`, `replay.pull`) must yield exactly the
-batches of the default reader, nats-py's ordered consumer. The child connects
+The pull loop (`replay.pull`) must ask the server for no more than a slow
+caller takes, and the `--fast-reader` (`BulkClient`) must yield exactly the
+batches of the default reader (nats-py's public client). The child connects
 by itself from a `ConnectRecipe`, so these tests run real child processes
 against the test server: the batches and the rebuilt views must be exactly
 those of the in-process reader (with either reader), failures in the child
@@ -52,6 +53,7 @@ from replay import (
 )
 from replay.connecting import ConnectRecipe
 from replay.prefetch import read_in_child
+from replay.pull import PULL_SIZE, PULLS_AHEAD
 from replay.reading import RawEvent, event_filter
 from tests.support.harness import wait_until
 
@@ -185,9 +187,9 @@ async def connected(url: str, *, fast_reader: bool) -> NATS:
     return nc
 
 
-@pytest.fixture(params=[False, True], ids=["ordered", "fast_reader"])
+@pytest.fixture(params=[False, True], ids=["public_client", "fast_reader"])
 def fast_reader(request: pytest.FixtureRequest) -> bool:
-    """Each reader in turn: nats-py's ordered consumer (the default), then `--fast-reader`."""
+    """Each reader in turn: the default one on nats-py's public client, then `--fast-reader`."""
     return bool(request.param)
 
 
@@ -214,12 +216,12 @@ def config() -> Config:
 # ------------------------------------------------------------------ the same events
 
 
-async def test_the_fast_reader_yields_the_ordered_consumers_batches(
+async def test_the_fast_reader_yields_the_default_readers_batches(
     nats_server: EmbeddedNatsServer, client: NATS
 ) -> None:
     """Over a mixed log with an unreadable message, for the whole log, a bounded range,
     a channel's types from a sequence, a start time, a type nothing matches and an empty
-    range, `--fast-reader` yields exactly the ordered consumer's batches."""
+    range, `--fast-reader` yields exactly the default reader's batches."""
     end = await write_log(client, history(150), garbage_at=200)
     selections = [
         LogSelection(),
@@ -231,16 +233,36 @@ async def test_the_fast_reader_yields_the_ordered_consumers_batches(
         event_filter(types=["TurnFailed"]),
         LogSelection(from_seq=20, to_seq=19),
     ]
-    ordered = EventLog(await connected(nats_server.url, fast_reader=False))
+    default = EventLog(await connected(nats_server.url, fast_reader=False))
     fast = EventLog(await connected(nats_server.url, fast_reader=True))
     try:
         for selection in selections:
-            expected = await read_here(ordered, selection, 64)
+            expected = await read_here(default, selection, 64)
             assert await read_here(fast, selection, 64) == expected, selection
         assert sum(map(len, await read_here(fast, LogSelection(), 64))) == end
     finally:
-        await ordered.nc.close()
+        await default.nc.close()
         await fast.nc.close()
+
+
+async def test_a_slow_caller_holds_the_server_back_and_loses_nothing(
+    client: NATS, replay_nc: NATS
+) -> None:
+    """While the caller sits on its first batch, the server has delivered no more than
+    the loop asked for (`PULLS_AHEAD` requests), however long the log; then every event
+    comes, in order. (An ordered push consumer with a callback takes in the whole log
+    meanwhile, and past nats-py's pending limits drops messages silently.)"""
+    end = await write_log(client, history(3000), garbage_at=10)
+    assert end > 2 * PULL_SIZE * PULLS_AHEAD
+    read = EventLog(replay_nc).read(LogSelection(), batch_size=50)
+    async with asyncio.timeout(READ_WITHIN_SECONDS), aclosing(read) as batches:
+        seqs = [seq for seq, _, _ in await anext(batches)]
+        await asyncio.sleep(0.5)
+        [consumer] = await client.jetstream().consumers_info("LLM_EVENTS")
+        assert consumer.delivered is not None
+        assert consumer.delivered.consumer_seq <= PULL_SIZE * PULLS_AHEAD
+        seqs += [seq async for batch in batches for seq, _, _ in batch]
+    assert seqs == list(range(1, end + 1))
 
 
 async def test_the_child_yields_the_batches_this_process_reads(

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from nats.aio.msg import Msg
 
 from llm_es.config import Config
 from llm_es.domain.events import (
@@ -26,13 +27,14 @@ from llm_es.domain.events import (
 )
 from llm_es.domain.views import memory_key, usage_key
 from llm_es.store.codec import UPCASTERS, encode_event
-from replay import pull
+from replay import fast_reader
 from replay.audit import AuditReport, AuditRow, _Sums, render
 from replay.errors import UsageError
+from replay.fast_reader import BulkClient
 from replay.fold import LogFold, select_projections
 from replay.progress import Progress
-from replay.pull import BulkClient, _position, _PullState
-from replay.reading import delivery_position, event_filter
+from replay.pull import _PullState, delivery_position
+from replay.reading import event_filter
 from replay.tail import describe_event, export_line, json_line
 from replay.times import parse_moment
 from replay.verify import Difference, VerifyReport, compare, describe
@@ -144,24 +146,24 @@ def test_delivery_positions_are_read_from_both_reply_forms() -> None:
     v1 = "$JS.ACK.LLM_EVENTS.c1.1.42.7.1700000000.5"
     v2 = "$JS.ACK.hub.ACCHASH.LLM_EVENTS.c1.1.42.7.1700000000.5.token"
     assert delivery_position(v1) == delivery_position(v2) == (42, 5)
-    assert _position(v1.encode()) == _position(v2.encode()) == (42, 5)
 
 
 def test_the_pull_state_batches_filters_and_stops_at_the_end() -> None:
     """Messages gather into batches; types are checked by subject; pending 0 ends the read;
-    a 408 with `Nats-Pending-Messages` gives back what it will not deliver."""
+    a 408 with `Nats-Pending-Messages` gives back what it will not deliver; a 409 fails
+    the read. Raw messages (`--fast-reader`) and nats-py's parsed ones count alike."""
     state = _PullState(to_seq=None, types=frozenset({"TokensSpent"}), batch_size=2)
     state.requested = 10
 
     def deliver(seq: int, type_name: str, pending: int) -> None:
         reply = f"$JS.ACK.S.c.1.{seq}.{seq}.0.{pending}".encode()
-        state.on_message(f"llm.ev.a.b.{type_name}".encode(), reply, b"{}", None)
+        state.on_raw(f"llm.ev.a.b.{type_name}".encode(), reply, b"{}", None)
 
     deliver(1, "TokensSpent", 4)
     deliver(2, "TurnAdmitted", 3)
     deliver(3, "TokensSpent", 2)
     assert [[seq for seq, _, _ in batch] for batch in state.ready] == [[1, 3]]
-    state.on_message(
+    state.on_raw(
         b"_INBOX.x", b"", b"", b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 5\r\n\r\n"
     )
     assert (state.requested, state.received) == (5, 3)
@@ -169,9 +171,31 @@ def test_the_pull_state_batches_filters_and_stops_at_the_end() -> None:
     assert state.finished
     assert [seq for seq, _, _ in state.ready[-1]] == [4]
     conflict = _PullState(to_seq=5, types=frozenset(), batch_size=10)
-    conflict.on_message(b"_INBOX.x", b"", b"", b"NATS/1.0 409 Consumer Deleted\r\n\r\n")
-    assert conflict.error is not None
-    assert "409" in conflict.error
+    conflict.on_raw(b"_INBOX.x", b"", b"", b"NATS/1.0 409 Consumer Deleted\r\n\r\n")
+    assert conflict.error == "409 Consumer Deleted"
+
+
+async def test_the_pull_state_reads_nats_py_messages_like_raw_ones() -> None:
+    """The default reader's callback: the same batches, statuses and errors from `Msg`s
+    (headers as nats-py parses them: `Status`, `Description`, `Nats-Pending-Messages`)."""
+    state = _PullState(to_seq=3, types=frozenset(), batch_size=2)
+    state.requested = 4000
+    for seq in (1, 2):
+        reply = f"$JS.ACK.S.c.1.{seq}.{seq}.0.9"
+        await state.on_msg(Msg(None, subject="llm.ev.a.b.TurnAdmitted", reply=reply, data=b"{}"))
+    timeout = {"Status": "408", "Description": "Request Timeout", "Nats-Pending-Messages": "1998"}
+    await state.on_msg(Msg(None, subject="_INBOX.x", headers=timeout))
+    assert (state.requested, state.received) == (2002, 2)
+    await state.on_msg(Msg(None, subject="llm.ev.a.b.X", reply="$JS.ACK.S.c.1.3.3.0.9", data=b"x"))
+    assert state.finished
+    assert list(state.ready) == [
+        [(1, "llm.ev.a.b.TurnAdmitted", b"{}"), (2, "llm.ev.a.b.TurnAdmitted", b"{}")],
+        [(3, "llm.ev.a.b.X", b"x")],
+    ]
+    conflict = _PullState(to_seq=None, types=frozenset(), batch_size=2)
+    deleted = {"Status": "409", "Description": "Consumer Deleted"}
+    await conflict.on_msg(Msg(None, subject="_INBOX.x", headers=deleted))
+    assert conflict.error == "409 Consumer Deleted"
 
 
 class RecordingClient(BulkClient):
@@ -243,7 +267,7 @@ def test_the_fast_reader_refuses_a_nats_py_it_was_not_tested_with(
 ) -> None:
     """Its internals may change in any release: outside `TESTED_NATS_PY` it is a usage
     error naming both versions, and the command runs without it."""
-    monkeypatch.setattr(pull, "TESTED_NATS_PY", ("2.15.",))
+    monkeypatch.setattr(fast_reader, "TESTED_NATS_PY", ("2.15.",))
     with pytest.raises(UsageError, match=r"tested with nats-py 2\.15\.x, not 2\.\d+\.\d+"):
         BulkClient()
 
