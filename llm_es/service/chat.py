@@ -28,7 +28,6 @@ from llm_es.config import Config
 from llm_es.domain.events import utc_now
 from llm_es.domain.memories import DEFAULT_IMPORTANCE
 from llm_es.domain.messages import ChatMessage
-from llm_es.domain.views import MemoryView, UsageView
 from llm_es.providers.base import LLMProvider
 from llm_es.service import usage
 from llm_es.service.admission import Admission
@@ -112,12 +111,6 @@ class ChatService:
 
     def persona_of(self, channel: str) -> str:
         return self.channels.persona_of(channel)
-
-    def memories_of(self, channel: str) -> list[MemoryView]:
-        return self.channels.memories_of(channel)
-
-    def usage_of(self, user: str) -> UsageView | None:
-        return usage.usage_of(self._views, user)
 
     def usage_report(self, user: str) -> dict[str, Any]:
         """A user's usage now and what each configured limit still allows."""
