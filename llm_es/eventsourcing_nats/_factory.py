@@ -12,7 +12,6 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic
 
-from llm_es.eventsourcing_nats import _settings
 from llm_es.eventsourcing_nats._datastore import JetStreamDatastore
 from llm_es.eventsourcing_nats._recorders import (
     JetStreamAggregateRecorder,
@@ -21,7 +20,7 @@ from llm_es.eventsourcing_nats._recorders import (
     JetStreamRecorder,
     JetStreamTrackingRecorder,
 )
-from llm_es.eventsourcing_nats._settings import JetStreamSettings, SettingsError
+from llm_es.eventsourcing_nats._settings import JetStreamSettings, SettingsError, create_stream
 
 R = TypeVar("R", bound=JetStreamRecorder)
 
@@ -33,22 +32,6 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
     `close()` (the application's `close()`) ends both, and so does dropping
     the factory and every recorder it made.
     """
-
-    NATS_URL = _settings.NATS_URL
-    NATS_USER = _settings.NATS_USER
-    NATS_PASSWORD = _settings.NATS_PASSWORD
-    NATS_TOKEN = _settings.NATS_TOKEN
-    NATS_CREDS = _settings.NATS_CREDS
-    NATS_CA = _settings.NATS_CA
-    NATS_CERT = _settings.NATS_CERT
-    NATS_KEY = _settings.NATS_KEY
-    NATS_STREAM = _settings.NATS_STREAM
-    NATS_SUBJECT_PREFIX = _settings.NATS_SUBJECT_PREFIX
-    NATS_STORAGE = _settings.NATS_STORAGE
-    NATS_REPLICAS = _settings.NATS_REPLICAS
-    NATS_REQUEST_TIMEOUT = _settings.NATS_REQUEST_TIMEOUT
-    ORIGINATOR_ID_TYPE = _settings.ORIGINATOR_ID_TYPE
-    CREATE_TABLE = _settings.CREATE_TABLE
 
     aggregate_recorder_class: type[JetStreamAggregateRecorder] = JetStreamAggregateRecorder
     application_recorder_class: type[JetStreamApplicationRecorder] = JetStreamApplicationRecorder
@@ -97,7 +80,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
 
     def env_create_table(self) -> bool:
         """CREATE_TABLE (default yes): whether recorders create, or fit, the stream they need."""
-        return _settings.create_stream(self.env)
+        return create_stream(self.env)
 
     def close(self) -> None:
         """Close the NATS connection and stop its thread (idempotent)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from eventsourcing.persistence import InterfaceError
 from eventsourcing.utils import Environment, strtobool
@@ -15,6 +17,8 @@ from eventsourcing.utils import Environment, strtobool
 from llm_es.config import NatsConfig, Secret, redact_url
 from llm_es.domain.tokens import NO_NAME, encode_name
 from llm_es.errors import ValidationError
+
+T = TypeVar("T")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 DEFAULT_REQUEST_TIMEOUT = 5.0
@@ -112,8 +116,10 @@ class JetStreamSettings:
             stream=_optional(env, NATS_STREAM) or f"ES_{app_token}",
             subject_prefix=_optional(env, NATS_SUBJECT_PREFIX) or f"es.{app_token}",
             storage=(_optional(env, NATS_STORAGE) or "file").lower(),
-            replicas=_integer(env, NATS_REPLICAS, 1),
-            request_timeout=_seconds(env, NATS_REQUEST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT),
+            replicas=_parsed(env, NATS_REPLICAS, int, "an integer", 1),
+            request_timeout=_parsed(
+                env, NATS_REQUEST_TIMEOUT, float, "a number of seconds", DEFAULT_REQUEST_TIMEOUT
+            ),
             originator_id_type=(_optional(env, ORIGINATOR_ID_TYPE) or "uuid").lower(),
         )
         settings.check()
@@ -136,6 +142,10 @@ class JetStreamSettings:
             raise SettingsError(f"{NATS_STORAGE} must be 'file' or 'memory', not {self.storage!r}")
         if not 1 <= self.replicas <= MAX_REPLICAS:
             raise SettingsError(f"{NATS_REPLICAS} must be 1 to {MAX_REPLICAS}, not {self.replicas}")
+        if not self.request_timeout > 0:  # also refuses NaN
+            raise SettingsError(
+                f"{NATS_REQUEST_TIMEOUT} must be more than 0 seconds, not {self.request_timeout}"
+            )
         if self.originator_id_type not in ("uuid", "text"):
             raise SettingsError(
                 f"{ORIGINATOR_ID_TYPE} must be 'uuid' or 'text', not {self.originator_id_type!r}"
@@ -148,7 +158,7 @@ class JetStreamSettings:
 
 def create_stream(env: Environment) -> bool:
     """CREATE_TABLE (default yes): whether recorders create, or fit, the stream they need."""
-    return _boolean(env, CREATE_TABLE, default=True)
+    return _parsed(env, CREATE_TABLE, strtobool, "a yes/no value", True)
 
 
 def _app_token(name: str) -> str:
@@ -167,34 +177,11 @@ def _optional(env: Environment, key: str) -> str | None:
     return value.strip()
 
 
-def _integer(env: Environment, key: str, default: int) -> int:
+def _parsed(env: Environment, key: str, parse: Callable[[str], T], meaning: str, default: T) -> T:
     value = _optional(env, key)
     if value is None:
         return default
     try:
-        return int(value)
+        return parse(value)
     except ValueError:
-        raise SettingsError(f"{key} must be an integer, not {value!r}") from None
-
-
-def _seconds(env: Environment, key: str, default: float) -> float:
-    value = _optional(env, key)
-    if value is None:
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise SettingsError(f"{key} must be a number of seconds, not {value!r}") from None
-    if not seconds > 0:
-        raise SettingsError(f"{key} must be more than 0 seconds, not {value!r}")
-    return seconds
-
-
-def _boolean(env: Environment, key: str, *, default: bool) -> bool:
-    value = _optional(env, key)
-    if value is None:
-        return default
-    try:
-        return strtobool(value)
-    except ValueError:
-        raise SettingsError(f"{key} must be a yes/no value, not {value!r}") from None
+        raise SettingsError(f"{key} must be {meaning}, not {value!r}") from None
