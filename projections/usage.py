@@ -16,8 +16,9 @@ from llm_es.domain.events import (
     TurnFailed,
     TurnRejected,
 )
+from llm_es.domain.limits import day_of, new_day
 from llm_es.domain.views import UsageView, usage_key
-from projections.base import View, cached_key, iso, utc_day
+from projections.base import View, cached_key, iso
 
 HOUR_SECONDS = 3600
 _usage_key = cached_key(usage_key)
@@ -48,12 +49,11 @@ class UsageProjection:
         return self.fold(key, None if view is None else _own_copy(view), event, seq)
 
     def fold(self, key: str, view: View | None, event: Event, seq: int) -> View | None:
-        day = utc_day(event.at)
         if view is None:
             usage: UsageView = {
                 "user": event.user_name or "",
                 "seq": seq,
-                "day": day,
+                "day": day_of(event.at),
                 "requests_today": 0,
                 "rejected_today": 0,
                 "tokens_today": 0,
@@ -65,9 +65,7 @@ class UsageProjection:
         else:
             usage = view  # type: ignore[assignment]
             usage["seq"] = seq
-            # Forward only: an event stamped just before midnight by a slower clock,
-            # folded after one from the new day, must not zero the new day's counters.
-            if day > usage["day"]:
+            if day := new_day(usage["day"], event.at):
                 usage["day"] = day
                 usage["requests_today"] = usage["rejected_today"] = usage["tokens_today"] = 0
         if isinstance(event, TurnAdmitted):

@@ -59,7 +59,21 @@ def estimate_tokens(text_length: int) -> int:
 
 def day_of(moment: datetime) -> str:
     """The UTC day a moment belongs to (day limits reset at 00:00 UTC)."""
+    if moment.tzinfo is UTC:  # every event time: a fold's hot path skips the conversion
+        return moment.date().isoformat()
     return moment.astimezone(UTC).date().isoformat()
+
+
+def new_day(day: str, moment: datetime) -> str | None:
+    """The UTC day of `moment` if it is later than `day`, else None: the day rule.
+
+    Usage counts in the UTC day of its event, and a user's day only moves forward:
+    an event stamped just before midnight by a slower clock, folded after one from
+    the new day, counts into the new day rather than resetting it; a clock that
+    lags behind a view already on a later day still sees that day's counts.
+    """
+    moment_day = day_of(moment)
+    return moment_day if moment_day > day else None
 
 
 def seconds_to_midnight(now: datetime) -> int:
@@ -76,8 +90,7 @@ def usage_numbers(usage: UsageView | None, now: datetime) -> UsageNumbers:
     now_ts = now.timestamp()
     in_hour = [t for t in usage["recent_requests"] if t > now_ts - 3600]
     in_minute = [t for t in in_hour if t > now_ts - 60]
-    # `>=`: a view already on a later day (this clock lags another writer's) still counts.
-    current_day = usage["day"] >= day_of(now)
+    current_day = new_day(usage["day"], now) is None
     return UsageNumbers(
         requests_minute=len(in_minute),
         requests_hour=len(in_hour),

@@ -40,7 +40,7 @@ from llm_es.domain.events import (
     TurnFailed,
     TurnRejected,
 )
-from llm_es.domain.limits import day_of
+from llm_es.domain.limits import day_of, new_day
 
 EVENT_SUBJECT_PREFIX = "rosey.event.llm"
 RESPONSE_SUBJECT = f"{EVENT_SUBJECT_PREFIX}.response"
@@ -355,18 +355,15 @@ class ObservationFold:
 
     def _usage_of(self, user: str, at: datetime) -> _UserUsage:
         moment = at.timestamp()
-        day = day_of(at)
         usage = self._users.get(user)
         if usage is None:
             usage = self._users[user] = _UserUsage(
-                day=day, last_seen=moment, recent=deque(maxlen=self._keep or 1)
+                day=day_of(at), last_seen=moment, recent=deque(maxlen=self._keep or 1)
             )
         else:
             self._users.move_to_end(user)
             usage.last_seen = max(usage.last_seen, moment)
-            # Forward only, as the usage view: a late event stamped the day before
-            # counts into the current day rather than resetting it.
-            if day > usage.day:
+            if day := new_day(usage.day, at):
                 usage.day = day
                 usage.requests_today = usage.tokens_today = 0
         self._forget_idle_users(moment)

@@ -7,7 +7,7 @@ so these tests also pin the fold the decider depends on.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import cast
 
 import pytest
@@ -19,6 +19,7 @@ from llm_es.domain.limits import (
     TurnRequest,
     decide_admission,
     estimate_tokens,
+    new_day,
     seconds_to_midnight,
     usage_numbers,
 )
@@ -350,3 +351,14 @@ def test_seconds_to_midnight_and_token_estimate() -> None:
     assert estimate_tokens(0) == 0
     assert estimate_tokens(1) == 1
     assert estimate_tokens(7) == 3
+
+
+def test_the_day_only_moves_forward() -> None:
+    """`new_day` names the UTC day a later moment starts, and None for the same or an
+    earlier day (a slower clock's event counts into the day already begun)."""
+    assert new_day("2024-05-17", NOW) is None
+    assert new_day("2024-05-17", NOW + timedelta(hours=4)) == "2024-05-18"
+    assert new_day("2024-05-18", NOW) is None
+    east = timezone(timedelta(hours=5))
+    assert new_day("2024-05-17", datetime(2024, 5, 18, 3, tzinfo=east)) is None
+    assert new_day("2024-05-17", datetime(2024, 5, 18, 6, tzinfo=east)) == "2024-05-18"
