@@ -29,8 +29,10 @@ Errors are the library's (PEP 249 names):
 
 from __future__ import annotations
 
-from llm_es.eventsourcing_nats._datastore import Append, JetStreamDatastore, StreamMessage
+from llm_es.eventsourcing_nats._appends import Append
+from llm_es.eventsourcing_nats._datastore import JetStreamDatastore
 from llm_es.eventsourcing_nats._factory import JetStreamFactory
+from llm_es.eventsourcing_nats._reads import StreamMessage
 from llm_es.eventsourcing_nats._recorders import (
     JetStreamAggregateRecorder,
     JetStreamApplicationRecorder,

@@ -37,7 +37,9 @@ from eventsourcing.persistence import (
 from llm_es import headers
 from llm_es.domain.tokens import decode_name, encode_name
 from llm_es.errors import ValidationError
-from llm_es.eventsourcing_nats._datastore import Append, JetStreamDatastore, StreamMessage
+from llm_es.eventsourcing_nats._appends import Append
+from llm_es.eventsourcing_nats._datastore import JetStreamDatastore
+from llm_es.eventsourcing_nats._reads import StreamMessage
 
 EVENTS = "events"
 TRACKING = "tracking"
