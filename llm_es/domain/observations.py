@@ -103,8 +103,8 @@ class Observation:
         return orjson.dumps(self.body)
 
 
-def observation_headers(
-    seq: int, event: Event, *, turn_id: str | None = None, suffix: str = ""
+def _headers(
+    seq: int, event: Event, turn_id: str | None = None, suffix: str = ""
 ) -> dict[str, str]:
     """The headers every published event carries (see the module docstring)."""
     found = {
@@ -168,13 +168,15 @@ class ObservationFold:
         if isinstance(event, TurnCompleted):
             return [self._response(seq, event)]
         if isinstance(event, TurnFailed):
-            return [self._failed(seq, event)]
+            info = self._turns.pop(event.turn_id, None) or _TurnInfo()
+            error_type = SEED_ERROR_TYPES.get(event.error_type, event.error_type)
+            return [_error(seq, event, event.error, info.provider or "", error_type)]
         if isinstance(event, TurnRejected):
-            return [self._rejected(seq, event)]
+            return [_error(seq, event, event.detail, event.provider, event.reason)]
         if isinstance(event, MemoryAdded | MemoryRecalled | MemoryForgotten):
-            return [self._memory(seq, event)]
+            return [_memory(seq, event)]
         if isinstance(event, ContextSummarized):
-            return [self._summarized(seq, event)]
+            return [_summarized(seq, event)]
         return []
 
     # ------------------------------------------------------------ turns
@@ -201,155 +203,47 @@ class ObservationFold:
         usage.requests_today += 1
         limits = self._limits
         crossings: list[Observation] = []
-        for kind, limit, window_seconds in (
+        for kind, limit, seconds in (
             ("minute", limits.requests_per_minute, 60),
             ("hour", limits.requests_per_hour, 3600),
         ):
-            if limit is None:
-                continue
-            count = sum(1 for t in usage.recent if t > moment - window_seconds)
-            window_start = int(moment // window_seconds) * window_seconds
-            crossings += self._crossing(
-                seq,
-                event,
-                usage,
-                kind,
-                limit,
-                count,
-                window=window_start,
-                window_start=datetime.fromtimestamp(window_start, UTC),
-            )
-        if limits.requests_per_day is not None:
-            crossings += self._crossing(
-                seq,
-                event,
-                usage,
-                "day",
-                limits.requests_per_day,
-                usage.requests_today,
-                window=usage.day,
-                window_start=datetime.fromisoformat(usage.day).replace(tzinfo=UTC),
-            )
+            if limit is not None:
+                count = sum(1 for t in usage.recent if t > moment - seconds)
+                window = int(moment // seconds) * seconds
+                crossings += _crossing(seq, event, usage, kind, limit, count, window)
+        crossings += _crossing(
+            seq, event, usage, "day", limits.requests_per_day, usage.requests_today, usage.day
+        )
         return crossings
 
     def _spent(self, seq: int, event: TokensSpent) -> list[Observation]:
+        tokens = event.prompt_tokens + event.completion_tokens
         if event.purpose != "context_summary":
             info = self._turn(event.turn_id)
-            info.tokens_used = (info.tokens_used or 0) + (
-                event.prompt_tokens + event.completion_tokens
-            )
+            info.tokens_used = (info.tokens_used or 0) + tokens
         if event.user is None:
             return []
         usage = self._usage_of(event.user, event.at)
-        usage.tokens_today += event.prompt_tokens + event.completion_tokens
-        if self._limits.tokens_per_day is None:
-            return []
-        return self._crossing(
-            seq,
-            event,
-            usage,
-            "tokens",
-            self._limits.tokens_per_day,
-            usage.tokens_today,
-            window=usage.day,
-            window_start=datetime.fromisoformat(usage.day).replace(tzinfo=UTC),
-        )
+        usage.tokens_today += tokens
+        limit = self._limits.tokens_per_day
+        return _crossing(seq, event, usage, "tokens", limit, usage.tokens_today, usage.day)
 
     def _response(self, seq: int, event: TurnCompleted) -> Observation:
         """`LLMResponseEvent`: tokens from the turn's `TokensSpent`, lengths in characters."""
         info = self._turns.pop(event.turn_id, None) or _TurnInfo()
-        found = observation_headers(seq, event, turn_id=event.turn_id)
+        found = _headers(seq, event, event.turn_id)
         found[headers.LLM_MODEL] = event.model
-        return Observation(
-            seq,
-            RESPONSE_SUBJECT,
-            {
-                "channel": event.channel or NO_CHANNEL,
-                "user": event.user or "",
-                "prompt_length": info.message_length or 0,
-                "response_length": len(event.content),
-                "tokens_used": info.tokens_used or 0,
-                "provider": event.provider,
-                "latency_ms": round(event.latency_ms),
-                "persona": info.persona,
-            },
-            found,
-        )
-
-    def _failed(self, seq: int, event: TurnFailed) -> Observation:
-        info = self._turns.pop(event.turn_id, None) or _TurnInfo()
-        return self._error(
-            seq,
-            event,
-            error=event.error,
-            provider=info.provider or "",
-            error_type=SEED_ERROR_TYPES.get(event.error_type, event.error_type),
-        )
-
-    def _rejected(self, seq: int, event: TurnRejected) -> Observation:
-        return self._error(
-            seq, event, error=event.detail, provider=event.provider, error_type=event.reason
-        )
-
-    def _error(
-        self,
-        seq: int,
-        event: TurnFailed | TurnRejected,
-        *,
-        error: str,
-        provider: str,
-        error_type: str,
-    ) -> Observation:
-        """`LLMErrorEvent`."""
-        return Observation(
-            seq,
-            ERROR_SUBJECT,
-            {
-                "channel": event.channel or NO_CHANNEL,
-                "user": event.user or "",
-                "error": error,
-                "provider": provider,
-                "error_type": error_type,
-            },
-            observation_headers(seq, event, turn_id=event.turn_id),
-        )
-
-    # ------------------------------------------------------------ memories and summaries
-
-    def _memory(
-        self, seq: int, event: MemoryAdded | MemoryRecalled | MemoryForgotten
-    ) -> Observation:
-        """`LLMMemoryEvent`: `memory_count` memories added, found or forgotten."""
-        if isinstance(event, MemoryAdded):
-            user, count = event.user_id, 1
-        elif isinstance(event, MemoryRecalled):
-            user, count = event.user, len(event.memory_ids)
-        else:
-            user, count = event.user, 1
-        return Observation(
-            seq,
-            MEMORY_SUBJECT,
-            {
-                "channel": event.channel,
-                "action": MEMORY_ACTIONS[type(event)],
-                "user_id": user,
-                "memory_count": count,
-            },
-            observation_headers(seq, event),
-        )
-
-    def _summarized(self, seq: int, event: ContextSummarized) -> Observation:
-        """`LLMSummarizedEvent`."""
-        return Observation(
-            seq,
-            SUMMARIZED_SUBJECT,
-            {
-                "channel": event.channel,
-                "message_count": event.message_count,
-                "summary_length": len(event.summary),
-            },
-            observation_headers(seq, event),
-        )
+        body = {
+            "channel": event.channel or NO_CHANNEL,
+            "user": event.user or "",
+            "prompt_length": info.message_length or 0,
+            "response_length": len(event.content),
+            "tokens_used": info.tokens_used or 0,
+            "provider": event.provider,
+            "latency_ms": round(event.latency_ms),
+            "persona": info.persona,
+        }
+        return Observation(seq, RESPONSE_SUBJECT, body, found)
 
     # ------------------------------------------------------------ usage thresholds
 
@@ -377,39 +271,71 @@ class ObservationFold:
                 return
             users.popitem(last=False)
 
-    def _crossing(
-        self,
-        seq: int,
-        event: TurnAdmitted | TokensSpent,
-        usage: _UserUsage,
-        kind: str,
-        limit: int,
-        current: int,
-        *,
-        window: int | str,
-        window_start: datetime,
-    ) -> list[Observation]:
-        """`UsageThresholdEvent` when `current` reaches 80% of `limit`, once per window."""
-        if current * THRESHOLD_DENOMINATOR < limit * THRESHOLD_NUMERATOR:
-            return []
-        if usage.fired.get(kind) == window:
-            return []
-        usage.fired[kind] = window
-        found = observation_headers(seq, event, turn_id=event.turn_id, suffix=f":{kind}")
-        found[headers.LLM_WINDOW_START] = iso_utc(window_start)
-        return [
-            Observation(
-                seq,
-                USAGE_THRESHOLD_SUBJECT,
-                {
-                    "user": event.user or "",
-                    "channel": event.channel or NO_CHANNEL,
-                    "threshold_type": kind,
-                    "current": current,
-                    "limit": limit,
-                    # The seed's 0..1 share; a settle past the limit still reads as 1.0.
-                    "percentage": min(1.0, round(current / limit, 4)),
-                },
-                found,
-            )
-        ]
+
+def _error(
+    seq: int, event: TurnFailed | TurnRejected, error: str, provider: str, error_type: str
+) -> Observation:
+    """`LLMErrorEvent`."""
+    body = {
+        "channel": event.channel or NO_CHANNEL,
+        "user": event.user or "",
+        "error": error,
+        "provider": provider,
+        "error_type": error_type,
+    }
+    return Observation(seq, ERROR_SUBJECT, body, _headers(seq, event, event.turn_id))
+
+
+def _memory(seq: int, event: MemoryAdded | MemoryRecalled | MemoryForgotten) -> Observation:
+    """`LLMMemoryEvent`: `memory_count` memories added, found or forgotten."""
+    body = {
+        "channel": event.channel,
+        "action": MEMORY_ACTIONS[type(event)],
+        "user_id": event.user_name,
+        "memory_count": len(event.memory_ids) if isinstance(event, MemoryRecalled) else 1,
+    }
+    return Observation(seq, MEMORY_SUBJECT, body, _headers(seq, event))
+
+
+def _summarized(seq: int, event: ContextSummarized) -> Observation:
+    """`LLMSummarizedEvent`."""
+    body = {
+        "channel": event.channel,
+        "message_count": event.message_count,
+        "summary_length": len(event.summary),
+    }
+    return Observation(seq, SUMMARIZED_SUBJECT, body, _headers(seq, event))
+
+
+def _crossing(
+    seq: int,
+    event: TurnAdmitted | TokensSpent,
+    usage: _UserUsage,
+    kind: str,
+    limit: int | None,
+    current: int,
+    window: int | str,
+) -> list[Observation]:
+    """`UsageThresholdEvent` when `current` reaches 80% of `limit`, once per `window`: the
+    clock minute or hour (its start in epoch seconds) or the UTC day."""
+    if limit is None or current * THRESHOLD_DENOMINATOR < limit * THRESHOLD_NUMERATOR:
+        return []
+    if usage.fired.get(kind) == window:
+        return []
+    usage.fired[kind] = window
+    if isinstance(window, int):
+        window_start = datetime.fromtimestamp(window, UTC)
+    else:
+        window_start = datetime.fromisoformat(window).replace(tzinfo=UTC)
+    found = _headers(seq, event, event.turn_id, suffix=f":{kind}")
+    found[headers.LLM_WINDOW_START] = iso_utc(window_start)
+    body = {
+        "user": event.user or "",
+        "channel": event.channel or NO_CHANNEL,
+        "threshold_type": kind,
+        "current": current,
+        "limit": limit,
+        # The seed's 0..1 share; a settle past the limit still reads as 1.0.
+        "percentage": min(1.0, round(current / limit, 4)),
+    }
+    return [Observation(seq, USAGE_THRESHOLD_SUBJECT, body, found)]
