@@ -9,15 +9,11 @@ they read), appended like the plugin appends (`Nats-Msg-Id`, pipelined
 
 - `raw_ordered_read`: a bare nats-py ordered consumer counting the stream
   (nothing decoded): the limit the issue measures the rebuild against;
-- `replay_read`, `fast_reader_read`: the replay tools' reader (`EventLog.read`),
-  nothing decoded: by default (the pull loop of `replay.pull` on nats-py's
-  public client), and with `--fast-reader` (the same loop on `BulkClient`);
+- `replay_read`: the replay tools' reader (`EventLog.read`, the pull loop of
+  `replay.pull` on nats-py's public client), nothing decoded;
 - `rebuild`, `verify`, `audit --all`: the `llm-replay` console script as an
   operator runs it, end to end (process start, connect, read, fold, write),
-  with its peak RSS (`wait4`) and the nats-server's CPU during it; then each
-  again with `--fast-reader` (`rebuild_fast_reader`, ...) in the same round,
-  so that both see the same load, and `fast_reader_speedup` (time without /
-  time with it).
+  with its peak RSS (`wait4`) and the nats-server's CPU during it.
 
 Progress goes to stderr, one JSON object to stdout (see bench/README.md).
 
@@ -139,15 +135,11 @@ TARGET_AUDIT_1M_SECONDS = 10.0
 TARGET_PEAK_RSS_MB = 500
 TARGET_SHARE_OF_RAW = 1 / 3
 COMMANDS = [
-    (name + suffix, [*argv, *flag])
-    for suffix, flag in (("", []), ("_fast_reader", ["--fast-reader"]))
-    for name, argv in (
-        ("rebuild", ["rebuild", "--json"]),
-        ("verify", ["verify", "--json"]),
-        ("audit_all", ["audit", "--all", "--format", "json"]),
-    )
+    ("rebuild", ["rebuild", "--json"]),
+    ("verify", ["verify", "--json"]),
+    ("audit_all", ["audit", "--all", "--format", "json"]),
 ]
-"""What each round runs, in this order: the three commands, then the three with --fast-reader."""
+"""What each round runs, in this order."""
 
 
 def progress(*parts: object) -> None:
@@ -566,12 +558,11 @@ async def raw_ordered_read(url: str, expected: int) -> dict[str, Any]:
     }
 
 
-async def replay_read(url: str, *, fast_reader: bool) -> dict[str, Any]:
+async def replay_read(url: str) -> dict[str, Any]:
     """The replay tools' reader over the whole stream, nothing decoded."""
-    from replay.pull import BulkClient
     from replay.reading import EventLog, LogSelection
 
-    nc = BulkClient() if fast_reader else NATS()
+    nc = NATS()
     await nc.connect(url)
     got = 0
     started = time.perf_counter()
@@ -644,9 +635,8 @@ async def measure_size(args: argparse.Namespace, events: int) -> dict[str, Any]:
         figures: dict[str, Any] = {"log": log}
         progress(f"{events:,}: raw ordered-consumer read")
         figures["raw_ordered_read"] = await raw_ordered_read(server.url, events)
-        for name, fast_reader in (("replay_read", False), ("fast_reader_read", True)):
-            progress(f"{events:,}: {name}")
-            figures[name] = await replay_read(server.url, fast_reader=fast_reader)
+        progress(f"{events:,}: replay_read")
+        figures["replay_read"] = await replay_read(server.url)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in COMMANDS}
         for round_number in range(args.repeat):
             for name, argv in COMMANDS:
@@ -656,17 +646,12 @@ async def measure_size(args: argparse.Namespace, events: int) -> dict[str, Any]:
             figures[name] = summarize_runs(
                 runs[name], events, parse_report=not name.startswith("audit")
             )
-        for name in ("audit_all", "audit_all_fast_reader"):
-            audit_report = orjson.loads(runs[name][-1]["stdout"])
-            figures[name]["users"] = len(audit_report["rows"])
-            figures[name]["totals"] = audit_report["totals"]
+        audit_report = orjson.loads(runs["audit_all"][-1]["stdout"])
+        figures["audit_all"]["users"] = len(audit_report["rows"])
+        figures["audit_all"]["totals"] = audit_report["totals"]
         figures["rebuild_share_of_raw_read"] = round(
             figures["rebuild"]["events_per_s"] / figures["raw_ordered_read"]["events_per_s"], 3
         )
-        figures["fast_reader_speedup"] = {
-            name: round(figures[name]["seconds"] / figures[f"{name}_fast_reader"]["seconds"], 2)
-            for name in ("rebuild", "verify", "audit_all")
-        }
         return figures
     finally:
         await server.stop()
@@ -710,7 +695,7 @@ def scaling(sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     small, large = sorted(sizes, key=int)[0], sorted(sizes, key=int)[-1]
     factor = int(large) / int(small)
     out: dict[str, Any] = {"from": int(small), "to": int(large), "events_factor": factor}
-    names = ("raw_ordered_read", "replay_read", "fast_reader_read", *(n for n, _ in COMMANDS))
+    names = ("raw_ordered_read", "replay_read", *(n for n, _ in COMMANDS))
     for name in names:
         a, b = sizes[small][name], sizes[large][name]
         out[name] = {

@@ -5,15 +5,13 @@
 - `channel_state` / `user_state`: a channel's or user's views at a past moment.
 - `run_audit`: requests, rejections, tokens and cost per user and group.
 - `run_tail` / `run_export`: follow the log, or dump it as JSON lines.
-- `EventLog` / `LogFold`: the ordered read and the in-memory fold beneath them
-  (`BulkClient`: the opt-in `--fast-reader` connection).
+- `EventLog` / `LogFold`: the ordered read and the in-memory fold beneath them.
 """
 
 from __future__ import annotations
 
 from replay.audit import AuditReport, AuditRow, run_audit
 from replay.errors import LogUnavailable, ReplayError, UsageError
-from replay.fast_reader import BulkClient
 from replay.fold import LogFold, select_projections
 from replay.reading import EventLog, LogSelection, RawEvent, event_filter
 from replay.rebuild import RebuildReport, run_rebuild
@@ -24,7 +22,6 @@ from replay.verify import Difference, VerifyReport, run_verify
 __all__ = [
     "AuditReport",
     "AuditRow",
-    "BulkClient",
     "Difference",
     "EventLog",
     "LogFold",

@@ -44,7 +44,6 @@ from replay.errors import (
     ReplayError,
     UsageError,
 )
-from replay.fast_reader import TESTED_NATS_PY
 from replay.output import LineWriter
 from replay.progress import Progress
 from replay.reading import EventLog, event_filter
@@ -109,14 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
             "--log-level",
             default=os.environ.get("LLM_ES_LOG_LEVEL") if top else argparse.SUPPRESS,
             help="DEBUG, INFO, WARNING (default) or ERROR",
-        )
-        sub.add_argument(
-            "--fast-reader",
-            action="store_true",
-            default=False if top else argparse.SUPPRESS,
-            help="read the log with llm-replay's own parser of nats-py's protocol, on its "
-            "internals: faster (README: Performance), tested with nats-py "
-            + " and ".join(version + "x" for version in TESTED_NATS_PY),
         )
 
     common(parser, top=True)
@@ -279,7 +270,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
 
     times = {name: moment(name) for name in ("since", "until", "at")}
     # Rebuild and verify read a long log in a child process that connects the same way.
-    recipe = ConnectRecipe(args.config, args.nats_url, args.fast_reader)
+    recipe = ConnectRecipe(args.config, args.nats_url)
     try:
         nc = await connect(config, recipe)
     except CONNECT_ERRORS as exc:

@@ -1,8 +1,8 @@
 """Connecting the replay tools to NATS the way `llm-es` does, here or again in a child process.
 
-`connect` takes the loaded config and a `ConnectRecipe`: the config file,
-the `--nats-url` and the `--fast-reader` the command was given, all a child
-process needs to make the same connection. `Config` does not pickle (its
+`connect` takes the loaded config and a `ConnectRecipe`: the config file
+and the `--nats-url` the command was given, all a child process needs to
+make the same connection. `Config` does not pickle (its
 mappings are read-only proxies), so the child reads the file again; it
 inherits the environment, so the `LLM_ES_*` overrides apply to it the same.
 """
@@ -17,19 +17,16 @@ from nats.aio.client import Client as NATS
 
 from llm_es.config import Config, load_config_sync
 from llm_es.store.connection import DEFAULT_LOCAL_URL, INITIAL_CONNECT_SECONDS, connect_options
-from replay.fast_reader import BulkClient
 
 CLIENT_NAME = "llm-replay"
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectRecipe:
-    """How to connect like the command did: its config file (None: defaults), URL option
-    and reader (`BulkClient` with `--fast-reader`, else nats-py's own client)."""
+    """How to connect like the command did: its config file (None: defaults) and URL option."""
 
     config_path: pathlib.Path | None = None
     nats_url: str | None = None
-    fast_reader: bool = False
 
     def load_config(self) -> Config:
         """The command's config, read again (synchronous: call it before the event loop)."""
@@ -40,7 +37,7 @@ async def connect(config: Config, recipe: ConnectRecipe) -> NATS:
     """Connect like `llm-es` does (same options, auth and TLS), failing within seconds."""
     url = recipe.nats_url or config.nats.url or DEFAULT_LOCAL_URL
     options = await connect_options(config.nats, url, CLIENT_NAME)
-    nc = BulkClient() if recipe.fast_reader else NATS()
+    nc = NATS()
     async with asyncio.timeout(INITIAL_CONNECT_SECONDS):
         await nc.connect(**options)
     return nc

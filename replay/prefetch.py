@@ -1,7 +1,7 @@
 """Reading a range of the log in a child process, so that reading and folding use two cores.
 
-Reading costs about 9 µs of CPU an event on nats-py's public client (4-5 with
-`--fast-reader`), folding about 11 µs; in one process they share a core.
+Reading costs about 9 µs of CPU an event on nats-py's public client, folding
+about 11 µs; in one process they share a core.
 `read_in_child` spawns a daemon process that connects the way the command did
 (`ConnectRecipe`), reads the selection with `EventLog.read` and sends each
 batch down a one-way pipe as one frame; the parent only splits frames back

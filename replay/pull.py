@@ -10,8 +10,7 @@ callback answers the server's flow control as messages arrive, not as they
 are consumed, so behind a slow fold it buffers the log in memory and, past
 its pending limits, drops messages silently (measured: 743k of 1M events
 read, 677 MB). Here the messages arrive on a plain subscription
-(`nc.subscribe` with a callback, about 8.7 µs a message), or, on a
-`BulkClient` (`--fast-reader`), as raw bytes from its own parser.
+(`nc.subscribe` with a callback, about 8.7 µs a message).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import re
 import uuid
 from collections.abc import AsyncGenerator
 from datetime import datetime
@@ -28,12 +26,10 @@ import nats.errors
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from replay.errors import LogUnavailable
-from replay.fast_reader import BulkClient
 
 PULL_SIZE = 2000
 """Messages asked for by one MSG.NEXT request."""
@@ -44,7 +40,6 @@ READY_BATCHES = 8
 PULL_EXPIRES_SECONDS = 30.0
 CONSUMER_INACTIVE_SECONDS = 60.0
 MAX_ROUNDS = 10**9
-_UNDELIVERED = re.compile(r"Nats-Pending-Messages:\s*(\d+)")
 
 
 def delivery_position(reply: str) -> tuple[int, int]:
@@ -89,16 +84,6 @@ class _PullState:
         headers = msg.headers or {}
         status, description = headers.get("Status", ""), headers.get("Description", "")
         self.on_status(status, headers.get("Nats-Pending-Messages"), f"{status} {description}")
-
-    def on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        """`BulkClient`'s handler: the same message as `BulkParser` split it."""
-        if data and reply.startswith(b"$JS.ACK."):
-            self.on_event(subject.decode(), reply.decode(), data)
-            return
-        text = (headers or b"").decode("utf-8", "replace")
-        undelivered = _UNDELIVERED.search(text)
-        # `NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 2000\r\n...`
-        self.on_status(text[9:12], undelivered and undelivered[1], text.split("\r\n")[0][9:])
 
     def on_event(self, subject: str, reply: str, data: bytes) -> None:
         if self.finished:
@@ -194,11 +179,7 @@ async def pull_batches(
         return
     state = _PullState(to_seq, types, batch_size)
     inbox = nc.new_inbox()
-    sub: Subscription
-    if isinstance(nc, BulkClient):
-        sub = await nc.bulk_subscribe(inbox, state.on_raw)
-    else:
-        sub = await nc.subscribe(inbox, cb=state.on_msg)
+    sub = await nc.subscribe(inbox, cb=state.on_msg)
     next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
     request = orjson.dumps({"batch": PULL_SIZE, "expires": int(PULL_EXPIRES_SECONDS * 1e9)})
     try:
@@ -226,8 +207,6 @@ async def pull_batches(
                     f"sequence {state.last_seq})"
                 ) from None
     finally:
-        if isinstance(nc, BulkClient):
-            nc.bulk_forget(sub)
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
         await _delete(js, stream, consumer)

@@ -48,11 +48,10 @@ MAX_BATCHES = 10**9
 CHILD_READER_MIN_EVENTS = 150_000
 """The shortest range `read_all` reads in a child process. A child takes about 0.3 s to
 start (spawn, imports, connect), then takes the read (about 9 µs of CPU an event on
-nats-py's public client, 4 with `--fast-reader`) off the folding process, which only
-receives its frames (about 1 µs). That pays when a core is free for it: on the 2-CPU
-reference machine, quiet, a 1M-event rebuild took 13.8 s with the child against 20.3 s
-without (12.0 against 14.2 with `--fast-reader`); with the cores busy with other work
-(load 3.5) it gains nothing at 1M and loses ~15% at 300k."""
+nats-py's public client) off the folding process, which only receives its frames (about
+1 µs). That pays when a core is free for it: on the 2-CPU reference machine, quiet, a
+1M-event rebuild took 13.8 s with the child against 20.3 s without; with the cores busy
+with other work (load 3.5) it gains nothing at 1M and loses ~15% at 300k."""
 CHILD_START_EVENTS = 25_000
 """Events `read_all` reads in this process while its child starts (about 0.3 s of reading)."""
 
@@ -105,9 +104,8 @@ def reads_in_child(selection: LogSelection) -> bool:
 class EventLog:
     """The event stream as the replay tools read it: its end, and ordered reads of it.
 
-    Bounded reads use the pull loop (`replay.pull`) on nats-py's public API, or
-    on a `BulkClient` connection its `--fast-reader` parser; following the log,
-    nats-py's ordered consumer.
+    Bounded reads use the pull loop (`replay.pull`); following the log, nats-py's
+    ordered consumer.
     """
 
     def __init__(

@@ -69,25 +69,29 @@ async def test_rebuild_then_verify_print_readable_reports(
     assert dry.json()["switched"] is False
 
 
-async def test_the_fast_reader_gives_the_default_readers_answers(
+async def test_the_common_options_go_before_or_after_the_command(
     plugin: Plugin, client: NATS, nats_server: EmbeddedNatsServer
 ) -> None:
-    """`--fast-reader`, before or after the command: rebuild switches, verify finds the
-    views equal, and audit and export print exactly what the default reader gives."""
+    """`--nats-url` and `--log-level` work on either side of the command, a value given
+    before it stands when the command does not repeat it, and audit and export print the
+    same either way; the removed `--fast-reader` is an unknown flag (exit 2)."""
     await history(client)
     url = nats_server.url
-    rebuilt = await replay("--fast-reader", "rebuild", "--json", "--no-progress", url=url)
+    rebuilt = await replay("rebuild", "--nats-url", url, "--json", "--no-progress")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert rebuilt.json()["switched"] is True
-    verified = await replay("verify", "--fast-reader", "--json", "--no-progress", url=url)
+    verified = await replay("verify", "--log-level", "ERROR", "--json", "--no-progress", url=url)
     assert verified.returncode == 0, verified.stderr
     assert (verified.json()["ok"], verified.json()["bucket"]) == (True, "llm_data_2")
     for args in (("audit", "--all", "--format", "json"), ("export", "--user", "alice")):
-        default = await replay(*args, url=url)
-        fast = await replay(*args, "--fast-reader", url=url)
-        assert (fast.returncode, default.returncode) == (0, 0), fast.stderr + default.stderr
-        assert fast.stdout == default.stdout
-        assert fast.stdout.count("\n") > 2
+        before = await replay(*args, url=url)
+        after = await replay(*args, "--nats-url", url)
+        assert (after.returncode, before.returncode) == (0, 0), after.stderr + before.stderr
+        assert after.stdout == before.stdout
+        assert after.stdout.count("\n") > 2
+    refused = await replay("--fast-reader", "verify", url=url)
+    assert refused.returncode == 2
+    assert "unrecognized arguments: --fast-reader" in refused.stderr
 
 
 async def test_verify_exits_1_with_a_diff_naming_key_live_and_rebuilt(

@@ -1,12 +1,11 @@
-"""The log's two readers, and reading in a child process (`replay.prefetch`), on a real server.
+"""The log's reader, and reading in a child process (`replay.prefetch`), on a real server.
 
-The pull loop (`replay.pull`) must ask the server for no more than a slow
-caller takes, and the `--fast-reader` (`BulkClient`) must yield exactly the
-batches of the default reader (nats-py's public client). The child connects
-by itself from a `ConnectRecipe`, so these tests run real child processes
+The pull loop (`replay.pull`) must yield exactly the selected events and ask
+the server for no more than a slow caller takes. The child connects by
+itself from a `ConnectRecipe`, so these tests run real child processes
 against the test server: the batches and the rebuilt views must be exactly
-those of the in-process reader (with either reader), failures in the child
-must surface as LogUnavailable, and no child may outlive its reader.
+those of the in-process reader, failures in the child must surface as
+LogUnavailable, and no child may outlive its reader.
 """
 
 from __future__ import annotations
@@ -42,15 +41,7 @@ from llm_es.store.codec import encode_event
 from llm_es.store.kv import read_bucket
 from llm_es.store.log import EventStore
 from projections.runner import read_active_views
-from replay import (
-    BulkClient,
-    EventLog,
-    LogSelection,
-    LogUnavailable,
-    reading,
-    run_rebuild,
-    run_verify,
-)
+from replay import EventLog, LogSelection, LogUnavailable, reading, run_rebuild, run_verify
 from replay.connecting import ConnectRecipe
 from replay.prefetch import read_in_child
 from replay.pull import PULL_SIZE, PULLS_AHEAD
@@ -62,6 +53,7 @@ pytestmark = pytest.mark.timeout(120)
 CHANNELS = ("a", "b", "c")
 USERS = ("alice", "bob", "carol")
 GARBAGE = b"\xffnot an llm-es event"
+TYPES_OF_B = ("TurnAdmitted", "TokensSpent")
 READ_WITHIN_SECONDS = 60.0
 """Bound on any one read in these tests: a child's start, its connect and the read."""
 
@@ -180,23 +172,11 @@ async def views_in(client: NATS, bucket: str) -> dict[str, Any]:
     return {key: orjson.loads(raw) for key, raw in stored.items()}
 
 
-async def connected(url: str, *, fast_reader: bool) -> NATS:
-    """A replay connection: `BulkClient` for `--fast-reader`, else nats-py's client."""
-    nc = BulkClient() if fast_reader else NATS()
-    await nc.connect(url, max_reconnect_attempts=2)
-    return nc
-
-
-@pytest.fixture(params=[False, True], ids=["public_client", "fast_reader"])
-def fast_reader(request: pytest.FixtureRequest) -> bool:
-    """Each reader in turn: the default one on nats-py's public client, then `--fast-reader`."""
-    return bool(request.param)
-
-
 @pytest.fixture
-async def replay_nc(nats_server: EmbeddedNatsServer, fast_reader: bool) -> AsyncIterator[NATS]:
-    """The replay tools' own connection, with the reader under test."""
-    nc = await connected(nats_server.url, fast_reader=fast_reader)
+async def replay_nc(nats_server: EmbeddedNatsServer) -> AsyncIterator[NATS]:
+    """The replay tools' own connection."""
+    nc = NATS()
+    await nc.connect(nats_server.url, max_reconnect_attempts=2)
     try:
         yield nc
     finally:
@@ -204,8 +184,8 @@ async def replay_nc(nats_server: EmbeddedNatsServer, fast_reader: bool) -> Async
 
 
 @pytest.fixture
-def recipe(nats_server: EmbeddedNatsServer, fast_reader: bool) -> ConnectRecipe:
-    return ConnectRecipe(nats_url=nats_server.url, fast_reader=fast_reader)
+def recipe(nats_server: EmbeddedNatsServer) -> ConnectRecipe:
+    return ConnectRecipe(nats_url=nats_server.url)
 
 
 @pytest.fixture
@@ -216,33 +196,34 @@ def config() -> Config:
 # ------------------------------------------------------------------ the same events
 
 
-async def test_the_fast_reader_yields_the_default_readers_batches(
-    nats_server: EmbeddedNatsServer, client: NATS
-) -> None:
-    """Over a mixed log with an unreadable message, for the whole log, a bounded range,
-    a channel's types from a sequence, a start time, a type nothing matches and an empty
-    range, `--fast-reader` yields exactly the default reader's batches."""
+async def test_the_reader_yields_exactly_the_selected_events(client: NATS, replay_nc: NATS) -> None:
+    """Over a mixed log with an unreadable message (events with and without headers), the
+    whole log comes in order; a bounded range, a channel's types from a sequence, a start
+    time, a type nothing matches and an empty range yield exactly their part of it."""
     end = await write_log(client, history(150), garbage_at=200)
-    selections = [
-        LogSelection(),
-        LogSelection(from_seq=7, to_seq=end - 5),
-        dataclasses.replace(
-            event_filter(channel="b", types=["TurnAdmitted", "TokensSpent"]), from_seq=40
+    log = EventLog(replay_nc)
+    everything = [event for batch in await read_here(log, LogSelection(), 64) for event in batch]
+    assert [seq for seq, _, _ in everything] == list(range(1, end + 1))
+    assert GARBAGE in [data for _, _, data in everything]
+
+    def of_channel_b(seq: int, subject: str) -> bool:
+        kind = subject.rsplit(".", 1)[1]
+        return seq >= 40 and subject.startswith("llm.ev.b.") and kind in TYPES_OF_B
+
+    cases = [
+        (LogSelection(from_seq=7, to_seq=end - 5), lambda seq, _: 7 <= seq <= end - 5),
+        (
+            dataclasses.replace(event_filter(channel="b", types=TYPES_OF_B), from_seq=40),
+            of_channel_b,
         ),
-        LogSelection(start_time=datetime.now(UTC) - timedelta(hours=1)),
-        event_filter(types=["TurnFailed"]),
-        LogSelection(from_seq=20, to_seq=19),
+        (LogSelection(start_time=datetime.now(UTC) - timedelta(hours=1)), lambda *_: True),
+        (event_filter(types=["TurnFailed"]), lambda *_: False),
+        (LogSelection(from_seq=20, to_seq=19), lambda *_: False),
     ]
-    default = EventLog(await connected(nats_server.url, fast_reader=False))
-    fast = EventLog(await connected(nats_server.url, fast_reader=True))
-    try:
-        for selection in selections:
-            expected = await read_here(default, selection, 64)
-            assert await read_here(fast, selection, 64) == expected, selection
-        assert sum(map(len, await read_here(fast, LogSelection(), 64))) == end
-    finally:
-        await default.nc.close()
-        await fast.nc.close()
+    for selection, wanted in cases:
+        expected = [(seq, s, data) for seq, s, data in everything if wanted(seq, s)]
+        got = [event for batch in await read_here(log, selection, 64) for event in batch]
+        assert got == expected, selection
 
 
 async def test_a_slow_caller_holds_the_server_back_and_loses_nothing(

@@ -1,4 +1,4 @@
-"""The replay tools' pure parts: times, subjects, the fast reader, the fold, the audit, output."""
+"""The replay tools' pure parts: times, subjects, the pull state, the fold, the audit, output."""
 
 from __future__ import annotations
 
@@ -27,10 +27,8 @@ from llm_es.domain.events import (
 )
 from llm_es.domain.views import memory_key, usage_key
 from llm_es.store.codec import UPCASTERS, encode_event
-from replay import fast_reader
 from replay.audit import AuditReport, AuditRow, _Sums, render
 from replay.errors import UsageError
-from replay.fast_reader import BulkClient
 from replay.fold import LogFold, select_projections
 from replay.progress import Progress
 from replay.pull import _PullState, delivery_position
@@ -148,36 +146,36 @@ def test_delivery_positions_are_read_from_both_reply_forms() -> None:
     assert delivery_position(v1) == delivery_position(v2) == (42, 5)
 
 
-def test_the_pull_state_batches_filters_and_stops_at_the_end() -> None:
+async def test_the_pull_state_batches_filters_and_stops_at_the_end() -> None:
     """Messages gather into batches; types are checked by subject; pending 0 ends the read;
     a 408 with `Nats-Pending-Messages` gives back what it will not deliver; a 409 fails
-    the read. Raw messages (`--fast-reader`) and nats-py's parsed ones count alike."""
+    the read."""
     state = _PullState(to_seq=None, types=frozenset({"TokensSpent"}), batch_size=2)
     state.requested = 10
 
-    def deliver(seq: int, type_name: str, pending: int) -> None:
-        reply = f"$JS.ACK.S.c.1.{seq}.{seq}.0.{pending}".encode()
-        state.on_raw(f"llm.ev.a.b.{type_name}".encode(), reply, b"{}", None)
+    async def deliver(seq: int, type_name: str, pending: int) -> None:
+        reply = f"$JS.ACK.S.c.1.{seq}.{seq}.0.{pending}"
+        await state.on_msg(Msg(None, subject=f"llm.ev.a.b.{type_name}", reply=reply, data=b"{}"))
 
-    deliver(1, "TokensSpent", 4)
-    deliver(2, "TurnAdmitted", 3)
-    deliver(3, "TokensSpent", 2)
+    await deliver(1, "TokensSpent", 4)
+    await deliver(2, "TurnAdmitted", 3)
+    await deliver(3, "TokensSpent", 2)
     assert [[seq for seq, _, _ in batch] for batch in state.ready] == [[1, 3]]
-    state.on_raw(
-        b"_INBOX.x", b"", b"", b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 5\r\n\r\n"
-    )
+    timeout = {"Status": "408", "Description": "Request Timeout", "Nats-Pending-Messages": "5"}
+    await state.on_msg(Msg(None, subject="_INBOX.x", headers=timeout))
     assert (state.requested, state.received) == (5, 3)
-    deliver(4, "TokensSpent", 0)
+    await deliver(4, "TokensSpent", 0)
     assert state.finished
     assert [seq for seq, _, _ in state.ready[-1]] == [4]
     conflict = _PullState(to_seq=5, types=frozenset(), batch_size=10)
-    conflict.on_raw(b"_INBOX.x", b"", b"", b"NATS/1.0 409 Consumer Deleted\r\n\r\n")
+    deleted = {"Status": "409", "Description": "Consumer Deleted"}
+    await conflict.on_msg(Msg(None, subject="_INBOX.x", headers=deleted))
     assert conflict.error == "409 Consumer Deleted"
 
 
-async def test_the_pull_state_reads_nats_py_messages_like_raw_ones() -> None:
-    """The default reader's callback: the same batches, statuses and errors from `Msg`s
-    (headers as nats-py parses them: `Status`, `Description`, `Nats-Pending-Messages`)."""
+async def test_the_pull_state_stops_at_to_seq_and_gives_back_what_a_408_will_not_send() -> None:
+    """A read bounded by `to_seq` ends at it, and a 408's `Nats-Pending-Messages` takes back
+    the undelivered part of its request, whatever it delivered before."""
     state = _PullState(to_seq=3, types=frozenset(), batch_size=2)
     state.requested = 4000
     for seq in (1, 2):
@@ -192,84 +190,6 @@ async def test_the_pull_state_reads_nats_py_messages_like_raw_ones() -> None:
         [(1, "llm.ev.a.b.TurnAdmitted", b"{}"), (2, "llm.ev.a.b.TurnAdmitted", b"{}")],
         [(3, "llm.ev.a.b.X", b"x")],
     ]
-    conflict = _PullState(to_seq=None, types=frozenset(), batch_size=2)
-    deleted = {"Status": "409", "Description": "Consumer Deleted"}
-    await conflict.on_msg(Msg(None, subject="_INBOX.x", headers=deleted))
-    assert conflict.error == "409 Consumer Deleted"
-
-
-class RecordingClient(BulkClient):
-    """A `BulkClient`, never connected, that records the messages its parser hands back to
-    nats-py (those of other subscriptions)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.to_library: list[tuple[int, bytes, bytes, bytes, bytes | None]] = []
-
-    async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
-    ) -> None:
-        if sid not in self._bulk:
-            self.to_library.append((sid, subject, reply, data, headers))
-        await super()._process_msg(sid, subject, reply, data, headers)
-
-
-HEADERS = b"NATS/1.0\r\nNats-Msg-Id: a1\r\n\r\n"
-STATUS = b"NATS/1.0 404 No Messages\r\n\r\n"
-STORED = b'{"type":"TurnAdmitted","at":"2024-05-17T12:00:00Z"}'
-ACK = b"$JS.ACK.LLM_EVENTS.c1.1.41.41.1700000000.2"
-
-
-def protocol_bytes() -> bytes:
-    """What a server sends a `--fast-reader`: deliveries with and without headers and reply
-    (sid 7, the bulk subscription), a status, an `+OK`, and a message for sid 9."""
-    headers, status, event, ack = HEADERS, STATUS, STORED, ACK
-    sizes = f"{len(headers)} {len(headers) + len(event)}".encode()
-    return b"".join(
-        [
-            b"HMSG llm.ev.a.b.TurnAdmitted 7 " + ack + b" " + sizes + b"\r\n",
-            headers + event + b"\r\n",
-            b"MSG llm.ev.a.b.TokensSpent 7 " + ack.replace(b".41.", b".42.") + b" 2\r\n{}\r\n",
-            f"HMSG _INBOX.x 7 {len(status)} {len(status)}\r\n".encode() + status + b"\r\n",
-            b"+OK\r\n",
-            f"HMSG other 9 _INBOX.y {len(headers)} {len(headers) + 2}\r\n".encode(),
-            headers + b"hi\r\n",
-        ]
-    )
-
-
-async def test_the_fast_readers_parser_reads_split_buffers_like_whole_ones() -> None:
-    """However the server's bytes are cut (at every offset, or one byte at a time: mid
-    control line, mid headers, mid payload, between CR and LF), the bulk subscription's
-    handler gets every delivery once, in order, with its headers (None without), and a
-    message of another subscription goes to nats-py."""
-    stream = protocol_bytes()
-    expected = [
-        (b"llm.ev.a.b.TurnAdmitted", ACK, STORED, HEADERS),
-        (b"llm.ev.a.b.TokensSpent", ACK.replace(b".41.", b".42."), b"{}", None),
-        (b"_INBOX.x", b"", b"", STATUS),
-    ]
-    cuts = [[stream[:cut], stream[cut:]] for cut in range(len(stream) + 1)]
-    cuts.append([stream[i : i + 1] for i in range(len(stream))])
-    for pieces in cuts:
-        nc = RecordingClient()
-        got: list[tuple[bytes, bytes, bytes, bytes | None]] = []
-        nc._bulk[7] = lambda *message, into=got: into.append(message)
-        for piece in pieces:
-            await nc._ps.parse(piece)
-        assert got == expected, [len(piece) for piece in pieces]
-        assert nc.to_library == [(9, b"other", b"_INBOX.y", b"hi", HEADERS)]
-        assert not nc._ps.buf
-
-
-def test_the_fast_reader_refuses_a_nats_py_it_was_not_tested_with(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Its internals may change in any release: outside `TESTED_NATS_PY` it is a usage
-    error naming both versions, and the command runs without it."""
-    monkeypatch.setattr(fast_reader, "TESTED_NATS_PY", ("2.15.",))
-    with pytest.raises(UsageError, match=r"tested with nats-py 2\.15\.x, not 2\.\d+\.\d+"):
-        BulkClient()
 
 
 # ------------------------------------------------------------------ folding
