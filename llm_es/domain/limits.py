@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from llm_es.config import RateLimitsConfig
 from llm_es.domain.events import TurnAdmitted, TurnRejected
 from llm_es.domain.views import UsageView
@@ -23,9 +25,11 @@ CHARS_PER_TOKEN_ESTIMATE = 3
 """Conservative: English averages about 4 characters a token."""
 
 
-@dataclass(frozen=True, slots=True)
-class TurnRequest:
-    """What a caller asks for; the decider turns it into Admitted or Rejected."""
+class TurnRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What a caller asks for; the decider turns it into Admitted or Rejected.
+
+    Its fields are those of `TurnAdmitted` but the reservation, which the decider adds.
+    """
 
     turn_id: str
     channel: str | None
@@ -160,18 +164,9 @@ def decide_admission(
         max_tokens = min(max_tokens, headroom)
     return TurnAdmitted(
         at=now,
-        turn_id=request.turn_id,
-        channel=request.channel,
-        user=request.user,
-        source=request.source,
-        persona=request.persona,
-        provider=request.provider,
-        model=request.model,
-        message=request.message,
         reserved_tokens=prompt_tokens_estimate + max_tokens,
         max_tokens=max_tokens,
-        purpose=request.purpose,
-        instance=request.instance,
+        **msgspec.structs.asdict(request),
     )
 
 
