@@ -50,26 +50,20 @@ class Event(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
     @property
     def channel_name(self) -> str | None:
-        """The channel this event belongs to (None for none); picks the subject token."""
-        return None
+        """The channel this event belongs to: its `channel`, if any (picks the subject token)."""
+        channel: str | None = getattr(self, "channel", None)
+        return channel
 
     @property
     def user_name(self) -> str | None:
-        """The user this event belongs to (None for none); picks the subject token."""
-        return None
+        """The user this event belongs to: its `user`, if any (picks the subject token)."""
+        user: str | None = getattr(self, "user", None)
+        return user
 
 
 class _ChannelUserEvent(Event, frozen=True, kw_only=True):
     channel: str
     user: str | None
-
-    @property
-    def channel_name(self) -> str | None:
-        return self.channel
-
-    @property
-    def user_name(self) -> str | None:
-        return self.user
 
 
 class _TurnEvent(Event, frozen=True, kw_only=True):
@@ -77,14 +71,6 @@ class _TurnEvent(Event, frozen=True, kw_only=True):
 
     channel: str | None
     user: str | None
-
-    @property
-    def channel_name(self) -> str | None:
-        return self.channel
-
-    @property
-    def user_name(self) -> str | None:
-        return self.user
 
 
 class TurnAdmitted(_TurnEvent, frozen=True, kw_only=True):
@@ -183,10 +169,6 @@ class MemoryAdded(Event, frozen=True, kw_only=True):
     importance: int
 
     @property
-    def channel_name(self) -> str | None:
-        return self.channel
-
-    @property
     def user_name(self) -> str | None:
         return self.user_id
 
@@ -227,10 +209,6 @@ class ContextSummarized(Event, frozen=True, kw_only=True):
     summary: str
     through_seq: int
     message_count: int
-
-    @property
-    def channel_name(self) -> str | None:
-        return self.channel
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
