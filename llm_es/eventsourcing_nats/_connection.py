@@ -19,6 +19,7 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
 from llm_es import errors as llm_errors
+from llm_es.config import redact_url
 from llm_es.eventsourcing_nats._loop import EventLoopThread
 from llm_es.eventsourcing_nats._settings import JetStreamSettings
 from llm_es.logs import log_kv
@@ -66,7 +67,7 @@ class Connection:
                 nc = await nats.connect(**options)
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             raise OperationalError(
-                f"cannot connect to NATS at {settings.redacted_url}: {type(exc).__name__}"
+                f"cannot connect to NATS at {redact_url(settings.url)}: {type(exc).__name__}"
             ) from None
         # Connected once: from now on reconnect for as long as the datastore lives.
         nc.options["max_reconnect_attempts"] = -1

@@ -46,11 +46,6 @@ class JetStreamDatastore:
         """The subject prefix; the stream holds `<prefix>.>`."""
         return self.settings.subject_prefix
 
-    @property
-    def closed(self) -> bool:
-        """True once `close()` was called (or the datastore was collected)."""
-        return not self._finalizer.alive
-
     def close(self) -> None:
         """Close the connection and stop the loop thread (idempotent)."""
         self._finalizer()
@@ -105,5 +100,4 @@ class JetStreamDatastore:
     def close_feed(self, feed: Feed) -> None:
         """Stop a feed; its consumer is removed in the background (never blocks)."""
         feed.close()
-        if not self.closed:
-            self._thread.submit(remove_feed, self._connection, feed)
+        self._thread.submit(remove_feed, self._connection, feed)  # nothing once closed

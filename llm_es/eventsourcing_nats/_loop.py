@@ -33,21 +33,11 @@ class EventLoopThread:
     """Runs an event loop on a daemon thread until `stop()`."""
 
     def __init__(self, name: str) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._stopping = False
+        self.loop = asyncio.new_event_loop()
+        self.stopping = False
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The private loop (only ever run on this object's thread)."""
-        return self._loop
-
-    @property
-    def stopping(self) -> bool:
-        """True once `stop()` was called."""
-        return self._stopping
 
     def in_loop_thread(self) -> bool:
         """True when the caller is the loop's own thread."""
@@ -103,7 +93,7 @@ class EventLoopThread:
     def call_soon(self, callback: Callable[[], object]) -> None:
         """Run a plain callback on the loop soon (nothing happens once it is stopped)."""
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(callback)
+            self.loop.call_soon_threadsafe(callback)
 
     def stop(self) -> None:
         """Stop the loop, cancel what still runs on it, and wait for the thread to end.
@@ -111,41 +101,41 @@ class EventLoopThread:
         From the loop's own thread it only asks the loop to stop. Stopping twice
         does nothing.
         """
-        if not self._stopping:
-            self._stopping = True
+        if not self.stopping:
+            self.stopping = True
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._loop.stop)
+                self.loop.call_soon_threadsafe(self.loop.stop)
         if not self.in_loop_thread():
             self._thread.join(STOP_JOIN_SECONDS)
 
     def _submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        if self._stopping:
+        if self.stopping:
             coroutine.close()
             raise InterfaceError("the JetStream datastore is closed")
         try:
-            return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+            return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         except RuntimeError:  # the loop closed between the check and the call
             coroutine.close()
             raise InterfaceError("the JetStream datastore is closed") from None
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
+        asyncio.set_event_loop(self.loop)
         try:
-            self._loop.run_forever()
+            self.loop.run_forever()
         finally:
             try:
                 # Calls submitted while stopping start their tasks late: cancel those too.
                 for _ in range(SHUTDOWN_ROUNDS):
-                    pending = asyncio.all_tasks(self._loop)
+                    pending = asyncio.all_tasks(self.loop)
                     if not pending:
                         break
                     for task in pending:
                         task.cancel()
-                    self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-                self._loop.run_until_complete(self._loop.shutdown_default_executor())
+                    self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+                self.loop.run_until_complete(self.loop.shutdown_default_executor())
             finally:
-                self._loop.close()
+                self.loop.close()
                 self._finished.set()
 
 

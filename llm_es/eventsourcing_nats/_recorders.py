@@ -106,14 +106,6 @@ class JetStreamRecorder(Recorder):
             )
         return appends
 
-    def _stored_event(self, message: StreamMessage, originator_id: UUID | str) -> StoredEvent:
-        return StoredEvent(
-            originator_id=originator_id,
-            originator_version=message.position,
-            topic=message.topic,
-            state=message.data,
-        )
-
 
 class JetStreamAggregateRecorder(JetStreamRecorder, AggregateRecorder):
     """Aggregate sequences: one subject per aggregate, versions strictly increasing.
@@ -158,7 +150,10 @@ class JetStreamAggregateRecorder(JetStreamRecorder, AggregateRecorder):
         if not messages:
             return []
         typed_id = self.originator_id(subject)
-        return [self._stored_event(message, typed_id) for message in messages]
+        return [
+            StoredEvent(typed_id, message.position, message.topic, message.data)
+            for message in messages
+        ]
 
 
 class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecorder):

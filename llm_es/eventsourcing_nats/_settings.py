@@ -80,11 +80,6 @@ class JetStreamSettings:
             shown.append(f"{field.name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
-    @property
-    def redacted_url(self) -> str:
-        """The URL(s) with any password or token in the user-info replaced by `***`."""
-        return redact_url(self.url)
-
     def nats_config(self) -> NatsConfig:
         """The plugin's connection settings, so both connect the same way."""
         return NatsConfig(
