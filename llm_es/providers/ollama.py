@@ -9,7 +9,8 @@ from typing import Any
 from llm_es.config import OllamaConfig
 from llm_es.errors import PartialUsage, ProviderBadResponse, ProviderError
 from llm_es.providers.base import ChatMessage, CompletionResult
-from llm_es.providers.http import MAX_TRAILING_LINES, HTTPProvider
+from llm_es.providers.framing import read_out
+from llm_es.providers.http import HTTPProvider
 from llm_es.providers.retry import RetryPolicy
 
 __all__ = ["OllamaProvider"]
@@ -154,16 +155,9 @@ class OllamaProvider(HTTPProvider):
         it carries only the text's length (`ProviderError.usage`)."""
         pieces: list[str] = []
         final: CompletionResult | None = None
-        trailing = 0
         try:
             async with contextlib.aclosing(self._stream_lines(path, body)) as lines:
                 async for line in lines:
-                    if final is not None:
-                        # Read to the end, so the connection goes back to the pool.
-                        trailing += 1
-                        if trailing > MAX_TRAILING_LINES:
-                            break
-                        continue
                     if not line.strip():
                         continue
                     chunk = self._decode_chunk(line)
@@ -173,8 +167,10 @@ class OllamaProvider(HTTPProvider):
                         yield piece
                     if chunk.get("done"):
                         final = _result(chunk, "".join(pieces), model)
+                        await read_out(lines)
+                        break
             if final is None:
-                raise self._stream_broken("ended without its final chunk")
+                raise self._failures.stream_broken("ended without its final chunk")
         except ProviderError as exc:
             if exc.prompt_consumed and exc.usage is None:
                 exc.usage = PartialUsage(model=model, completion_chars=sum(map(len, pieces)))

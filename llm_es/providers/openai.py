@@ -8,18 +8,14 @@ Authorization header, as local servers expect.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 from llm_es.config import OpenAIConfig, Secret
 from llm_es.errors import ConfigError, PartialUsage, ProviderBadResponse, ProviderError
 from llm_es.providers.base import ChatMessage, CompletionResult, prompt_messages
-from llm_es.providers.http import (
-    AUTHORIZATION,
-    MAX_TRAILING_LINES,
-    HTTPProvider,
-    header_value,
-)
+from llm_es.providers.framing import read_out, sse_data
+from llm_es.providers.http import AUTHORIZATION, HTTPProvider, header_value
 from llm_es.providers.retry import RetryPolicy
 
 __all__ = ["OpenAICompatibleProvider", "OpenAIProvider"]
@@ -178,22 +174,16 @@ class OpenAICompatibleProvider(HTTPProvider):
         finish_reason: object = None
         usage: object = None
         done = False
-        trailing = 0
         try:
             async with (
                 contextlib.aclosing(self._stream_lines(CHAT_PATH, body)) as lines,
-                contextlib.aclosing(_sse_data(lines)) as events,
+                contextlib.aclosing(sse_data(lines)) as events,
             ):
                 async for data in events:
-                    if done:
-                        # Read to the end, so the connection goes back to the pool.
-                        trailing += 1
-                        if trailing > MAX_TRAILING_LINES:
-                            break
-                        continue
                     if data == SSE_DONE:
                         done = True
-                        continue
+                        await read_out(events)
+                        break
                     chunk = self._decode_chunk(data)
                     last = chunk
                     if isinstance(chunk.get("usage"), dict):
@@ -210,7 +200,7 @@ class OpenAICompatibleProvider(HTTPProvider):
                         yield piece
             # Some compatible servers end without [DONE]; a finish reason shows it is whole.
             if not done and finish_reason is None:
-                raise self._stream_broken("ended before the answer was complete")
+                raise self._failures.stream_broken("ended before the answer was complete")
         except ProviderError as exc:
             if exc.prompt_consumed and exc.usage is None:
                 exc.usage = self._partial_usage(last, model, usage, pieces)
@@ -248,24 +238,6 @@ class OpenAIProvider(OpenAICompatibleProvider):
             retry_policy=retry_policy or RetryPolicy(max_retries=config.max_retries),
             extra_headers={OPENAI_ORGANIZATION: config.organization},
         )
-
-
-async def _sse_data(lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
-    """The `data` of each server-sent event (multi-line data joined with newlines)."""
-    data: list[str] = []
-    async for line in lines:
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if field == "data":
-            data.append(value.removeprefix(" "))
-    if data:
-        yield "\n".join(data)
 
 
 def _first_choice(data: Mapping[str, Any]) -> dict[str, Any] | None:

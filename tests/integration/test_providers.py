@@ -49,7 +49,7 @@ from llm_es.providers import (
     RetryPolicy,
     build_provider,
 )
-from llm_es.providers.http import MAX_LINE_BYTES
+from llm_es.providers.framing import MAX_LINE_BYTES
 from tests.support.fake_llm import FakeLLMServer, Messages
 
 API_KEY = "sk-test-DO-NOT-LEAK-0123456789abcdef"

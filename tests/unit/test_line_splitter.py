@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from llm_es.providers.http import MAX_LINE_BYTES, _LineSplitter, _LineTooLongError
+from llm_es.providers.framing import MAX_LINE_BYTES, LineSplitter, LineTooLongError
 
 # Unicode line boundaries (which str.splitlines honours) inside lines, a CR LF, an empty
 # line, characters of 2, 3 and 4 bytes, and a last line without its LF.
@@ -15,7 +15,7 @@ EXPECTED = ["\u00e9\u2028b", "c\x85d\x0b\x1c", "", "\U0001f600 \u2029\u2026", "l
 
 
 def split(chunks: list[bytes], max_line_bytes: int = MAX_LINE_BYTES) -> list[str]:
-    splitter = _LineSplitter(max_line_bytes)
+    splitter = LineSplitter(max_line_bytes)
     lines = [line for chunk in chunks for line in splitter.feed(chunk)]
     return lines + splitter.finish()
 
@@ -46,7 +46,7 @@ def test_invalid_utf8_is_replaced_not_fatal() -> None:
 )
 def test_a_line_past_the_bound_is_refused(chunks: list[bytes]) -> None:
     """A line longer than `max_line_bytes` raises, whether its end has arrived or not."""
-    with pytest.raises(_LineTooLongError):
+    with pytest.raises(LineTooLongError):
         split(chunks, max_line_bytes=10)
 
 

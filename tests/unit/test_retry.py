@@ -18,7 +18,8 @@ from llm_es.errors import (
     ProviderUnavailable,
 )
 from llm_es.providers import RetryPolicy, is_retryable, retry_after_seconds
-from llm_es.providers.http import header_value, shown_url
+from llm_es.providers.failures import shown_url
+from llm_es.providers.http import header_value
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 
