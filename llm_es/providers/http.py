@@ -19,6 +19,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from llm_es.config import OllamaConfig, OpenAIConfig, OpenRouterConfig
 from llm_es.errors import ProviderBadResponse, ProviderError, ProviderRateLimited
 from llm_es.logs import log_kv
 from llm_es.providers.base import LLMProvider
@@ -31,11 +32,14 @@ __all__ = [
     "AVAILABILITY_TIMEOUT_SECONDS",
     "THROTTLE_WITHOUT_RETRY_AFTER_SECONDS",
     "HTTPProvider",
+    "ProviderSettings",
     "ShardedClient",  # bench/turns.py imports it from here
     "header_value",
 ]
 
 logger = logging.getLogger(__name__)
+
+ProviderSettings = OllamaConfig | OpenAIConfig | OpenRouterConfig
 
 AVAILABILITY_TIMEOUT_SECONDS = 5.0
 MAX_CONNECT_SECONDS = 10.0
@@ -63,26 +67,26 @@ class HTTPProvider(LLMProvider):
 
     def __init__(
         self,
+        settings: ProviderSettings,
         *,
-        base_url: str,
-        timeout: float,
-        default_model: str,
-        retry_policy: RetryPolicy,
+        retry_policy: RetryPolicy | None,
         headers: Mapping[str, str] | None = None,
         secrets: Sequence[str] = (),
     ) -> None:
-        self.default_model = default_model
-        base_url = base_url.rstrip("/")
-        self._timeout = timeout
-        self._retry = retry_policy
+        """`retry_policy` replaces the one built from the settings' `max_retries`."""
+        self.default_model = settings.default_model
+        self._temperature = settings.temperature
+        self._timeout = settings.timeout
+        self._retry = retry_policy or RetryPolicy(max_retries=settings.max_retries)
+        base_url = settings.base_url.rstrip("/")
         self._failures = ProviderFailures(
-            self.name, self.label, shown_url(base_url), timeout, tuple(filter(None, secrets))
+            self.name, self.label, shown_url(base_url), self._timeout, tuple(filter(None, secrets))
         )
         self._throttled_until: float | None = None
         """`time.monotonic()` until which the last 429 asked us to wait; None once answered."""
         self._http = ShardedClient(
             base_url=base_url,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, MAX_CONNECT_SECONDS)),
+            timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, MAX_CONNECT_SECONDS)),
             headers=headers,
         )
 

@@ -27,13 +27,7 @@ class OllamaProvider(HTTPProvider):
     label = "Ollama"
 
     def __init__(self, config: OllamaConfig, *, retry_policy: RetryPolicy | None = None) -> None:
-        super().__init__(
-            base_url=config.base_url,
-            timeout=config.timeout,
-            default_model=config.default_model,
-            retry_policy=retry_policy or RetryPolicy(max_retries=config.max_retries),
-        )
-        self._temperature = config.temperature
+        super().__init__(config, retry_policy=retry_policy)
 
     async def chat(
         self,

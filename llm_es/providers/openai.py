@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
-from llm_es.config import OpenAIConfig, Secret
+from llm_es.config import OpenAIConfig, OpenRouterConfig
 from llm_es.errors import ConfigError, PartialUsage, ProviderBadResponse, ProviderError
 from llm_es.providers.base import ChatMessage, CompletionResult, prompt_messages
 from llm_es.providers.framing import read_out, sse_data
@@ -31,33 +31,20 @@ class OpenAICompatibleProvider(HTTPProvider):
 
     def __init__(
         self,
+        config: OpenAIConfig | OpenRouterConfig,
         *,
-        config_key: str,
-        api_key: Secret,
-        base_url: str,
-        timeout: float,
-        default_model: str,
-        temperature: float,
-        retry_policy: RetryPolicy,
-        extra_headers: Mapping[str, str] | None = None,
+        retry_policy: RetryPolicy | None,
+        extra_headers: Mapping[str, str],
     ) -> None:
-        key = api_key.reveal().strip()
+        key = config.api_key.reveal().strip()
         if key and not (key.isascii() and key.isprintable()):
             # Checked here because httpx would fail later with the key in the exception.
-            raise ConfigError(f"{config_key}.api_key", "must be printable ASCII")
+            raise ConfigError(f"providers.{self.name}.api_key", "must be printable ASCII")
         headers = {AUTHORIZATION: f"Bearer {key}"} if key else {}
         headers.update(
-            (name, header_value(value)) for name, value in (extra_headers or {}).items() if value
+            (name, header_value(value)) for name, value in extra_headers.items() if value
         )
-        super().__init__(
-            base_url=base_url,
-            timeout=timeout,
-            default_model=default_model,
-            retry_policy=retry_policy,
-            headers=headers,
-            secrets=(key,),
-        )
-        self._temperature = temperature
+        super().__init__(config, retry_policy=retry_policy, headers=headers, secrets=(key,))
 
     async def chat(
         self,
@@ -228,16 +215,8 @@ class OpenAIProvider(OpenAICompatibleProvider):
     label = "OpenAI"
 
     def __init__(self, config: OpenAIConfig, *, retry_policy: RetryPolicy | None = None) -> None:
-        super().__init__(
-            config_key="providers.openai",
-            api_key=config.api_key,
-            base_url=config.base_url,
-            timeout=config.timeout,
-            default_model=config.default_model,
-            temperature=config.temperature,
-            retry_policy=retry_policy or RetryPolicy(max_retries=config.max_retries),
-            extra_headers={OPENAI_ORGANIZATION: config.organization},
-        )
+        extra_headers = {OPENAI_ORGANIZATION: config.organization}
+        super().__init__(config, retry_policy=retry_policy, extra_headers=extra_headers)
 
 
 def _first_choice(data: Mapping[str, Any]) -> dict[str, Any] | None:

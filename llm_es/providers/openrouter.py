@@ -25,16 +25,8 @@ class OpenRouterProvider(OpenAICompatibleProvider):
     def __init__(
         self, config: OpenRouterConfig, *, retry_policy: RetryPolicy | None = None
     ) -> None:
-        super().__init__(
-            config_key="providers.openrouter",
-            api_key=config.api_key,
-            base_url=config.base_url,
-            timeout=config.timeout,
-            default_model=config.default_model,
-            temperature=config.temperature,
-            retry_policy=retry_policy or RetryPolicy(max_retries=config.max_retries),
-            extra_headers={HTTP_REFERER: config.site_url, X_TITLE: config.site_name},
-        )
+        extra_headers = {HTTP_REFERER: config.site_url, X_TITLE: config.site_name}
+        super().__init__(config, retry_policy=retry_policy, extra_headers=extra_headers)
 
     def _body(
         self,
