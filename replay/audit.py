@@ -16,10 +16,8 @@ plugin skips it.
 from __future__ import annotations
 
 import asyncio
-import csv
 import dataclasses
-import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,13 +34,10 @@ from replay.reading import EventLog, LogSelection, event_filter
 from replay.times import iso_z
 
 GROUPINGS = ("day", "provider", "model", "channel", "purpose")
-FORMATS = ("table", "json", "csv")
 AUDITED_TYPES = (TurnAdmitted.TYPE, TurnRejected.TYPE, TokensSpent.TYPE)
 NO_VALUE = "-"
 """Group of a rejection under `--by provider|model|purpose` (no provider was asked), and of
 a service completion under `--by channel` (it has no channel)."""
-NO_USER = "(no user)"
-"""Label of spend booked to no user (channel summaries); JSON says `null`."""
 _SCHEMAS = {name: EVENT_TYPES[name].SCHEMA for name in AUDITED_TYPES}
 _DEFAULTS = {
     name: {
@@ -337,116 +332,3 @@ def _top_users(rows: list[AuditRow], limit: int) -> list[AuditRow]:
             users.add(row.user)
         kept.append(row)
     return kept
-
-
-# ------------------------------------------------------------------ output
-
-
-def render(report: AuditReport, output_format: str) -> str:
-    """The report as an aligned table, JSON or CSV."""
-    if output_format == "json":
-        return orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode()
-    if output_format == "csv":
-        return render_csv(report)
-    return render_table(report)
-
-
-def _columns(report: AuditReport) -> list[str]:
-    columns = []
-    if report.user is None:
-        columns.append("user")
-    if report.by is not None:
-        columns.append(report.by)
-    return columns or ["period"]
-
-
-def _keys(report: AuditReport, row: AuditRow) -> list[str]:
-    keys = []
-    if report.user is None:
-        keys.append(NO_USER if row.user is None else row.user)
-    if report.by is not None:
-        keys.append(NO_VALUE if row.group is None else row.group)
-    return keys or ["all" if report.since is None and report.until is None else "selected"]
-
-
-def render_csv(report: AuditReport) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    fields = [
-        "requests",
-        "rejected",
-        "prompt_tokens",
-        "completion_tokens",
-        "tokens",
-        "cost",
-        "estimated",
-        "events",
-        "first_seq",
-        "last_seq",
-    ]
-    writer.writerow([*_columns(report), *fields])
-    for row in report.rows:
-        values = row.as_dict()
-        writer.writerow(
-            [*_keys(report, row), *("" if values[f] is None else values[f] for f in fields)]
-        )
-    return out.getvalue().rstrip("\n")
-
-
-def render_table(report: AuditReport) -> str:
-    scope = f"user {report.user!r}" if report.user is not None else "all users"
-    period = (
-        f"{iso_z(report.since) if report.since else 'the start'} .. "
-        f"{iso_z(report.until) if report.until else 'now'}"
-    )
-    title = f"audit of {scope}" + (f" by {report.by}" if report.by else "")
-    header = [
-        *_columns(report),
-        "requests",
-        "rejected",
-        "prompt",
-        "completion",
-        "tokens",
-        "cost",
-        "log seqs",
-    ]
-    body: list[list[str]] = []
-    for row in report.rows:
-        body.append([*_keys(report, row), *_numbers(row)])
-    total_label = ["total"] + [""] * (len(_columns(report)) - 1)
-    totals = [*total_label, *_numbers(report.totals)]
-    widths = [len(h) for h in header]
-    for line in [*body, totals]:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, line, strict=True)]
-    keys_count = len(_columns(report))
-
-    def fmt(line: Sequence[str]) -> str:
-        cells = [
-            cell.ljust(width) if index < keys_count or index == len(line) - 1 else cell.rjust(width)
-            for index, (cell, width) in enumerate(zip(line, widths, strict=True))
-        ]
-        return "  ".join(cells).rstrip()
-
-    lines = [f"{title}, {period} (log up to sequence {report.log_end:,})", fmt(header)]
-    lines += [fmt(line) for line in body]
-    if not body:
-        lines.append("(no requests, rejections or tokens in this period)")
-    lines.append(fmt(["-" * w for w in widths]))
-    lines.append(fmt(totals))
-    if report.skipped:
-        lines.append(f"{report.skipped:,} unreadable events skipped, as the plugin skips them")
-    return "\n".join(lines)
-
-
-def _numbers(row: AuditRow) -> list[str]:
-    seqs = f"{row.first_seq}..{row.last_seq}" if row.events else "-"
-    cost = f"{row.cost:.6f}" if row.priced else "-"
-    return [
-        f"{row.requests:,}",
-        f"{row.rejected:,}",
-        f"{row.prompt_tokens:,}",
-        f"{row.completion_tokens:,}",
-        f"{row.tokens:,}",
-        cost,
-        seqs,
-    ]

@@ -34,7 +34,8 @@ from llm_es.config import Config, load_config_sync
 from llm_es.domain.events import EVENT_TYPES
 from llm_es.errors import ConfigError
 from llm_es.logs import configure_logging
-from replay.audit import FORMATS, GROUPINGS, render, run_audit
+from replay.audit import GROUPINGS, run_audit
+from replay.audit_output import FORMATS, render
 from replay.connecting import ConnectRecipe, connect
 from replay.errors import (
     EXIT_DIFFERENCES,

@@ -27,7 +27,8 @@ from llm_es.domain.events import (
 )
 from llm_es.domain.views import memory_key, usage_key
 from llm_es.store.codec import UPCASTERS, encode_event
-from replay.audit import AuditReport, AuditRow, _Sums, render
+from replay.audit import AuditReport, AuditRow, _Sums
+from replay.audit_output import render
 from replay.errors import UsageError
 from replay.fold import LogFold, select_projections
 from replay.progress import Progress
