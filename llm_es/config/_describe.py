@@ -76,11 +76,6 @@ def url_kind(kind: inspect.Type) -> UrlKind | None:
             return None
 
 
-def url_fields(cls: type[Any]) -> frozenset[str]:
-    """The names of the fields of `cls` that hold URLs (their passwords are redacted)."""
-    return frozenset(name for name, kind in field_types(cls).items() if url_kind(kind))
-
-
 def holds_secret(kind: inspect.Type) -> bool:
     """Whether the key holds a `Secret`, whose given value must never be echoed."""
     kind = without_null(kind)

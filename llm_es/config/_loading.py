@@ -58,21 +58,14 @@ def parse_config(raw: object, env: Mapping[str, str] | None = None) -> Config:
 async def load_config(
     path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
 ) -> Config:
-    """Read, decode and validate the config file at `path` (None: defaults plus `env`).
-
-    The file is read in a worker thread so the event loop never blocks on the disk.
-    """
-    if path is None:
-        return parse_config({}, env)
-    path = Path(path)
-    data = await asyncio.to_thread(_read_file, path)
-    return parse_config(_decode(path, data), env)
+    """`load_config_sync` in a worker thread, so the event loop never blocks on the disk."""
+    return await asyncio.to_thread(load_config_sync, path, env)
 
 
 def load_config_sync(
     path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
 ) -> Config:
-    """`load_config` for start-up code that runs before the event loop."""
+    """Read, decode and validate the config file at `path` (None: defaults plus `env`)."""
     if path is None:
         return parse_config({}, env)
     path = Path(path)

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from llm_es.config._describe import url_fields
+from llm_es.config._describe import field_types, url_kind
 from llm_es.config._secret import Secret, redact_url
 from llm_es.config.personas import BUILTIN_PERSONAS
 
@@ -42,13 +42,12 @@ _Temperature = Annotated[float, Meta(ge=0, le=2, description="Sampling temperatu
 
 def _safe_repr(self: object) -> str:
     """Dataclass-style repr with passwords inside URL fields redacted."""
-    urls = url_fields(type(self))
     shown = []
-    for field in dataclasses.fields(self):  # type: ignore[arg-type]
-        value = getattr(self, field.name)
-        if field.name in urls and isinstance(value, str):
+    for name, kind in field_types(type(self)).items():
+        value = getattr(self, name)
+        if url_kind(kind) and isinstance(value, str):
             value = redact_url(value)
-        shown.append(f"{field.name}={value!r}")
+        shown.append(f"{name}={value!r}")
     return f"{type(self).__name__}({', '.join(shown)})"
 
 

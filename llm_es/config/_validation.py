@@ -49,6 +49,15 @@ _NATS_EXPECTED = "NATS server URL(s), comma-separated (nats://, tls://, ws://, w
 # regex '\\S'"; a wrong type is "Expected `int`, got `str`" or "Invalid enum value ...".
 _CONSTRAINT = re.compile(r"Expected `\w+` (?:[<>]=?|matching regex) ")
 _PATH_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (type(None), "null"),
+    (bool, "a boolean"),  # before int: a bool is an int to isinstance
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (dict, "an object"),
+    ((list, tuple), "an array"),
+)
 
 
 def build_config(raw: object) -> Config:
@@ -171,31 +180,26 @@ def _check_values(section: Any, prefix: str) -> Any:
 
 def _http_url(value: str, key: str) -> str:
     value = value.strip().rstrip("/")
-    shown = show(redact_url(value))
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises ValueError for a bad port
-    except ValueError:
-        raise ConfigError(key, f"expected an http(s) URL, got {shown}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(key, f"expected an http(s) URL, got {shown}")
+    parts = _split_url(value)
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, f"expected an http(s) URL, got {show(redact_url(value))}")
     return value
 
 
 def _nats_urls(value: str, key: str) -> str:
     servers = [server.strip() for server in value.split(",")]
     for server in servers:
-        parts = _split_server(server)
+        parts = _split_url(server if "://" in server else f"nats://{server}")
         if parts is None or not parts.hostname or parts.scheme not in _NATS_SCHEMES:
             raise ConfigError(key, f"expected {_NATS_EXPECTED}, got {show(redact_url(value))}")
     return ",".join(servers)
 
 
-def _split_server(server: str) -> SplitResult | None:
-    """A NATS server URL split into parts; None when it cannot be parsed."""
+def _split_url(url: str) -> SplitResult | None:
+    """`url` split into parts; None when it cannot be parsed (a bad port, say)."""
     try:
-        parts = urlsplit(server if "://" in server else f"nats://{server}")
-        _ = parts.port
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a bad port
     except ValueError:
         return None
     return parts
@@ -226,10 +230,8 @@ def _check_cross_fields(config: Config) -> None:
 
 def show(value: object) -> str:
     """A short, JSON-flavoured rendering of a (non-secret) value for error messages."""
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return "an array"
+    if isinstance(value, dict | list | tuple):
+        return _kind(value)
     try:
         # JSON has no inf or nan (msgspec would write null); a Python caller may pass them.
         finite = not isinstance(value, float) or math.isfinite(value)
@@ -243,18 +245,7 @@ def show(value: object) -> str:
 
 def _kind(value: object) -> str:
     """What sort of JSON value `value` is, without the value itself (safe for secrets)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return "an array"
+    for kinds, word in _KINDS:
+        if isinstance(value, kinds):
+            return word
     return f"a {type(value).__name__}"
