@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 from llm_es.domain.messages import ChatMessage, Role
 
-__all__ = ["ChatMessage", "CompletionResult", "LLMProvider", "Role", "prompt_messages"]
+__all__ = [
+    "ChatMessage",
+    "CompletionResult",
+    "LLMProvider",
+    "Role",
+    "prompt_messages",
+    "token_count",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +28,11 @@ class CompletionResult:
     completion_tokens: int | None
     finish_reason: str | None
     cost: float | None = None
+
+
+def token_count(value: object) -> int | None:
+    """A token count as a provider reported it, or None when absent or not a non-negative int."""
+    return value if type(value) is int and value >= 0 else None
 
 
 def prompt_messages(prompt: str, system: str | None = None) -> list[ChatMessage]:
@@ -49,7 +61,6 @@ class LLMProvider(ABC):
     ) -> CompletionResult:
         """Answer a conversation (non-streaming)."""
 
-    @abstractmethod
     async def complete(
         self,
         prompt: str,
@@ -59,7 +70,13 @@ class LLMProvider(ABC):
         temperature: float | None = None,
         max_tokens: int | None = None,
     ) -> CompletionResult:
-        """Complete a single prompt."""
+        """Complete a single prompt; by default a chat of the system and user messages."""
+        return await self.chat(
+            prompt_messages(prompt, system),
+            model=model,
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
 
     @abstractmethod
     def stream(

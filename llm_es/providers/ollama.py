@@ -8,7 +8,7 @@ from typing import Any
 
 from llm_es.config import OllamaConfig
 from llm_es.errors import PartialUsage, ProviderBadResponse, ProviderError
-from llm_es.providers.base import ChatMessage, CompletionResult
+from llm_es.providers.base import ChatMessage, CompletionResult, token_count
 from llm_es.providers.framing import read_out
 from llm_es.providers.http import HTTPProvider
 from llm_es.providers.retry import RetryPolicy
@@ -38,7 +38,9 @@ class OllamaProvider(HTTPProvider):
         max_tokens: int | None = None,
     ) -> CompletionResult:
         chosen_model = model or self.default_model
-        body = self._chat_body(messages, chosen_model, temperature, max_tokens, stream=False)
+        body = self._body(
+            {"messages": list(messages)}, chosen_model, temperature, max_tokens, False
+        )
         data = await self._request_json("POST", CHAT_PATH, body)
         content = _message_content(data)
         if content is None:
@@ -55,7 +57,7 @@ class OllamaProvider(HTTPProvider):
         max_tokens: int | None = None,
     ) -> CompletionResult:
         chosen_model = model or self.default_model
-        body = self._generate_body(prompt, system, chosen_model, temperature, max_tokens, False)
+        body = self._body(_prompt(prompt, system), chosen_model, temperature, max_tokens, False)
         data = await self._request_json("POST", GENERATE_PATH, body)
         content = data.get("response")
         if not isinstance(content, str):
@@ -71,7 +73,7 @@ class OllamaProvider(HTTPProvider):
         max_tokens: int | None = None,
     ) -> AsyncGenerator[str | CompletionResult, None]:
         chosen_model = model or self.default_model
-        body = self._chat_body(messages, chosen_model, temperature, max_tokens, stream=True)
+        body = self._body({"messages": list(messages)}, chosen_model, temperature, max_tokens, True)
         return self._stream_ndjson(CHAT_PATH, body, chosen_model)
 
     def stream_complete(
@@ -84,7 +86,7 @@ class OllamaProvider(HTTPProvider):
         max_tokens: int | None = None,
     ) -> AsyncGenerator[str | CompletionResult, None]:
         chosen_model = model or self.default_model
-        body = self._generate_body(prompt, system, chosen_model, temperature, max_tokens, True)
+        body = self._body(_prompt(prompt, system), chosen_model, temperature, max_tokens, True)
         return self._stream_ndjson(GENERATE_PATH, body, chosen_model)
 
     async def is_available(self) -> bool:
@@ -96,50 +98,21 @@ class OllamaProvider(HTTPProvider):
         models = data.get("models") or []
         return [m["name"] for m in models if isinstance(m, dict) and isinstance(m.get("name"), str)]
 
-    # -- wire format ---------------------------------------------------------------
-
-    def _options(self, temperature: float | None, max_tokens: int | None) -> dict[str, Any]:
+    def _body(
+        self,
+        fields: dict[str, Any],
+        model: str,
+        temperature: float | None,
+        max_tokens: int | None,
+        stream: bool,
+    ) -> dict[str, Any]:
+        """A request body: `fields` (the messages, or the prompt and system) and the options."""
         options: dict[str, Any] = {
             "temperature": self._temperature if temperature is None else temperature
         }
         if max_tokens is not None:
             options["num_predict"] = max_tokens
-        return options
-
-    def _chat_body(
-        self,
-        messages: Sequence[ChatMessage],
-        model: str,
-        temperature: float | None,
-        max_tokens: int | None,
-        *,
-        stream: bool,
-    ) -> dict[str, Any]:
-        return {
-            "model": model,
-            "messages": list(messages),
-            "stream": stream,
-            "options": self._options(temperature, max_tokens),
-        }
-
-    def _generate_body(
-        self,
-        prompt: str,
-        system: str | None,
-        model: str,
-        temperature: float | None,
-        max_tokens: int | None,
-        stream: bool,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": model,
-            "prompt": prompt,
-            "stream": stream,
-            "options": self._options(temperature, max_tokens),
-        }
-        if system:
-            body["system"] = system
-        return body
+        return {"model": model, **fields, "stream": stream, "options": options}
 
     async def _stream_ndjson(
         self, path: str, body: dict[str, Any], model: str
@@ -172,27 +145,22 @@ class OllamaProvider(HTTPProvider):
         yield final
 
 
+def _prompt(prompt: str, system: str | None) -> dict[str, Any]:
+    return {"prompt": prompt, "system": system} if system else {"prompt": prompt}
+
+
 def _message_content(data: dict[str, Any]) -> str | None:
     message = data.get("message")
-    if not isinstance(message, dict):
-        return None
-    content = message.get("content")
+    content = message.get("content") if isinstance(message, dict) else None
     return content if isinstance(content, str) else None
 
 
 def _result(data: dict[str, Any], content: str, model: str) -> CompletionResult:
-    prompt_tokens = data.get("prompt_eval_count")
-    completion_tokens = data.get("eval_count")
     finish_reason = data.get("done_reason")
     return CompletionResult(
         content=content,
         model=str(data.get("model") or model),
-        prompt_tokens=_count(prompt_tokens),
-        completion_tokens=_count(completion_tokens),
+        prompt_tokens=token_count(data.get("prompt_eval_count")),
+        completion_tokens=token_count(data.get("eval_count")),
         finish_reason=finish_reason if isinstance(finish_reason, str) else None,
     )
-
-
-def _count(value: object) -> int | None:
-    """A token count, or None when absent or not a non-negative integer."""
-    return value if type(value) is int and value >= 0 else None

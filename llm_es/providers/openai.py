@@ -13,7 +13,7 @@ from typing import Any
 
 from llm_es.config import OpenAIConfig, OpenRouterConfig
 from llm_es.errors import ConfigError, PartialUsage, ProviderBadResponse, ProviderError
-from llm_es.providers.base import ChatMessage, CompletionResult, prompt_messages
+from llm_es.providers.base import ChatMessage, CompletionResult, token_count
 from llm_es.providers.framing import read_out, sse_data
 from llm_es.providers.http import AUTHORIZATION, HTTPProvider, header_value
 from llm_es.providers.retry import RetryPolicy
@@ -59,22 +59,6 @@ class OpenAICompatibleProvider(HTTPProvider):
         data = await self._request_json("POST", CHAT_PATH, body)
         return self._completion(data, chosen_model)
 
-    async def complete(
-        self,
-        prompt: str,
-        *,
-        system: str | None = None,
-        model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-    ) -> CompletionResult:
-        return await self.chat(
-            prompt_messages(prompt, system),
-            model=model,
-            temperature=temperature,
-            max_tokens=max_tokens,
-        )
-
     def stream(
         self,
         messages: Sequence[ChatMessage],
@@ -98,8 +82,6 @@ class OpenAICompatibleProvider(HTTPProvider):
         data = await self._request_json("GET", MODELS_PATH)
         models = data.get("data") or []
         return [m["id"] for m in models if isinstance(m, dict) and isinstance(m.get("id"), str)]
-
-    # -- wire format ---------------------------------------------------------------
 
     def _body(
         self,
@@ -125,26 +107,7 @@ class OpenAICompatibleProvider(HTTPProvider):
         if not isinstance(content, str):
             raise ProviderBadResponse(self.name, f"{self.label} returned no message content")
         finish_reason = choice.get("finish_reason") if choice is not None else None
-        return self._result(data, content, model, finish_reason, data.get("usage"))
-
-    def _result(
-        self,
-        data: Mapping[str, Any],
-        content: str,
-        model: str,
-        finish_reason: object,
-        usage: object,
-    ) -> CompletionResult:
-        usage = usage if isinstance(usage, dict) else {}
-        cost = usage.get("cost")
-        return CompletionResult(
-            content=content,
-            model=str(data.get("model") or model),
-            prompt_tokens=_count(usage.get("prompt_tokens")),
-            completion_tokens=_count(usage.get("completion_tokens")),
-            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
-            cost=_cost(cost),
-        )
+        return _result(data, content, model, finish_reason, data.get("usage"))
 
     async def _stream_sse(
         self, body: dict[str, Any], model: str
@@ -190,22 +153,16 @@ class OpenAICompatibleProvider(HTTPProvider):
                 raise self._failures.stream_broken("ended before the answer was complete")
         except ProviderError as exc:
             if exc.prompt_consumed and exc.usage is None:
-                exc.usage = self._partial_usage(last, model, usage, pieces)
+                so_far = _result(last, "".join(pieces), model, finish_reason, usage)
+                exc.usage = PartialUsage(
+                    model=so_far.model,
+                    prompt_tokens=so_far.prompt_tokens,
+                    completion_tokens=so_far.completion_tokens,
+                    completion_chars=len(so_far.content),
+                    cost=so_far.cost,
+                )
             raise
-        yield self._result(last, "".join(pieces), model, finish_reason, usage)
-
-    def _partial_usage(
-        self, last: Mapping[str, Any], model: str, usage: object, pieces: list[str]
-    ) -> PartialUsage:
-        """What a stream that failed had used: the usage it reported, if any, and its text."""
-        usage = usage if isinstance(usage, dict) else {}
-        return PartialUsage(
-            model=str(last.get("model") or model),
-            prompt_tokens=_count(usage.get("prompt_tokens")),
-            completion_tokens=_count(usage.get("completion_tokens")),
-            completion_chars=sum(map(len, pieces)),
-            cost=_cost(usage.get("cost")),
-        )
+        yield _result(last, "".join(pieces), model, finish_reason, usage)
 
 
 class OpenAIProvider(OpenAICompatibleProvider):
@@ -226,9 +183,18 @@ def _first_choice(data: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _count(value: object) -> int | None:
-    """A token count, or None when absent or not a non-negative integer."""
-    return value if type(value) is int and value >= 0 else None
+def _result(
+    data: Mapping[str, Any], content: str, model: str, finish_reason: object, usage: object
+) -> CompletionResult:
+    usage = usage if isinstance(usage, dict) else {}
+    return CompletionResult(
+        content=content,
+        model=str(data.get("model") or model),
+        prompt_tokens=token_count(usage.get("prompt_tokens")),
+        completion_tokens=token_count(usage.get("completion_tokens")),
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        cost=_cost(usage.get("cost")),
+    )
 
 
 def _cost(value: object) -> float | None:
