@@ -19,16 +19,22 @@ import nats.errors
 
 from llm_es import __version__
 from llm_es.app import Plugin
+from llm_es.cli_options import CommonOptions, start_logging
 from llm_es.config import DEFAULT_CONFIG_JSON, Config, load_config_sync
 from llm_es.embedded import EmbeddedNatsServer
 from llm_es.errors import ConfigError, LLMESError, ServerVersionError
-from llm_es.logs import configure_logging, log_kv
+from llm_es.logs import log_kv
 from llm_es.store.connection import DEFAULT_LOCAL_URL, connect
 
 logger = logging.getLogger("llm_es.cli")
 
 DEFAULT_DATA_DIR = "llm-es-data"
 DEFAULT_EMBEDDED_PORT = 4222
+COMMON_OPTIONS = CommonOptions(
+    config_help="config.json",
+    nats_url_fallback="the embedded server (serve) or nats://127.0.0.1:4222",
+    log_level_help="DEBUG, INFO, WARNING or ERROR (default INFO for serve, WARNING otherwise)",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,28 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"llm-es {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    def common(sub: argparse.ArgumentParser, *, top: bool = False) -> None:
-        # Accepted before or after the subcommand; the subcommand's copies must
-        # not overwrite a value given before it, hence SUPPRESS there.
-        default = None if top else argparse.SUPPRESS
-        sub.add_argument("--config", type=pathlib.Path, default=default, help="config.json")
-        sub.add_argument(
-            "--nats-url",
-            default=default,
-            help="NATS server URL(s); default: $LLM_ES_NATS_URL, the config's nats.url, "
-            "else the embedded server (serve) or nats://127.0.0.1:4222",
-        )
-        sub.add_argument(
-            "--log-level",
-            default=os.environ.get("LLM_ES_LOG_LEVEL") if top else argparse.SUPPRESS,
-            help="DEBUG, INFO, WARNING or ERROR (default INFO for serve, WARNING otherwise)",
-        )
-
-    common(parser, top=True)
+    COMMON_OPTIONS.add_to(parser, top=True)
 
     serve = commands.add_parser("serve", help="run the plugin")
-    common(serve)
+    COMMON_OPTIONS.add_to(serve)
     serve.add_argument(
         "--data-dir",
         type=pathlib.Path,
@@ -73,13 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     chat = commands.add_parser("chat", help="chat with the plugin from this terminal")
-    common(chat)
+    COMMON_OPTIONS.add_to(chat)
     chat.add_argument("--channel", default="terminal", help="channel to speak in")
     chat.add_argument("--user", default=os.environ.get("USER", "operator"), help="your name")
     chat.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for replies")
 
     status = commands.add_parser("status", help="show the event log and the views")
-    common(status)
+    COMMON_OPTIONS.add_to(status)
     status.add_argument("--json", action="store_true", help="print JSON")
 
     commands.add_parser("sample-config", help="print the default config.json")
@@ -91,12 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sample-config":
         print(DEFAULT_CONFIG_JSON)
         return 0
-    level = (args.log_level or ("INFO" if args.command == "serve" else "WARNING")).upper()
-    configure_logging(level)
-    if args.command != "serve" and level not in ("DEBUG", "INFO"):
-        # `chat` and `status` close their own connection at the end: that
-        # "disconnected" is no news to the person at the terminal.
-        logging.getLogger("llm_es.nats").setLevel(logging.ERROR)
+    serving = args.command == "serve"
+    start_logging(
+        args.log_level, default="INFO" if serving else "WARNING", closes_own_connection=not serving
+    )
     try:
         config = load_config_sync(args.config)
     except ConfigError as exc:

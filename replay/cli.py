@@ -17,11 +17,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import logging
-import os
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -30,10 +28,10 @@ import orjson
 
 from llm_es import __version__
 from llm_es.chat_client import CONNECT_ERRORS, cannot_connect
+from llm_es.cli_options import CommonOptions, start_logging
 from llm_es.config import Config, load_config_sync
 from llm_es.domain.events import EVENT_TYPES
 from llm_es.errors import ConfigError
-from llm_es.logs import configure_logging
 from replay.audit import GROUPINGS, run_audit
 from replay.audit_output import FORMATS, render
 from replay.connecting import ConnectRecipe, connect
@@ -56,26 +54,30 @@ from replay.times import TIME_HELP, parse_moment
 from replay.verify import run_verify
 
 PROG = "llm-replay"
+COMMON_OPTIONS = CommonOptions(
+    config_help="the plugin's config.json",
+    nats_url_fallback="nats://127.0.0.1:4222 (the embedded server of llm-es serve)",
+    log_level_help="DEBUG, INFO, WARNING (default) or ERROR",
+)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {value}")
+        return value
+
+    return parse
 
 
-def _not_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+_positive = _whole_number(1)
+_not_negative = _whole_number(0)
 
 
 def _name(text: str) -> str:
@@ -93,25 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def common(sub: argparse.ArgumentParser, *, top: bool = False) -> None:
-        default = None if top else argparse.SUPPRESS
-        sub.add_argument(
-            "--config", type=pathlib.Path, default=default, help="the plugin's config.json"
-        )
-        sub.add_argument(
-            "--nats-url",
-            default=default,
-            help="NATS server URL(s); default: $LLM_ES_NATS_URL, the config's nats.url, "
-            "else nats://127.0.0.1:4222 (the embedded server of llm-es serve)",
-        )
-        sub.add_argument(
-            "--log-level",
-            default=os.environ.get("LLM_ES_LOG_LEVEL") if top else argparse.SUPPRESS,
-            help="DEBUG, INFO, WARNING (default) or ERROR",
-        )
-
-    common(parser, top=True)
+    COMMON_OPTIONS.add_to(parser, top=True)
 
     def progress_flag(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--no-progress", action="store_true", help="no progress on stderr")
@@ -119,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = commands.add_parser(
         "rebuild", help="fold the log into fresh views and switch to them (blue/green)"
     )
-    common(rebuild)
+    COMMON_OPTIONS.add_to(rebuild)
     rebuild.add_argument(
         "--projection",
         action="append",
@@ -134,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     progress_flag(rebuild)
 
     verify = commands.add_parser("verify", help="diff the live views against the log")
-    common(verify)
+    COMMON_OPTIONS.add_to(verify)
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument(
         "--max-diffs", type=_not_negative, default=20, help="differences shown (default 20)"
@@ -142,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     progress_flag(verify)
 
     state = commands.add_parser("state", help="a channel's or user's state at a past moment")
-    common(state)
+    COMMON_OPTIONS.add_to(state)
     who = state.add_mutually_exclusive_group(required=True)
     who.add_argument("--channel", type=_name, help="context, persona and memories of a channel")
     who.add_argument("--user", type=_name, help="usage and limits of a user")
@@ -152,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--json", action="store_true", help="print JSON")
 
     audit = commands.add_parser("audit", help="usage per user: requests, tokens, cost")
-    common(audit)
+    COMMON_OPTIONS.add_to(audit)
     scope = audit.add_mutually_exclusive_group(required=True)
     scope.add_argument("--user", type=_name, help="one user's usage")
     scope.add_argument("--all", action="store_true", help="every user, ranked by tokens")
@@ -182,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail = commands.add_parser(
         "tail", help="follow the log, one line per event (new events unless a start is given)"
     )
-    common(tail)
+    COMMON_OPTIONS.add_to(tail)
     selection_flags(tail)
     start = tail.add_mutually_exclusive_group()
     start.add_argument("--since", metavar="TIME", help="start with events from this time")
@@ -196,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     export = commands.add_parser("export", help="the raw log as JSON lines")
-    common(export)
+    COMMON_OPTIONS.add_to(export)
     selection_flags(export)
     export.add_argument("--format", choices=("jsonl",), default="jsonl", help="jsonl (default)")
     export.add_argument("--since", metavar="TIME", help="events from this time (inclusive)")
@@ -220,11 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = (getattr(args, "log_level", None) or "WARNING").upper()
-    configure_logging(level)
-    if level not in ("DEBUG", "INFO"):
-        # A command closes its own connection: that "disconnected" is no news.
-        logging.getLogger("llm_es.nats").setLevel(logging.ERROR)
+    start_logging(args.log_level, default="WARNING", closes_own_connection=True)
     if args.command == "schemas":
         return run_schemas(args)
     try:
