@@ -149,7 +149,7 @@ def _reworded(error: msgspec.ValidationError, data: bytes, kind: type[Payload]) 
     field, got = _dotted(path[:reached]), _GOT.fullmatch(message)
     if got and got[1] == "null" and len(path) == 1:
         return ValidationError(f"Missing field '{field}'", field)  # null is unset, as ever
-    text = f"Field '{field}' must be {_describe(expected)}"
+    text = f"Field '{field}' must be {' or '.join(map(_describe, expected))}"
     if got and reached == len(path):  # inside a union the kind would be of a part of it
         text += f", got {_KINDS.get(got[1], got[1])}"
     return ValidationError(text, str(path[0]) if path else None)
@@ -178,12 +178,8 @@ def _union_arms(node: Any) -> list[Any]:
     return [arm for arm in bare if not isinstance(arm, inspect.NoneType)]
 
 
-def _describe(arms: list[Any]) -> str:
+def _describe(node: Any) -> str:
     """What a declared type takes, in words: 'an integer between 1 and 5', ..."""
-    return " or ".join(map(_describe_one, arms))
-
-
-def _describe_one(node: Any) -> str:
     if isinstance(node, inspect.StrType):
         text = "a non-empty string" if node.min_length or node.pattern else "a string"
         return f"{text} of at most {node.max_length} characters" if node.max_length else text
@@ -191,7 +187,8 @@ def _describe_one(node: Any) -> str:
         noun = "an integer" if isinstance(node, inspect.IntType) else "a number"
         if node.ge is None or node.le is None:
             return noun
-        return f"{noun} between {_figure(node.ge)} and {_figure(node.le)}"
+        # Bounds are declared as a caller writes them (`le=2`, not `le=2.0`).
+        return f"{noun} between {node.ge} and {node.le}"
     if isinstance(node, inspect.BoolType):
         return "true or false"
     if isinstance(node, inspect.LiteralType):
@@ -199,17 +196,12 @@ def _describe_one(node: Any) -> str:
     if isinstance(node, inspect.ListType):
         count = f"{node.min_length} to {node.max_length} " if node.max_length else ""
         # "a string" -> "strings", "an object {role, content}" -> "objects {role, content}"
-        item = _PLURAL.sub(r"\1s", _describe_one(node.item_type).split(" ", 1)[1], count=1)
+        item = _PLURAL.sub(r"\1s", _describe(node.item_type).split(" ", 1)[1], count=1)
         return f"a list of {count}{item}"
     if isinstance(node, inspect.StructType | inspect.TypedDictType):
         # In declaration order (msgspec sorts a TypedDict's fields): `{role, content}`.
         return "an object {" + ", ".join(node.cls.__annotations__) + "}"
     return "an object"
-
-
-def _figure(number: float) -> str:
-    """`2` for 2.0, `1000000` for 1e6: as a caller would write the bound."""
-    return str(int(number)) if number == int(number) else str(number)
 
 
 def _dotted(path: list[str | int]) -> str:

@@ -64,7 +64,7 @@ class CompletionRequest(Payload, frozen=True):
     """`rosey.llm.complete`: the seed's CompletionRequest, plus `user` (whom to book it to)."""
 
     messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=MAX_COMPLETION_MESSAGES)]
-    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
     max_tokens: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
     provider: str | None = None
     user: Name | None = None
