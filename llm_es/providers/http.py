@@ -64,6 +64,8 @@ class HTTPProvider(LLMProvider):
 
     label: ClassVar[str]
     """The provider's name as users read it in messages ("OpenAI")."""
+    models_path: ClassVar[str]
+    """The model list: a 200 from it within `AVAILABILITY_TIMEOUT_SECONDS` means available."""
 
     def __init__(
         self,
@@ -104,12 +106,11 @@ class HTTPProvider(LLMProvider):
         until = self._throttled_until
         return until is not None and time.monotonic() < until
 
-    async def _probe(self, path: str) -> bool:
-        """True when GET `path` answers 200 within the availability timeout (no retries)."""
+    async def is_available(self) -> bool:
         try:
             with self._http.lease() as client:
                 response = await client.get(
-                    path, timeout=min(AVAILABILITY_TIMEOUT_SECONDS, self._timeout)
+                    self.models_path, timeout=min(AVAILABILITY_TIMEOUT_SECONDS, self._timeout)
                 )
         except httpx.HTTPError:
             return False

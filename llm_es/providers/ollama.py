@@ -17,7 +17,6 @@ __all__ = ["OllamaProvider"]
 
 CHAT_PATH = "/api/chat"
 GENERATE_PATH = "/api/generate"
-TAGS_PATH = "/api/tags"
 
 
 class OllamaProvider(HTTPProvider):
@@ -25,6 +24,7 @@ class OllamaProvider(HTTPProvider):
 
     name = "ollama"
     label = "Ollama"
+    models_path = "/api/tags"
 
     def __init__(self, config: OllamaConfig, *, retry_policy: RetryPolicy | None = None) -> None:
         super().__init__(config, retry_policy=retry_policy)
@@ -89,12 +89,9 @@ class OllamaProvider(HTTPProvider):
         body = self._body(_prompt(prompt, system), chosen_model, temperature, max_tokens, True)
         return self._stream_ndjson(GENERATE_PATH, body, chosen_model)
 
-    async def is_available(self) -> bool:
-        return await self._probe(TAGS_PATH)
-
     async def list_models(self) -> list[str]:
         """Names of the models the server has pulled."""
-        data = await self._request_json("GET", TAGS_PATH)
+        data = await self._request_json("GET", self.models_path)
         models = data.get("models") or []
         return [m["name"] for m in models if isinstance(m, dict) and isinstance(m.get("name"), str)]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from llm_es.config import OpenAIConfig, OpenRouterConfig
 from llm_es.errors import ConfigError, PartialUsage, ProviderBadResponse, ProviderError
@@ -21,13 +21,16 @@ from llm_es.providers.retry import RetryPolicy
 __all__ = ["OpenAICompatibleProvider", "OpenAIProvider"]
 
 CHAT_PATH = "/chat/completions"
-MODELS_PATH = "/models"
 OPENAI_ORGANIZATION = "OpenAI-Organization"
 SSE_DONE = "[DONE]"
 
 
 class OpenAICompatibleProvider(HTTPProvider):
     """The OpenAI wire format; subclasses add their headers and body fields."""
+
+    models_path = "/models"
+    extra_body: ClassVar[Mapping[str, Any]] = {}
+    """Fields added to every request body."""
 
     def __init__(
         self,
@@ -74,12 +77,9 @@ class OpenAICompatibleProvider(HTTPProvider):
         body["stream_options"] = {"include_usage": True}
         return self._stream_sse(body, chosen_model)
 
-    async def is_available(self) -> bool:
-        return await self._probe(MODELS_PATH)
-
     async def list_models(self) -> list[str]:
         """Ids of the models the server offers."""
-        data = await self._request_json("GET", MODELS_PATH)
+        data = await self._request_json("GET", self.models_path)
         models = data.get("data") or []
         return [m["id"] for m in models if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
@@ -98,6 +98,7 @@ class OpenAICompatibleProvider(HTTPProvider):
         if max_tokens is not None:
             # `max_tokens`, not `max_completion_tokens`: every compatible server knows it.
             body["max_tokens"] = max_tokens
+        body.update(self.extra_body)
         return body
 
     def _completion(self, data: dict[str, Any], model: str) -> CompletionResult:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from llm_es.config import OpenRouterConfig
-from llm_es.providers.base import ChatMessage
 from llm_es.providers.openai import OpenAICompatibleProvider
 from llm_es.providers.retry import RetryPolicy
 
@@ -21,21 +20,11 @@ class OpenRouterProvider(OpenAICompatibleProvider):
 
     name = "openrouter"
     label = "OpenRouter"
+    # OpenRouter now always reports usage and cost; older deployments needed the ask.
+    extra_body: ClassVar[Mapping[str, Any]] = {"usage": {"include": True}}
 
     def __init__(
         self, config: OpenRouterConfig, *, retry_policy: RetryPolicy | None = None
     ) -> None:
         extra_headers = {HTTP_REFERER: config.site_url, X_TITLE: config.site_name}
         super().__init__(config, retry_policy=retry_policy, extra_headers=extra_headers)
-
-    def _body(
-        self,
-        messages: Sequence[ChatMessage],
-        model: str,
-        temperature: float | None,
-        max_tokens: int | None,
-    ) -> dict[str, Any]:
-        body = super()._body(messages, model, temperature, max_tokens)
-        # OpenRouter now always reports usage and cost; older deployments needed the ask.
-        body["usage"] = {"include": True}
-        return body
