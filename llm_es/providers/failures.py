@@ -30,8 +30,6 @@ from llm_es.errors import (
 )
 from llm_es.providers.retry import retry_after_seconds
 
-__all__ = ["MAX_DETAIL_CHARS", "ProviderFailures", "shown_url"]
-
 MAX_DETAIL_CHARS = 300
 """Longest piece of a server's own error text put into a message."""
 

@@ -10,15 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 
-__all__ = [
-    "MAX_LINE_BYTES",
-    "MAX_TRAILING_LINES",
-    "LineSplitter",
-    "LineTooLongError",
-    "read_out",
-    "sse_data",
-]
-
 MAX_LINE_BYTES = 1024 * 1024
 """Longest stream line read; a longer one breaks the stream (a chunk is a few hundred bytes)."""
 MAX_TRAILING_LINES = 64

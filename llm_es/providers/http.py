@@ -25,17 +25,8 @@ from llm_es.logs import log_kv
 from llm_es.providers.base import LLMProvider
 from llm_es.providers.failures import ProviderFailures, shown_url
 from llm_es.providers.framing import MAX_LINE_BYTES, LineSplitter, LineTooLongError
-from llm_es.providers.pool import ShardedClient
+from llm_es.providers.pool import ShardedClient  # bench/turns.py imports it from here
 from llm_es.providers.retry import RetryPolicy
-
-__all__ = [
-    "AVAILABILITY_TIMEOUT_SECONDS",
-    "THROTTLE_WITHOUT_RETRY_AFTER_SECONDS",
-    "HTTPProvider",
-    "ProviderSettings",
-    "ShardedClient",  # bench/turns.py imports it from here
-    "header_value",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +70,7 @@ class HTTPProvider(LLMProvider):
         self.default_model = settings.default_model
         self._temperature = settings.temperature
         self._timeout = settings.timeout
-        self._retry = retry_policy or RetryPolicy(max_retries=settings.max_retries)
+        self.retry_policy = retry_policy or RetryPolicy(max_retries=settings.max_retries)
         base_url = settings.base_url.rstrip("/")
         self._failures = ProviderFailures(
             self.name, self.label, shown_url(base_url), self._timeout, tuple(filter(None, secrets))
@@ -91,10 +82,6 @@ class HTTPProvider(LLMProvider):
             timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, MAX_CONNECT_SECONDS)),
             headers=headers,
         )
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return self._retry
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -122,7 +109,7 @@ class HTTPProvider(LLMProvider):
         """The JSON object a 200 answer carries, retrying as the policy allows."""
         content = None if body is None else orjson.dumps(body)
         headers = None if body is None else {CONTENT_TYPE: JSON_CONTENT_TYPE}
-        for retries_done in range(self._retry.max_retries + 1):
+        for retries_done in range(self.retry_policy.max_retries + 1):
             try:
                 with self._http.lease() as client:
                     response = await client.request(method, path, content=content, headers=headers)
@@ -152,7 +139,7 @@ class HTTPProvider(LLMProvider):
         """
         content = orjson.dumps(body)
         headers = {CONTENT_TYPE: JSON_CONTENT_TYPE}
-        for retries_done in range(self._retry.max_retries + 1):
+        for retries_done in range(self.retry_policy.max_retries + 1):
             started = False
             try:
                 with self._http.lease() as client:
@@ -190,7 +177,7 @@ class HTTPProvider(LLMProvider):
         """Sleep before the next attempt, or raise `error` when the policy says stop."""
         if isinstance(error, ProviderRateLimited):
             self._note_rate_limited(error.retry_after)
-        delay = self._retry.delay_before_retry(error, retries_done)
+        delay = self.retry_policy.delay_before_retry(error, retries_done)
         if delay is None:
             raise error
         log_kv(
@@ -199,7 +186,7 @@ class HTTPProvider(LLMProvider):
             level=logging.WARNING,
             provider=self.name,
             retry=retries_done + 1,
-            of=self._retry.max_retries,
+            of=self.retry_policy.max_retries,
             delay_s=round(delay, 3),
             error=str(error),
         )

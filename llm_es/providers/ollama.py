@@ -13,8 +13,6 @@ from llm_es.providers.framing import read_out
 from llm_es.providers.http import HTTPProvider
 from llm_es.providers.retry import RetryPolicy
 
-__all__ = ["OllamaProvider"]
-
 CHAT_PATH = "/api/chat"
 GENERATE_PATH = "/api/generate"
 

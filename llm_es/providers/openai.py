@@ -18,8 +18,6 @@ from llm_es.providers.framing import read_out, sse_data
 from llm_es.providers.http import AUTHORIZATION, HTTPProvider, header_value
 from llm_es.providers.retry import RetryPolicy
 
-__all__ = ["OpenAICompatibleProvider", "OpenAIProvider"]
-
 CHAT_PATH = "/chat/completions"
 OPENAI_ORGANIZATION = "OpenAI-Organization"
 SSE_DONE = "[DONE]"

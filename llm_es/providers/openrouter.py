@@ -9,8 +9,6 @@ from llm_es.config import OpenRouterConfig
 from llm_es.providers.openai import OpenAICompatibleProvider
 from llm_es.providers.retry import RetryPolicy
 
-__all__ = ["OpenRouterProvider"]
-
 HTTP_REFERER = "HTTP-Referer"
 X_TITLE = "X-Title"
 

@@ -18,8 +18,6 @@ from urllib.parse import urlsplit
 
 import httpx
 
-__all__ = ["SHARD_CONNECTIONS", "ShardedClient"]
-
 SHARD_CONNECTIONS = 4
 
 

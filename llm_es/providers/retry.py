@@ -26,8 +26,6 @@ from llm_es.errors import (
     ProviderUnavailable,
 )
 
-__all__ = ["RetryPolicy", "is_retryable", "retry_after_seconds"]
-
 RETRY_AFTER = "retry-after"
 RETRY_AFTER_MS = "retry-after-ms"
 """OpenAI's millisecond variant of Retry-After; preferred when present, as its SDK does."""
