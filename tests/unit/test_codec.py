@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from llm_es.domain.events import (
     EVENT_TYPES,
@@ -182,38 +183,18 @@ WRITTEN_BEFORE_MSGSPEC = [
         '"turn_id":"t1","source":"command","persona":"default","provider":"ollama",'
         '"model":"llama3.2","message":"hello \\"world\\"\\nline two","reserved_tokens":600,'
         '"max_tokens":512,"purpose":"chat","instance":""}',
-        TurnAdmitted(
-            id="0f1e2d3c4b5a69788796a5b4c3d2e1f0",
-            at=AT,
-            turn_id="t1",
-            channel="général.chat",
-            user="alice 🎉",
-            source="command",
-            persona="default",
-            provider="ollama",
-            model="llama3.2",
-            message='hello "world"\nline two',
-            reserved_tokens=600,
-            max_tokens=512,
-        ),
+        replace(SAMPLES[0], id="0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
     ),
     (
         '{"type":"TokensSpent","schema":1,"id":"5c0ffee5c0ffee5c0ffee5c0ffee5c0f",'
         '"at":"2024-05-17T12:34:56.789012Z","channel":null,"user":null,"turn_id":"t4",'
         '"purpose":"context_summary","provider":"ollama","model":"llama3.2",'
         '"prompt_tokens":10,"completion_tokens":5,"estimated":true,"cost":null}',
-        TokensSpent(
+        replace(
+            SAMPLES[5],
             id="5c0ffee5c0ffee5c0ffee5c0ffee5c0f",
-            at=AT,
-            turn_id="t4",
             channel=None,
-            user=None,
             purpose="context_summary",
-            provider="ollama",
-            model="llama3.2",
-            prompt_tokens=10,
-            completion_tokens=5,
-            estimated=True,
         ),
     ),
     (
@@ -221,17 +202,12 @@ WRITTEN_BEFORE_MSGSPEC = [
         '"at":"2024-05-17T14:00:00+02:00","channel":"general","user":"alice","turn_id":"t1",'
         '"content":"an answer","provider":"openrouter","model":"m","latency_ms":12.5,'
         '"finish_reason":null,"fallback_from":["ollama"]}',
-        TurnCompleted(
+        replace(
+            SAMPLES[2],
             id="a" * 32,
             at=datetime(2024, 5, 17, 14, 0, tzinfo=timezone(timedelta(hours=2))),
-            turn_id="t1",
-            channel="general",
-            user="alice",
-            content="an answer",
             provider="openrouter",
             model="m",
-            latency_ms=12.5,
-            finish_reason=None,
             fallback_from=("ollama",),
         ),
     ),
@@ -239,17 +215,11 @@ WRITTEN_BEFORE_MSGSPEC = [
         '{"type":"MemoryRecalled","schema":1,"id":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",'
         '"at":"2024-05-17T12:34:56.789012Z","channel":"general","user":"bob","query":"python",'
         '"memory_ids":["deadbeef","0badf00d"]}',
-        MemoryRecalled(
-            id="b" * 32,
-            at=AT,
-            channel="general",
-            user="bob",
-            query="python",
-            memory_ids=("deadbeef", "0badf00d"),
-        ),
+        replace(SAMPLES[7], id="b" * 32),
     ),
 ]
-"""Bytes captured from the orjson encoder used before msgspec (86a5f3c), with their events."""
+"""Bytes captured from the orjson encoder used before msgspec (86a5f3c), with their events
+(samples above with the ids, times and values those bytes hold)."""
 
 
 @pytest.mark.parametrize(
