@@ -228,5 +228,3 @@ EVENT_TYPES: dict[str, type[Event]] = {
     )
 }
 """Stable type name -> event class; the names are part of the log's format."""
-
-TURN_END_TYPES = frozenset({"TurnCompleted", "TurnFailed"})

@@ -121,10 +121,10 @@ def _headers(
 class _TurnInfo:
     """What the log said about a turn before it ended (bounded map, see MAX_TRACKED_TURNS)."""
 
-    provider: str | None = None
+    provider: str = ""
     persona: str | None = None
-    message_length: int | None = None
-    tokens_used: int | None = None
+    message_length: int = 0
+    tokens_used: int = 0
 
 
 @dataclass(slots=True)
@@ -170,7 +170,7 @@ class ObservationFold:
         if isinstance(event, TurnFailed):
             info = self._turns.pop(event.turn_id, None) or _TurnInfo()
             error_type = SEED_ERROR_TYPES.get(event.error_type, event.error_type)
-            return [_error(seq, event, event.error, info.provider or "", error_type)]
+            return [_error(seq, event, event.error, info.provider, error_type)]
         if isinstance(event, TurnRejected):
             return [_error(seq, event, event.detail, event.provider, event.reason)]
         if isinstance(event, MemoryAdded | MemoryRecalled | MemoryForgotten):
@@ -220,7 +220,7 @@ class ObservationFold:
         tokens = event.prompt_tokens + event.completion_tokens
         if event.purpose != "context_summary":
             info = self._turn(event.turn_id)
-            info.tokens_used = (info.tokens_used or 0) + tokens
+            info.tokens_used += tokens
         if event.user is None:
             return []
         usage = self._usage_of(event.user, event.at)
@@ -236,9 +236,9 @@ class ObservationFold:
         body = {
             "channel": event.channel or NO_CHANNEL,
             "user": event.user or "",
-            "prompt_length": info.message_length or 0,
+            "prompt_length": info.message_length,
             "response_length": len(event.content),
-            "tokens_used": info.tokens_used or 0,
+            "tokens_used": info.tokens_used,
             "provider": event.provider,
             "latency_ms": round(event.latency_ms),
             "persona": info.persona,
