@@ -27,7 +27,6 @@ import nats.errors
 import orjson
 
 from llm_es import __version__
-from llm_es.chat_client import CONNECT_ERRORS, cannot_connect
 from llm_es.cli_options import CommonOptions, start_logging
 from llm_es.config import Config, load_config_sync
 from llm_es.domain.events import EVENT_TYPES
@@ -47,7 +46,7 @@ from replay.output import LineWriter
 from replay.progress import Progress
 from replay.reading import EventLog, event_filter
 from replay.rebuild import run_rebuild
-from replay.schemas import check_schemas, write_schemas
+from replay.schemas import check_schemas, current_schemas, schema_text, write_schemas
 from replay.state import Moment, channel_state, render_channel, render_user, user_state
 from replay.tail import run_export, run_tail
 from replay.times import TIME_HELP, parse_moment
@@ -226,8 +225,6 @@ def _fail(message: str, code: int) -> int:
 
 def run_schemas(args: argparse.Namespace) -> int:
     """`schemas`: print them, write them into a directory, or check a directory."""
-    from replay.schemas import current_schemas, schema_text
-
     if args.write is not None:
         for name in write_schemas(args.write):
             print(args.write / name)
@@ -252,12 +249,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     times = {name: moment(name) for name in ("since", "until", "at")}
     # Rebuild and verify read a long log in a child process that connects the same way.
     recipe = ConnectRecipe(args.config, args.nats_url)
-    try:
-        nc = await connect(config, recipe)
-    except CONNECT_ERRORS as exc:
-        return _fail(
-            cannot_connect(config, args.nats_url, exc).removeprefix("llm-es: "), EXIT_UNAVAILABLE
-        )
+    nc = await connect(config, recipe)
     try:
         return await dispatch(args, config, EventLog(nc, recipe=recipe), times)
     except (nats.errors.Error, TimeoutError) as exc:
@@ -299,21 +291,18 @@ async def dispatch(
         when = Moment(seq=args.seq, at=times["at"])
         if args.channel is not None:
             found = await channel_state(log, config, args.channel, when)
-            text = _json(found) if args.json else render_channel(found)
+            await out.line(_json(found) if args.json else render_channel(found))
         else:
             found = await user_state(log, config, args.user, when)
-            text = _json(found) if args.json else render_user(found)
-        await out.line(text)
+            await out.line(_json(found) if args.json else render_user(found))
         await out.flush()
         return EXIT_OK
     if args.command == "audit":
-        by = args.by if args.by is not None or args.all else "day"
-        bar = progress("audit", 0)
-        with bar:
+        with progress("audit", 0) as bar:
             audited = await run_audit(
                 log,
                 user=None if args.all else args.user,
-                by=by,
+                by=args.by if args.by is not None or args.all else "day",
                 since=times["since"],
                 until=times["until"],
                 limit=args.limit,
@@ -344,16 +333,14 @@ async def dispatch(
             raise UsageError("--until must be after --since")
         if args.to_seq is not None:
             selection = dataclasses.replace(selection, to_seq=args.to_seq)
-        if args.output is None:
-            await run_export(log, selection, out, since=times["since"], until=times["until"])
-            return EXIT_OK
-        stream = await asyncio.to_thread(_open_output, args.output)
+        stream = None if args.output is None else await asyncio.to_thread(_open_output, args.output)
         try:
             await run_export(
                 log, selection, LineWriter(stream), since=times["since"], until=times["until"]
             )
         finally:
-            await asyncio.to_thread(stream.close)
+            if stream is not None:
+                await asyncio.to_thread(stream.close)
         return EXIT_OK
     raise UsageError(f"unknown command {args.command!r}")
 

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING
 
 import nats.errors
 
-from llm_es.chat_client import CONNECT_ERRORS, cannot_connect
 from llm_es.config import Config
 from llm_es.errors import ConfigError
 from llm_es.logs import configure_logging
@@ -317,11 +316,7 @@ async def _send_selection(
     # Imported here: `replay.reading` hands long reads to this module.
     from replay.reading import EventLog
 
-    try:
-        nc = await connect(config, recipe)
-    except CONNECT_ERRORS as exc:
-        reason = cannot_connect(config, recipe.nats_url, exc).removeprefix("llm-es: ")
-        raise LogUnavailable(reason) from exc
+    nc = await connect(config, recipe)
     try:
         log = EventLog(nc, stream=stream)
         read = log.read(selection, batch_size=batch_size, idle_timeout=idle_timeout)

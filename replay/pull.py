@@ -20,7 +20,7 @@ import collections
 import contextlib
 import uuid
 from collections.abc import AsyncGenerator
-from datetime import datetime
+from typing import TYPE_CHECKING
 
 import nats.errors
 import orjson
@@ -30,6 +30,9 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from replay.errors import LogUnavailable
+
+if TYPE_CHECKING:
+    from replay.reading import LogSelection, RawEvent
 
 PULL_SIZE = 2000
 """Messages asked for by one MSG.NEXT request."""
@@ -67,8 +70,8 @@ class _PullState:
         self.to_seq = to_seq
         self.types = types
         self.batch_size = batch_size
-        self.ready: collections.deque[list[tuple[int, str, bytes]]] = collections.deque()
-        self.current: list[tuple[int, str, bytes]] = []
+        self.ready: collections.deque[list[RawEvent]] = collections.deque()
+        self.current: list[RawEvent] = []
         self.requested = 0
         self.received = 0
         self.last_seq = 0
@@ -77,13 +80,25 @@ class _PullState:
         self.wake = asyncio.Event()
 
     async def on_msg(self, msg: Msg) -> None:
-        """The subscription's callback: a message as nats-py parsed it."""
+        """The subscription's callback: an event, or the status of a request."""
         if msg.data and msg.reply.startswith("$JS.ACK."):
             self.on_event(msg.subject, msg.reply, msg.data)
             return
         headers = msg.headers or {}
-        status, description = headers.get("Status", ""), headers.get("Description", "")
-        self.on_status(status, headers.get("Nats-Pending-Messages"), f"{status} {description}")
+        status = headers.get("Status", "")
+        if status in ("404", "408"):
+            # A request ended short (expired, or nothing left for now): what it did
+            # not deliver is no longer on its way.
+            undelivered = headers.get("Nats-Pending-Messages")
+            if undelivered is not None:
+                self.requested = max(self.received, self.requested - int(undelivered))
+            else:
+                self.requested = self.received
+            self.wake.set()
+        elif status == "409":
+            self.error = f"{status} {headers.get('Description', '')}"
+            self.wake.set()
+        # 100 (heartbeats) and anything else need no action.
 
     def on_event(self, subject: str, reply: str, data: bytes) -> None:
         if self.finished:
@@ -106,20 +121,6 @@ class _PullState:
             self.current = []
             self.wake.set()
 
-    def on_status(self, status: str, undelivered: str | None, description: str) -> None:
-        if status in ("404", "408"):
-            # A request ended short (expired, or nothing left for now): what it did
-            # not deliver is no longer on its way.
-            if undelivered is not None:
-                self.requested = max(self.received, self.requested - int(undelivered))
-            else:
-                self.requested = self.received
-            self.wake.set()
-        elif status == "409":
-            self.error = description
-            self.wake.set()
-        # 100 (heartbeats) and anything else need no action.
-
     def _finish(self) -> None:
         if self.current:
             self.ready.append(self.current)
@@ -132,37 +133,33 @@ async def pull_batches(
     nc: NATS,
     js: JetStreamContext,
     stream: str,
+    selection: LogSelection,
     *,
-    subject: str,
-    types: frozenset[str] = frozenset(),
-    from_seq: int = 1,
-    to_seq: int | None = None,
-    start_time: datetime | None = None,
-    new_only: bool = False,
-    batch_size: int = 1000,
-    idle_timeout: float = 15.0,
-) -> AsyncGenerator[list[tuple[int, str, bytes]], None]:
-    """Yield `(seq, subject, data)` batches of the stream's events on `subject`, in order,
-    up to the last one when the read gets there (or `to_seq`); `new_only`: none."""
-    if to_seq is not None and to_seq < from_seq:
+    batch_size: int,
+    idle_timeout: float,
+) -> AsyncGenerator[list[RawEvent], None]:
+    """Yield batches of the selected events, in order, up to the last one when the read
+    gets there (or `to_seq`); with `new_only`, none."""
+    to_seq = selection.to_seq
+    if to_seq is not None and to_seq < selection.from_seq:
         return
     config = api.ConsumerConfig(
         name=f"llm-replay-{uuid.uuid4().hex[:12]}",
         ack_policy=api.AckPolicy.NONE,
-        filter_subject=subject,
+        filter_subject=selection.subject,
         inactive_threshold=CONSUMER_INACTIVE_SECONDS,
         mem_storage=True,
         num_replicas=1,
         max_waiting=PULLS_AHEAD * 4,
     )
-    if new_only:
+    if selection.new_only:
         config.deliver_policy = api.DeliverPolicy.NEW
-    elif start_time is not None:
+    elif selection.start_time is not None:
         config.deliver_policy = api.DeliverPolicy.BY_START_TIME
-        config.opt_start_time = start_time
-    elif from_seq > 1:
+        config.opt_start_time = selection.start_time
+    elif selection.from_seq > 1:
         config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
-        config.opt_start_seq = from_seq
+        config.opt_start_seq = selection.from_seq
     else:
         config.deliver_policy = api.DeliverPolicy.ALL
     try:
@@ -177,7 +174,7 @@ async def pull_batches(
     if not info.num_pending:
         await _delete(js, stream, consumer)
         return
-    state = _PullState(to_seq, types, batch_size)
+    state = _PullState(to_seq, selection.types, batch_size)
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=state.on_msg)
     next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"

@@ -166,12 +166,7 @@ class EventLog:
             self.nc,
             self.js,
             self.stream,
-            subject=selection.subject,
-            types=selection.types,
-            from_seq=selection.from_seq,
-            to_seq=selection.to_seq,
-            start_time=selection.start_time,
-            new_only=selection.new_only,
+            selection,
             batch_size=batch_size,
             idle_timeout=idle_timeout,
         )
