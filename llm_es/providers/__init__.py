@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import get_args
 
 from llm_es.config import Config, ProviderName
-from llm_es.providers.base import ChatMessage, CompletionResult, LLMProvider, Role, prompt_messages
+from llm_es.providers.base import (
+    CallOptions,
+    ChatMessage,
+    CompletionResult,
+    LLMProvider,
+    Role,
+    prompt_messages,
+)
 from llm_es.providers.http import HTTPProvider
 from llm_es.providers.ollama import OllamaProvider
 from llm_es.providers.openai import OpenAICompatibleProvider, OpenAIProvider
@@ -18,6 +25,7 @@ from llm_es.providers.retry import RetryPolicy, is_retryable, retry_after_second
 
 __all__ = [
     "PROVIDER_NAMES",
+    "CallOptions",
     "ChatMessage",
     "CompletionResult",
     "HTTPProvider",

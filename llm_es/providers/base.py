@@ -5,10 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 from llm_es.domain.messages import ChatMessage, Role
 
 __all__ = [
+    "CallOptions",
     "ChatMessage",
     "CompletionResult",
     "LLMProvider",
@@ -16,6 +18,15 @@ __all__ = [
     "prompt_messages",
     "token_count",
 ]
+
+
+class CallOptions(TypedDict, total=False):
+    """What a caller may choose per call; absent or None: the provider's configured default."""
+
+    model: str | None
+    temperature: float | None
+    max_tokens: int | None
+    """The longest answer, in tokens; None: no limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,40 +63,19 @@ class LLMProvider(ABC):
 
     @abstractmethod
     async def chat(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
+        self, messages: Sequence[ChatMessage], **options: Unpack[CallOptions]
     ) -> CompletionResult:
         """Answer a conversation (non-streaming)."""
 
     async def complete(
-        self,
-        prompt: str,
-        *,
-        system: str | None = None,
-        model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
+        self, prompt: str, *, system: str | None = None, **options: Unpack[CallOptions]
     ) -> CompletionResult:
         """Complete a single prompt; by default a chat of the system and user messages."""
-        return await self.chat(
-            prompt_messages(prompt, system),
-            model=model,
-            temperature=temperature,
-            max_tokens=max_tokens,
-        )
+        return await self.chat(prompt_messages(prompt, system), **options)
 
     @abstractmethod
     def stream(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
+        self, messages: Sequence[ChatMessage], **options: Unpack[CallOptions]
     ) -> AsyncGenerator[str | CompletionResult, None]:
         """Yield content pieces as they arrive, then one final CompletionResult.
 
@@ -96,21 +86,10 @@ class LLMProvider(ABC):
         """
 
     def stream_complete(
-        self,
-        prompt: str,
-        *,
-        system: str | None = None,
-        model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
+        self, prompt: str, *, system: str | None = None, **options: Unpack[CallOptions]
     ) -> AsyncGenerator[str | CompletionResult, None]:
-        """`complete`, streamed like `stream`; by default a chat of one user message."""
-        return self.stream(
-            prompt_messages(prompt, system),
-            model=model,
-            temperature=temperature,
-            max_tokens=max_tokens,
-        )
+        """`complete`, streamed like `stream`; by default a chat of the system and user messages."""
+        return self.stream(prompt_messages(prompt, system), **options)
 
     def throttled(self) -> bool:
         """True while the backend is refusing llm-es with 429 and its wait has not passed."""

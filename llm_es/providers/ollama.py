@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from llm_es.config import OllamaConfig
 from llm_es.errors import PartialUsage, ProviderBadResponse, ProviderError
-from llm_es.providers.base import ChatMessage, CompletionResult, token_count
+from llm_es.providers.base import CallOptions, ChatMessage, CompletionResult, token_count
 from llm_es.providers.framing import read_out
 from llm_es.providers.http import HTTPProvider
 from llm_es.providers.retry import RetryPolicy
@@ -28,64 +28,24 @@ class OllamaProvider(HTTPProvider):
         super().__init__(config, retry_policy=retry_policy)
 
     async def chat(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
+        self, messages: Sequence[ChatMessage], **options: Unpack[CallOptions]
     ) -> CompletionResult:
-        chosen_model = model or self.default_model
-        body = self._body(
-            {"messages": list(messages)}, chosen_model, temperature, max_tokens, False
-        )
-        data = await self._request_json("POST", CHAT_PATH, body)
-        content = _message_content(data)
-        if content is None:
-            raise ProviderBadResponse(self.name, "Ollama returned no message content")
-        return _result(data, content, chosen_model)
+        return await self._answer(CHAT_PATH, {"messages": list(messages)}, options)
 
     async def complete(
-        self,
-        prompt: str,
-        *,
-        system: str | None = None,
-        model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
+        self, prompt: str, *, system: str | None = None, **options: Unpack[CallOptions]
     ) -> CompletionResult:
-        chosen_model = model or self.default_model
-        body = self._body(_prompt(prompt, system), chosen_model, temperature, max_tokens, False)
-        data = await self._request_json("POST", GENERATE_PATH, body)
-        content = data.get("response")
-        if not isinstance(content, str):
-            raise ProviderBadResponse(self.name, "Ollama returned no response text")
-        return _result(data, content, chosen_model)
+        return await self._answer(GENERATE_PATH, _prompt(prompt, system), options)
 
     def stream(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
+        self, messages: Sequence[ChatMessage], **options: Unpack[CallOptions]
     ) -> AsyncGenerator[str | CompletionResult, None]:
-        chosen_model = model or self.default_model
-        body = self._body({"messages": list(messages)}, chosen_model, temperature, max_tokens, True)
-        return self._stream_ndjson(CHAT_PATH, body, chosen_model)
+        return self._stream_ndjson(CHAT_PATH, {"messages": list(messages)}, options)
 
     def stream_complete(
-        self,
-        prompt: str,
-        *,
-        system: str | None = None,
-        model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
+        self, prompt: str, *, system: str | None = None, **options: Unpack[CallOptions]
     ) -> AsyncGenerator[str | CompletionResult, None]:
-        chosen_model = model or self.default_model
-        body = self._body(_prompt(prompt, system), chosen_model, temperature, max_tokens, True)
-        return self._stream_ndjson(GENERATE_PATH, body, chosen_model)
+        return self._stream_ndjson(GENERATE_PATH, _prompt(prompt, system), options)
 
     async def list_models(self) -> list[str]:
         """Names of the models the server has pulled."""
@@ -94,27 +54,38 @@ class OllamaProvider(HTTPProvider):
         return [m["name"] for m in models if isinstance(m, dict) and isinstance(m.get("name"), str)]
 
     def _body(
-        self,
-        fields: dict[str, Any],
-        model: str,
-        temperature: float | None,
-        max_tokens: int | None,
-        stream: bool,
+        self, fields: dict[str, Any], model: str, options: CallOptions, *, stream: bool
     ) -> dict[str, Any]:
         """A request body: `fields` (the messages, or the prompt and system) and the options."""
-        options: dict[str, Any] = {
+        temperature = options.get("temperature")
+        sampling: dict[str, Any] = {
             "temperature": self._temperature if temperature is None else temperature
         }
-        if max_tokens is not None:
-            options["num_predict"] = max_tokens
-        return {"model": model, **fields, "stream": stream, "options": options}
+        if (max_tokens := options.get("max_tokens")) is not None:
+            sampling["num_predict"] = max_tokens
+        return {"model": model, **fields, "stream": stream, "options": sampling}
+
+    async def _answer(
+        self, path: str, fields: dict[str, Any], options: CallOptions
+    ) -> CompletionResult:
+        """The answer of /api/chat or /api/generate, without streaming."""
+        model = options.get("model") or self.default_model
+        body = self._body(fields, model, options, stream=False)
+        data = await self._request_json("POST", path, body)
+        content = _content(path, data)
+        if not isinstance(content, str):
+            what = "message content" if path == CHAT_PATH else "response text"
+            raise ProviderBadResponse(self.name, f"Ollama returned no {what}")
+        return _result(data, content, model)
 
     async def _stream_ndjson(
-        self, path: str, body: dict[str, Any], model: str
+        self, path: str, fields: dict[str, Any], options: CallOptions
     ) -> AsyncGenerator[str | CompletionResult, None]:
         """One JSON object per line; pieces in `message.content` (chat) or `response`
         (generate); the line with `done: true` carries the usage, so a failure before
         it carries only the text's length (`ProviderError.usage`)."""
+        model = options.get("model") or self.default_model
+        body = self._body(fields, model, options, stream=True)
         pieces: list[str] = []
         final: CompletionResult | None = None
         try:
@@ -123,7 +94,7 @@ class OllamaProvider(HTTPProvider):
                     if not line.strip():
                         continue
                     chunk = self._decode_chunk(line)
-                    piece = _message_content(chunk) if path == CHAT_PATH else chunk.get("response")
+                    piece = _content(path, chunk)
                     if isinstance(piece, str) and piece:
                         pieces.append(piece)
                         yield piece
@@ -144,10 +115,12 @@ def _prompt(prompt: str, system: str | None) -> dict[str, Any]:
     return {"prompt": prompt, "system": system} if system else {"prompt": prompt}
 
 
-def _message_content(data: dict[str, Any]) -> str | None:
+def _content(path: str, data: dict[str, Any]) -> object:
+    """The answer's text in a body or chunk: `message.content` (chat) or `response` (generate)."""
+    if path == GENERATE_PATH:
+        return data.get("response")
     message = data.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    return content if isinstance(content, str) else None
+    return message.get("content") if isinstance(message, dict) else None
 
 
 def _result(data: dict[str, Any], content: str, model: str) -> CompletionResult:

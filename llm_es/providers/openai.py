@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 from llm_es.config import OpenAIConfig, OpenRouterConfig
 from llm_es.errors import ConfigError, PartialUsage, ProviderBadResponse, ProviderError
-from llm_es.providers.base import ChatMessage, CompletionResult, token_count
+from llm_es.providers.base import CallOptions, ChatMessage, CompletionResult, token_count
 from llm_es.providers.framing import read_out, sse_data
 from llm_es.providers.http import AUTHORIZATION, HTTPProvider, header_value
 from llm_es.providers.retry import RetryPolicy
@@ -48,32 +48,21 @@ class OpenAICompatibleProvider(HTTPProvider):
         super().__init__(config, retry_policy=retry_policy, headers=headers, secrets=(key,))
 
     async def chat(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
+        self, messages: Sequence[ChatMessage], **options: Unpack[CallOptions]
     ) -> CompletionResult:
-        chosen_model = model or self.default_model
-        body = self._body(messages, chosen_model, temperature, max_tokens)
-        data = await self._request_json("POST", CHAT_PATH, body)
-        return self._completion(data, chosen_model)
+        model = options.get("model") or self.default_model
+        data = await self._request_json("POST", CHAT_PATH, self._body(messages, model, options))
+        return self._completion(data, model)
 
     def stream(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
+        self, messages: Sequence[ChatMessage], **options: Unpack[CallOptions]
     ) -> AsyncGenerator[str | CompletionResult, None]:
-        chosen_model = model or self.default_model
-        body = self._body(messages, chosen_model, temperature, max_tokens)
+        model = options.get("model") or self.default_model
+        body = self._body(messages, model, options)
         body["stream"] = True
         # Without this a streamed answer carries no usage at all.
         body["stream_options"] = {"include_usage": True}
-        return self._stream_sse(body, chosen_model)
+        return self._stream_sse(body, model)
 
     async def list_models(self) -> list[str]:
         """Ids of the models the server offers."""
@@ -82,18 +71,15 @@ class OpenAICompatibleProvider(HTTPProvider):
         return [m["id"] for m in models if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
     def _body(
-        self,
-        messages: Sequence[ChatMessage],
-        model: str,
-        temperature: float | None,
-        max_tokens: int | None,
+        self, messages: Sequence[ChatMessage], model: str, options: CallOptions
     ) -> dict[str, Any]:
+        temperature = options.get("temperature")
         body: dict[str, Any] = {
             "model": model,
             "messages": list(messages),
             "temperature": self._temperature if temperature is None else temperature,
         }
-        if max_tokens is not None:
+        if (max_tokens := options.get("max_tokens")) is not None:
             # `max_tokens`, not `max_completion_tokens`: every compatible server knows it.
             body["max_tokens"] = max_tokens
         body.update(self.extra_body)

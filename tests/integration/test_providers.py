@@ -706,6 +706,37 @@ async def test_a_line_longer_than_the_bound_breaks_the_stream(
     assert llm.chat_count == 1
 
 
+@pytest.mark.parametrize(
+    ("kind", "call", "body", "text"),
+    [
+        ("ollama", "chat", b"{not json", "Ollama returned invalid JSON"),
+        ("ollama", "chat", b"[1, 2]", "Ollama returned an unexpected body"),
+        (
+            "ollama",
+            "chat",
+            b'{"message": {"role": "assistant"}}',
+            "Ollama returned no message content",
+        ),
+        ("ollama", "complete", b'{"done": true}', "Ollama returned no response text"),
+        ("openai", "chat", b'{"choices": []}', "OpenAI returned no message content"),
+        ("openrouter", "complete", b'{"choices": [{}]}', "OpenRouter returned no message content"),
+    ],
+)
+async def test_a_200_without_a_readable_answer_is_a_bad_response(
+    kind: str, call: str, body: bytes, text: str, llm: FakeLLMServer, make: ProviderFactory
+) -> None:
+    """A 200 body that is not JSON, not an object, or lacks the answer's text (chat's message
+    content, generate's response) is ProviderBadResponse naming the problem, not retried."""
+    llm.raw_answer = body
+    provider = make(kind)
+    answer = provider.chat(USER_HELLO) if call == "chat" else provider.complete("say hi")
+    with pytest.raises(ProviderBadResponse) as caught:
+        await answer
+    assert str(caught.value) == text
+    assert caught.value.status is None
+    assert llm.chat_count == 1
+
+
 # --- error objects in a 200 answer ------------------------------------------------------------
 
 
