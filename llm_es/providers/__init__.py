@@ -9,14 +9,8 @@ from __future__ import annotations
 from typing import get_args
 
 from llm_es.config import Config, ProviderName
-from llm_es.providers.base import (
-    CallOptions,
-    ChatMessage,
-    CompletionResult,
-    LLMProvider,
-    Role,
-    prompt_messages,
-)
+from llm_es.domain.messages import ChatMessage, Role
+from llm_es.providers.base import CallOptions, CompletionResult, LLMProvider, prompt_messages
 from llm_es.providers.http import HTTPProvider
 from llm_es.providers.ollama import OllamaProvider
 from llm_es.providers.openai import OpenAICompatibleProvider, OpenAIProvider

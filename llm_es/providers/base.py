@@ -7,17 +7,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import TypedDict, Unpack
 
-from llm_es.domain.messages import ChatMessage, Role
-
-__all__ = [
-    "CallOptions",
-    "ChatMessage",
-    "CompletionResult",
-    "LLMProvider",
-    "Role",
-    "prompt_messages",
-    "token_count",
-]
+from llm_es.domain.messages import ChatMessage
 
 
 class CallOptions(TypedDict, total=False):

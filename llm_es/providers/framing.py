@@ -64,8 +64,6 @@ class LineSplitter:
     def finish(self) -> list[str]:
         """The last line, when the stream ended without its LF."""
         rest = b"".join(self._pending)
-        self._pending = []
-        self._pending_bytes = 0
         return _lines(rest.decode("utf-8", "replace")) if rest else []
 
 

@@ -7,8 +7,9 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Unpack
 
 from llm_es.config import OllamaConfig
+from llm_es.domain.messages import ChatMessage
 from llm_es.errors import PartialUsage, ProviderBadResponse, ProviderError
-from llm_es.providers.base import CallOptions, ChatMessage, CompletionResult, token_count
+from llm_es.providers.base import CallOptions, CompletionResult, token_count
 from llm_es.providers.framing import read_out
 from llm_es.providers.http import HTTPProvider
 from llm_es.providers.retry import RetryPolicy

@@ -12,8 +12,9 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, ClassVar, Unpack
 
 from llm_es.config import OpenAIConfig, OpenRouterConfig
+from llm_es.domain.messages import ChatMessage
 from llm_es.errors import ConfigError, PartialUsage, ProviderBadResponse, ProviderError
-from llm_es.providers.base import CallOptions, ChatMessage, CompletionResult, token_count
+from llm_es.providers.base import CallOptions, CompletionResult, token_count
 from llm_es.providers.framing import read_out, sse_data
 from llm_es.providers.http import AUTHORIZATION, HTTPProvider, header_value
 from llm_es.providers.retry import RetryPolicy
