@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import aclosing
 
 from llm_es.config import Config
 from llm_es.domain.events import Event
@@ -20,7 +21,8 @@ from llm_es.store.codec import UnknownEventError, decode_event
 from projections.base import Projection, View
 from projections.runner import default_projections
 from replay.errors import UsageError
-from replay.reading import RawEvent
+from replay.progress import Progress
+from replay.reading import EventLog, LogSelection, RawEvent
 
 MAX_SKIPS_KEPT = 20
 FOLD_GC_THRESHOLD = 200_000
@@ -135,3 +137,23 @@ class LogFold:
         self.skipped += 1
         if len(self.skips) < MAX_SKIPS_KEPT:
             self.skips.append((seq, why))
+
+
+async def fold_log(
+    log: EventLog,
+    projections: Sequence[Projection],
+    end: int,
+    *,
+    progress: Progress | None = None,
+) -> LogFold:
+    """Fold log sequences 1..`end` into memory (a long log is read in a child process)."""
+    fold = LogFold(projections)
+    if end < 1:
+        return fold
+    with fewer_collections():
+        async with aclosing(log.read_all(LogSelection(to_seq=end))) as batches:
+            async for batch in batches:
+                fold.feed(batch)
+                if progress is not None:
+                    progress.done = fold.position
+    return fold

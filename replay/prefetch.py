@@ -91,15 +91,10 @@ def decode_batch(frame: bytes) -> list[RawEvent]:
     """The batch a `B` frame carries, as `(seq, subject, data)` tuples."""
     _, count = _BATCH_HEAD.unpack_from(frame)
     offset = _BATCH_HEAD.size
-    seqs = array("q")
-    seqs.frombytes(frame[offset : offset + 8 * count])
-    offset += 8 * count
-    sizes = array("I")
-    sizes.frombytes(frame[offset : offset + 4 * count])
-    offset += 4 * count
-    subject_sizes = array("I")
-    subject_sizes.frombytes(frame[offset : offset + 4 * count])
-    offset += 4 * count
+    seqs, sizes, subject_sizes = array("q"), array("I"), array("I")
+    for numbers in (seqs, sizes, subject_sizes):
+        numbers.frombytes(frame[offset : offset + numbers.itemsize * count])
+        offset += numbers.itemsize * count
     subject_ends = list(accumulate(subject_sizes, initial=offset))
     payload_ends = list(accumulate(sizes, initial=subject_ends[-1]))
     text = frame[offset : subject_ends[-1]].decode()

@@ -17,9 +17,9 @@ compares with the live views, and writes nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,17 +27,17 @@ from typing import Any
 import nats.errors
 import orjson
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyValueError, NotFoundError
+from nats.js.errors import KeyValueError
 
 from llm_es.config import Config
 from llm_es.domain.views import ACTIVE_VIEWS_KEY, BUCKET, ActiveViews, checkpoint_key
-from projections.base import Projection, View
+from projections.base import View
 from projections.runner import ensure_meta_bucket, views_bucket_config
 from replay.buckets import active_views, key_kinds, load_bucket, normalized
 from replay.errors import LogUnavailable
-from replay.fold import LogFold, fewer_collections, select_projections
+from replay.fold import fold_log, select_projections
 from replay.progress import Progress
-from replay.reading import EventLog, LogSelection
+from replay.reading import EventLog
 from replay.times import iso_z
 
 WRITE_WINDOW = 2000
@@ -52,9 +52,9 @@ def bucket_for_generation(generation: int) -> str:
     return BUCKET if generation <= 1 else f"{BUCKET}_{generation}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RebuildReport:
-    """What a rebuild did, for people (`render`) and scripts (`as_dict`)."""
+    """What a rebuild did, for people (`render`) and scripts (`as_dict`, in field order)."""
 
     bucket: str
     previous: str
@@ -63,13 +63,13 @@ class RebuildReport:
     log_end: int
     events: int
     skipped: int
+    skips: list[tuple[int, str]] = field(default_factory=list)
     keys: dict[str, int]
     dry_run: bool
     switched: bool = False
     deleted: str | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
     changes: dict[str, int] | None = None
-    skips: list[tuple[int, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def events_per_s(self) -> float:
@@ -78,20 +78,8 @@ class RebuildReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "bucket": self.bucket,
-            "previous": self.previous,
-            "generation": self.generation,
-            "projections": self.projections,
-            "log_end": self.log_end,
-            "events": self.events,
-            "skipped": self.skipped,
+            **dataclasses.asdict(self),
             "skips": [{"seq": s, "error": e} for s, e in self.skips],
-            "keys": self.keys,
-            "dry_run": self.dry_run,
-            "switched": self.switched,
-            "deleted": self.deleted,
-            "changes": self.changes,
-            "seconds": self.seconds,
             "events_per_s": self.events_per_s,
         }
 
@@ -129,26 +117,6 @@ class RebuildReport:
             f"total {self.seconds.get('total', 0):.1f}s, {self.events_per_s:,.0f} events/s"
         )
         return "\n".join(lines)
-
-
-async def fold_log(
-    log: EventLog,
-    projections: Sequence[Projection],
-    end: int,
-    *,
-    progress: Progress | None = None,
-) -> LogFold:
-    """Fold log sequences 1..`end` into memory (a long log is read in a child process)."""
-    fold = LogFold(projections)
-    if end < 1:
-        return fold
-    with fewer_collections():
-        async with aclosing(log.read_all(LogSelection(to_seq=end))) as batches:
-            async for batch in batches:
-                fold.feed(batch)
-                if progress is not None:
-                    progress.done = fold.position
-    return fold
 
 
 async def run_rebuild(
@@ -267,19 +235,16 @@ async def _write_generation(
 
 
 async def publish_values(
-    js: JetStreamContext, bucket: str, items: Any, *, window: int = WRITE_WINDOW
-) -> int:
+    js: JetStreamContext, bucket: str, items: Iterable[tuple[str, bytes]]
+) -> None:
     """Put keys into a KV bucket with pipelined publishes; every ack is checked."""
-    written = 0
     pending: list[asyncio.Future[Any]] = []
     for key, payload in items:
         pending.append(await js.publish_async(f"$KV.{bucket}.{key}", payload))
-        written += 1
-        if len(pending) >= window:
+        if len(pending) >= WRITE_WINDOW:
             await _settle(pending)
             pending = []
     await _settle(pending)
-    return written
 
 
 async def _settle(pending: list[asyncio.Future[Any]]) -> None:
@@ -327,8 +292,6 @@ async def _delete_old_generation(js: JetStreamContext, active: ActiveViews) -> s
 async def _drop(js: JetStreamContext, bucket: str) -> bool:
     try:
         await js.delete_key_value(bucket)
-    except (BucketNotFoundError, NotFoundError):
-        return False
-    except (nats.errors.Error, TimeoutError):
+    except (nats.errors.Error, TimeoutError):  # gone already, or not now: nothing dropped
         return False
     return True

@@ -19,10 +19,9 @@ from llm_es.config import Config
 from llm_es.domain.views import checkpoint_key
 from projections.base import Projection
 from replay.buckets import active_views, load_bucket, normalized, require_bucket
-from replay.fold import select_projections
+from replay.fold import fold_log, select_projections
 from replay.progress import Progress
 from replay.reading import EventLog
-from replay.rebuild import fold_log
 
 SHOWN_CHARS = 300
 MISSING = "(missing)"
