@@ -31,3 +31,8 @@ class LogUnavailable(ReplayError):
     """NATS, the event log or the views could not be read or written."""
 
     exit_code = EXIT_UNAVAILABLE
+
+    @classmethod
+    def no_stream(cls, stream: str) -> LogUnavailable:
+        """The log's stream does not exist."""
+        return cls(f"no event log: stream {stream} does not exist (start llm-es serve first)")

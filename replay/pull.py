@@ -165,9 +165,7 @@ async def pull_batches(
     try:
         info = await js.add_consumer(stream, config)
     except NotFoundError:
-        raise LogUnavailable(
-            f"no event log: stream {stream} does not exist (start llm-es serve first)"
-        ) from None
+        raise LogUnavailable.no_stream(stream) from None
     except (nats.errors.Error, TimeoutError) as exc:
         raise LogUnavailable(f"cannot read stream {stream}: {exc}") from exc
     consumer = info.name

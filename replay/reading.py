@@ -75,7 +75,6 @@ def event_filter(
     channel: str | None = None,
     user: str | None = None,
     types: Sequence[str] = (),
-    prefix: str = SUBJECT_PREFIX,
 ) -> LogSelection:
     """The events of a channel, a user and/or some types (any when not given).
 
@@ -87,11 +86,12 @@ def event_filter(
     channel_token = "*" if channel is None else encode_name(channel)
     user_token = "*" if user is None else encode_name(user)
     wanted = frozenset(types)
+    prefix = f"{SUBJECT_PREFIX}.{channel_token}.{user_token}"
     if len(wanted) == 1:
-        return LogSelection(subject=f"{prefix}.{channel_token}.{user_token}.{next(iter(wanted))}")
+        return LogSelection(subject=f"{prefix}.{next(iter(wanted))}")
     if channel is None and user is None:
-        return LogSelection(subject=f"{prefix}.>", types=wanted)
-    return LogSelection(subject=f"{prefix}.{channel_token}.{user_token}.*", types=wanted)
+        return LogSelection(subject=f"{SUBJECT_PREFIX}.>", types=wanted)
+    return LogSelection(subject=f"{prefix}.*", types=wanted)
 
 
 def reads_in_child(selection: LogSelection) -> bool:
@@ -113,11 +113,10 @@ class EventLog:
         nc: NATS,
         *,
         stream: str = STREAM_NAME,
-        timeout: float = JS_TIMEOUT_SECONDS,
         recipe: ConnectRecipe | None = None,
     ) -> None:
         self.nc = nc
-        self.js = nc.jetstream(timeout=timeout)
+        self.js = nc.jetstream(timeout=JS_TIMEOUT_SECONDS)
         self.stream = stream
         self.recipe = recipe
         """How a child process connects to the same server (None: every read is in-process)."""
@@ -127,9 +126,7 @@ class EventLog:
         try:
             info = await self.js.stream_info(self.stream)
         except NotFoundError:
-            raise LogUnavailable(
-                f"no event log: stream {self.stream} does not exist (start llm-es serve first)"
-            ) from None
+            raise LogUnavailable.no_stream(self.stream) from None
         except (nats.errors.Error, TimeoutError) as exc:
             raise LogUnavailable(f"cannot read stream {self.stream}: {type(exc).__name__}") from exc
         return info.state.last_seq
@@ -266,8 +263,6 @@ async def _subscribe(
             manual_ack=True,
         )
     except NotFoundError:
-        raise LogUnavailable(
-            f"no event log: stream {stream} does not exist (start llm-es serve first)"
-        ) from None
+        raise LogUnavailable.no_stream(stream) from None
     except (nats.errors.Error, TimeoutError) as exc:
         raise LogUnavailable(f"cannot read stream {stream}: {exc}") from exc
