@@ -2,8 +2,10 @@
 
 Pure: it reads the user's usage view and the clock value it is given, and
 returns the event to append. Minute and hour windows slide; the day resets at
-00:00 UTC. Tokens are reserved at admission (prompt estimate + completion cap)
-and settled by `TokensSpent`, so outstanding turns count against the limit.
+00:00 UTC and only moves forward (`new_day`, the rule the usage view and the
+observation fold use too). Tokens are reserved at admission (prompt estimate +
+completion cap) and settled by `TokensSpent`, so outstanding turns count against
+the limit.
 """
 
 from __future__ import annotations
