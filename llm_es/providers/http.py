@@ -51,7 +51,7 @@ def header_value(text: str) -> str:
 
 
 class HTTPProvider(LLMProvider):
-    """A provider reached over HTTP: the request, retry and error-mapping machinery."""
+    """A provider reached over HTTP: its requests, their retries, and the throttle a 429 starts."""
 
     label: ClassVar[str]
     """The provider's name as users read it in messages ("OpenAI")."""
