@@ -17,8 +17,7 @@ from typing import Any
 
 import nats.errors
 import orjson
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.errors import (
     KeyDeletedError,
     KeyNotFoundError,
@@ -34,6 +33,7 @@ from llm_es.domain.views import (
 )
 from llm_es.logs import log_kv
 from llm_es.store.codec import UnknownEventError, decode_event
+from llm_es.store.follow import Following, follow
 from llm_es.store.kv import ensure_bucket, read_bucket
 from llm_es.store.lease import KvLease, keep_single_active, open_lease
 from llm_es.store.log import EventStore
@@ -109,7 +109,7 @@ class BucketViews:
         self._last_checkpoint = 0.0
         self._checkpoint_now = False
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._sub: JetStreamContext.PushSubscription | None = None
+        self._following: Following | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_wanted = asyncio.Event()
         self._stopping = False
@@ -195,18 +195,15 @@ class BucketViews:
                 log_kv(logger, "views_lease_failed", level=logging.WARNING, error=repr(exc))
             self._lease_task = asyncio.create_task(self._lease_loop(), name="views-lease")
         self._flush_task = asyncio.create_task(self._flush_loop(), name="view-flush")
-        self._sub = await self._js.subscribe(
+        # Missing two heartbeats re-creates the consumer: after a nats-server restart
+        # the views resume within seconds (nats-py's default is 5 s).
+        self._following = await follow(
+            self._js,
+            self._store.stream,
             f"{self._store.prefix}.>",
-            stream=self._store.stream,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            config=api.ConsumerConfig(opt_start_seq=start + 1),
-            cb=self._on_message,
-            manual_ack=True,
-            pending_msgs_limit=-1,
-            # Missing two heartbeats re-creates the consumer: after a nats-server
-            # restart the views resume within seconds (nats-py's default is 5 s).
-            idle_heartbeat=HEARTBEAT_SECONDS,
+            self._on_message,
+            after=start,
+            heartbeat_seconds=HEARTBEAT_SECONDS,
         )
         log_kv(
             logger,
@@ -219,10 +216,9 @@ class BucketViews:
     async def stop(self) -> None:
         """Stop following the log; the writer writes what was applied, then hands the lease over."""
         self._stopping = True
-        if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()
-            self._sub = None
+        if self._following is not None:
+            await self._following.stop()
+            self._following = None
         if self._lease_task is not None:
             self._halt.set()
             await finish_task(self._lease_task, STOP_FLUSH_SECONDS)
@@ -370,13 +366,12 @@ class BucketViews:
 
     # ------------------------------------------------------------ folding
 
-    async def _on_message(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
+    async def _on_message(self, seq: int, subject: str, data: bytes) -> None:
         if seq <= self._applied:
             return
         event: Event | None = None
         try:
-            event = decode_event(msg.data)
+            event = decode_event(data)
         except UnknownEventError as exc:
             # An event this code cannot read must not stop every view; it is skipped loudly.
             log_kv(logger, "event_skipped", level=logging.ERROR, seq=seq, error=str(exc))

@@ -10,6 +10,7 @@ subject filter is at a given sequence: the per-user boundary
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from typing import Any
 import nats.errors
 import orjson
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 
@@ -27,12 +27,15 @@ from llm_es.domain.events import Event
 from llm_es.domain.tokens import encode_name, encode_optional
 from llm_es.errors import IntegrityError, OperationalError, ServerVersionError
 from llm_es.store.codec import decode_event, encode_event
+from llm_es.store.follow import read_bounded
 
 STREAM_NAME = "LLM_EVENTS"
 SUBJECT_PREFIX = "llm.ev"
 DUPLICATE_WINDOW_SECONDS = 120.0
 MIN_SERVER_VERSION = (2, 12)
 APPEND_TIMEOUT_SECONDS = 5.0
+READ_BUFFER = 1024
+"""Events `read` lets wait before its consumer is held back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,28 +347,18 @@ class EventStore:
             end = min(end, to_seq)
         if end < from_seq:
             return
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def enqueue(msg: Msg) -> None:
-            await queue.put(msg)
-
-        sub = await self._js.subscribe(
+        messages = read_bounded(
+            self._js,
+            self.stream,
             subject_filter,
-            stream=self.stream,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            config=api.ConsumerConfig(opt_start_seq=from_seq),
-            cb=enqueue,
-            manual_ack=True,
+            after=from_seq - 1,
+            until=end,
+            idle_seconds=idle_timeout,
+            buffer=READ_BUFFER,
         )
-        try:
-            while True:
-                msg = await asyncio.wait_for(queue.get(), idle_timeout)
-                seq = msg.metadata.sequence.stream
-                if seq > end:
-                    return
-                yield RecordedEvent(seq, msg.subject, decode_event(msg.data))
-                if seq >= end:
-                    return
-        finally:
-            await sub.unsubscribe()
+        async with contextlib.aclosing(messages):
+            async for message in messages:
+                if message is None:
+                    raise TimeoutError(f"no event of {subject_filter} within {idle_timeout} s")
+                seq, subject, data = message
+                yield RecordedEvent(seq, subject, decode_event(data))

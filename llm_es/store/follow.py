@@ -1,0 +1,139 @@
+"""Following a stream in order: the one ordered push consumer every live reader uses.
+
+`follow` hands each stored message to a callback as `(seq, subject, data)`
+from a start sequence on, skipping what a reset of the ordered consumer
+delivers again, and `read_bounded` turns that into an async generator with a
+bounded hand-off. `delivery_position` reads a delivery's stream sequence off
+its reply subject, which `Msg.metadata` does too, at ten times the cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from llm_es.errors import OperationalError
+
+OnMessage = Callable[[int, str, bytes], Awaitable[None]]
+"""Takes a stored message: its stream sequence, subject and payload."""
+
+
+def delivery_position(reply: str) -> tuple[int, int]:
+    """Stream sequence and pending count from a JetStream delivery's reply subject.
+
+    What `Msg.metadata` gives, for 0.4 µs a message instead of 4.5 (it builds
+    three dataclasses and a datetime): this runs once per event read.
+    """
+    if reply.count(".") == 8:
+        # `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>`:
+        # split off only the tokens wanted.
+        _, seq, _, _, pending = reply.rsplit(".", 4)
+        return int(seq), int(pending)
+    # The newer form, with domain and account hash after ACK (and a random token at the end).
+    tokens = reply.split(".")
+    if len(tokens) >= 11:
+        return int(tokens[7]), int(tokens[10])
+    raise OperationalError(f"not a JetStream delivery: {reply!r}")
+
+
+@dataclass(slots=True)
+class Following:
+    """A live `follow`: the last sequence handed over, and how to stop."""
+
+    subscription: Any
+    last: int
+
+    async def stop(self) -> None:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self.subscription.unsubscribe()
+
+
+async def follow(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    take: OnMessage,
+    *,
+    after: int = 0,
+    heartbeat_seconds: float | None = None,
+) -> Following:
+    """Hand every message of `stream` on `subject` after sequence `after` to `take`, in order.
+
+    An ordered consumer: it delivers only stored messages and re-creates itself
+    after a gap or a server restart (sooner with a `heartbeat_seconds`), from
+    where it was; what it delivers twice then is not handed over again. `take`
+    runs inline in the subscription's callback, so a slow one holds the next.
+    """
+    following = Following(subscription=None, last=after)
+
+    async def on_message(msg: Msg) -> None:
+        seq, _ = delivery_position(msg.reply)
+        if seq <= following.last:
+            return  # delivered again after an ordered-consumer reset
+        following.last = seq
+        await take(seq, msg.subject, msg.data)
+
+    following.subscription = await js.subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+        config=api.ConsumerConfig(opt_start_seq=after + 1),
+        cb=on_message,
+        manual_ack=True,
+        pending_msgs_limit=-1,
+        idle_heartbeat=heartbeat_seconds,
+    )
+    return following
+
+
+async def read_bounded(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    *,
+    after: int,
+    until: int | None,
+    idle_seconds: float,
+    buffer: int,
+    heartbeat_seconds: float | None = None,
+) -> AsyncGenerator[tuple[int, str, bytes] | None, None]:
+    """`follow` as a generator: messages after `after` up to `until` (None: for ever).
+
+    Yields None after `idle_seconds` without a message, so a caller can bound
+    its wait. At most `buffer` messages wait to be taken: a full hand-off holds
+    the subscription's callback.
+    """
+    arrived: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue(maxsize=buffer)
+
+    async def take(seq: int, subject: str, data: bytes) -> None:
+        await arrived.put((seq, subject, data))
+
+    following = await follow(
+        js, stream, subject, take, after=after, heartbeat_seconds=heartbeat_seconds
+    )
+    try:
+        while True:
+            try:
+                message = arrived.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    async with asyncio.timeout(idle_seconds):
+                        message = await arrived.get()
+                except TimeoutError:
+                    yield None
+                    continue
+            if until is not None and message[0] > until:
+                return
+            yield message
+            if until is not None and message[0] >= until:
+                return
+    finally:
+        await following.stop()
