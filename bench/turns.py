@@ -47,7 +47,7 @@ from nats.aio.msg import Msg
 
 from llm_es.embedded import EmbeddedNatsServer, server_version
 from llm_es.headers import LLM_TURN_ID
-from llm_es.providers.http import ShardedClient
+from llm_es.providers.pool import ShardedClient
 from llm_es.store.log import STREAM_NAME
 
 SCRIPT = pathlib.Path(__file__).resolve()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from llm_es.domain.events import Event
-from llm_es.domain.limits import day_of
 
 View = dict[str, Any]
 
@@ -46,13 +44,6 @@ KEY_CACHE_SIZE = 65_536
 def cached_key(key_of: Callable[[str], str]) -> Callable[[str], str]:
     """`key_of` (a pure name -> key function), remembering recent names."""
     return functools.lru_cache(maxsize=KEY_CACHE_SIZE)(key_of)
-
-
-def utc_day(moment: datetime) -> str:
-    """`llm_es.domain.limits.day_of`, without the conversion for times already in UTC (all)."""
-    if moment.tzinfo is UTC:
-        return moment.date().isoformat()
-    return day_of(moment)
 
 
 def iso(event: Event) -> str:

@@ -29,11 +29,12 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from llm_es.domain.tokens import encode_name
+from llm_es.store.follow import delivery_position
 from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
 from replay.connecting import ConnectRecipe
 from replay.errors import LogUnavailable
 from replay.prefetch import read_in_child
-from replay.pull import delivery_position, pull_batches
+from replay.pull import pull_batches
 
 RawEvent = tuple[int, str, bytes]
 """One stored event: stream sequence, subject, the bytes as appended."""

@@ -25,7 +25,7 @@ from llm_es.logs import log_kv
 from llm_es.providers.base import LLMProvider
 from llm_es.providers.failures import ProviderFailures, shown_url
 from llm_es.providers.framing import MAX_LINE_BYTES, LineSplitter, LineTooLongError
-from llm_es.providers.pool import ShardedClient  # bench/turns.py imports it from here
+from llm_es.providers.pool import ShardedClient
 from llm_es.providers.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)

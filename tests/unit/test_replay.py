@@ -27,12 +27,13 @@ from llm_es.domain.events import (
 )
 from llm_es.domain.views import memory_key, usage_key
 from llm_es.store.codec import UPCASTERS, encode_event
+from llm_es.store.follow import delivery_position
 from replay.audit import AuditReport, AuditRow, _Sums
 from replay.audit_output import render
 from replay.errors import UsageError
 from replay.fold import LogFold, select_projections
 from replay.progress import Progress
-from replay.pull import _PullState, delivery_position
+from replay.pull import _PullState
 from replay.reading import event_filter
 from replay.tail import describe_event, export_line, json_line
 from replay.times import parse_moment
