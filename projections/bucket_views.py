@@ -1,5 +1,5 @@
-"""One views bucket: the in-memory fold of the log into it, its waiters, and (while this
-instance holds its lease) the batched KV writes of its values and checkpoints.
+"""One views bucket: its lease, and (while this instance holds it) the batched KV writes
+of the values `projections.memory_views` folds, and of their checkpoints.
 
 See `projections.runner` for how buckets are followed and swapped (blue/green).
 """
@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import nats.errors
 import orjson
@@ -25,14 +22,12 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from llm_es.domain.events import Event
 from llm_es.domain.views import (
     BUCKET,
     EventListener,
     checkpoint_key,
 )
 from llm_es.logs import log_kv
-from llm_es.store.codec import UnknownEventError, decode_event
 from llm_es.store.follow import Following, follow
 from llm_es.store.kv import ensure_bucket, read_bucket
 from llm_es.store.lease import KvLease, keep_single_active, open_lease
@@ -40,6 +35,7 @@ from llm_es.store.log import EventStore
 from llm_es.tasks import finish_task
 from projections.base import Projection, View
 from projections.buckets import stored_checkpoint_seq, views_bucket_config, views_lease_key
+from projections.memory_views import MemoryViews
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +47,6 @@ FLUSH_LINGER_SECONDS = 0.05
 KV may trail by this much; in exchange a key changed by several turns meanwhile (a busy
 channel's context, a user's usage) is written once, and the writes stay out of the way
 of requests (5 ms put a batch in the middle of nearly every turn at concurrency 1)."""
-_WAITER_ORDER = itertools.count()
-"""Tie-breaker of waiters on one sequence; shared, so waiters can move between buckets."""
 CHECKPOINT_INTERVAL_SECONDS = 1.0
 """Checkpoints are written at most this often (and at stop and takeover); values every batch."""
 DEFAULT_LEASE_TTL_SECONDS = 15.0
@@ -60,7 +54,7 @@ DEFAULT_LEASE_TTL_SECONDS = 15.0
 STOP_FLUSH_SECONDS = 5.0
 
 
-class BucketViews:
+class BucketViews(MemoryViews):
     """Folds the event log into the views of one KV bucket and serves reads from memory.
 
     Every instance folds the log (reads and read-your-writes come from its own
@@ -88,19 +82,12 @@ class BucketViews:
         lease_ttl_seconds: float = DEFAULT_LEASE_TTL_SECONDS,
         on_event: EventListener | None = None,
     ) -> None:
+        super().__init__(store, projections, on_event)
         self._js = js
-        self._store = store
-        self._projections = list(projections)
-        self._on_event = on_event
-        """Told of every event folded, after the fold and its waiters (see `EventFeed`)."""
         self._bucket_name = bucket
         self._kv: KeyValue | None = None
-        self._values: dict[str, View] = {}
-        self._groups: dict[str, set[str]] = {}
-        self._checkpoints: dict[str, int] = {}
         self._dirty: dict[str, int] = {}
         """Changed keys not known to be in KV -> stream sequence of their last change."""
-        self._applied = 0
         self._written = 0
         """Every change up to this sequence is in KV (its checkpoints may lag behind)."""
         self._persisted = 0
@@ -108,7 +95,6 @@ class BucketViews:
         """No writes before the fold reaches it: the highest stored checkpoint at takeover."""
         self._last_checkpoint = 0.0
         self._checkpoint_now = False
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._following: Following | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_wanted = asyncio.Event()
@@ -121,11 +107,7 @@ class BucketViews:
         self._lease_task: asyncio.Task[None] | None = None
         self._halt = asyncio.Event()
 
-    # ------------------------------------------------------------ ViewReader
-
-    @property
-    def position(self) -> int:
-        return self._applied
+    # ------------------------------------------------------------ who writes
 
     @property
     def persisted(self) -> int:
@@ -134,33 +116,6 @@ class BucketViews:
         The writer's own; a standby reports the lowest checkpoint it last read.
         """
         return self._persisted
-
-    async def wait_for(self, seq: int) -> None:
-        if self._applied >= seq:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (seq, next(_WAITER_ORDER), future))
-        await future
-
-    async def catch_up(self) -> int:
-        last = await self._store.last_seq()
-        await self.wait_for(last)
-        return last
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self._values.get(key)
-
-    def values_under(self, group: str) -> list[dict[str, Any]]:
-        return [self._values[k] for k in sorted(self._groups.get(group, ()))]
-
-    def keys_under(self, prefix: str) -> list[str]:
-        return sorted(k for k in self._values if k.startswith(prefix))
-
-    def snapshot(self) -> dict[str, View]:
-        """Every view value (checkpoints excluded), for comparisons and tools."""
-        return {k: v for k, v in self._values.items() if not k.startswith("checkpoint.")}
-
-    # ------------------------------------------------------------ who writes
 
     def lease_held(self) -> bool:
         """Whether this instance writes the bucket now (always, when it runs without a lease)."""
@@ -244,21 +199,11 @@ class BucketViews:
                 holder=self._lease.holder,
                 persisted=self._persisted,
             )
-        for _, _, future in self._waiters:
-            if not future.done():
-                future.cancel()
-        self._waiters.clear()
+        self.cancel_waiters()
 
     @property
     def bucket(self) -> str:
         return self._bucket_name
-
-    def take_waiters(self, other: BucketViews) -> None:
-        """Adopt `other`'s pending waiters (a blue/green switch), waking those already met."""
-        for waiter in other._waiters:
-            heapq.heappush(self._waiters, waiter)
-        other._waiters = []
-        self._wake(self._applied)
 
     async def _ensure_bucket(self) -> KeyValue:
         return await ensure_bucket(self._js, views_bucket_config(self._bucket_name))
@@ -364,57 +309,6 @@ class BucketViews:
 
         self._dirty = {k: s for k, s in self._dirty.items() if not covered(k, s)}
 
-    # ------------------------------------------------------------ folding
-
-    async def _on_message(self, seq: int, subject: str, data: bytes) -> None:
-        if seq <= self._applied:
-            return
-        event: Event | None = None
-        try:
-            event = decode_event(data)
-        except UnknownEventError as exc:
-            # An event this code cannot read must not stop every view; it is skipped loudly.
-            log_kv(logger, "event_skipped", level=logging.ERROR, seq=seq, error=str(exc))
-        else:
-            self._apply(event, seq)
-        self._applied = seq
-        self._wake(seq)
-        if self._on_event is not None:
-            self._on_event(seq, event)
-        if self._holding or self._instance_id is None:
-            self._flush_wanted.set()
-
-    def _apply(self, event: Any, seq: int) -> None:
-        for projection in self._projections:
-            if seq <= self._checkpoints[projection.name]:
-                continue
-            for key in projection.keys_for(event):
-                current = self._values.get(key)
-                if current is not None and current.get("seq", 0) >= seq:
-                    continue
-                updated = projection.apply(key, current, event, seq)
-                if updated is None:
-                    if current is not None:
-                        self._drop_value(key)
-                        self._dirty[key] = seq
-                else:
-                    self._store_value(key, updated)
-                    self._dirty[key] = seq
-
-    def _store_value(self, key: str, value: View) -> None:
-        self._values[key] = value
-        group, _, _ = key.rpartition(".")
-        self._groups.setdefault(group, set()).add(key)
-
-    def _drop_value(self, key: str) -> None:
-        self._values.pop(key, None)
-        group, _, _ = key.rpartition(".")
-        members = self._groups.get(group)
-        if members is not None:
-            members.discard(key)
-            if not members:
-                del self._groups[group]
-
     # ------------------------------------------------------------ writing
 
     async def _flush_loop(self) -> None:
@@ -490,9 +384,9 @@ class BucketViews:
         else:
             await kv.put(key, orjson.dumps(value))
 
-    def _wake(self, position: int) -> None:
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= position:
-            _, _, future = heapq.heappop(waiters)
-            if not future.done():
-                future.set_result(None)
+    def _changed(self, key: str, seq: int) -> None:
+        self._dirty[key] = seq
+
+    def _folded(self) -> None:
+        if self._holding or self._instance_id is None:
+            self._flush_wanted.set()

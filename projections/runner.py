@@ -1,6 +1,7 @@
 """The view runner: folds the log into KV bucket `llm_data`, in order, and tells who waits.
 
-One bucket's fold, waiters and writes are `projections.bucket_views.BucketViews`;
+One bucket's fold and waiters are `projections.memory_views.MemoryViews`, its lease
+and writes `projections.bucket_views.BucketViews`;
 its buckets' config and keys `projections.buckets`; this module follows the
 blue/green pointer and hands the folded events on (`EventFeed`).
 
