@@ -54,3 +54,18 @@ def test_the_import_layers_hold() -> None:
     config, with a pure domain."""
     result = run(str(BIN / "lint-imports"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+MAX_MODULE_LINES = 400
+"""Rooms of one job (STYLE.md): a module past this has more than one; split it by job."""
+
+
+def test_no_module_of_the_packages_is_over_the_size_limit() -> None:
+    """Every module of llm_es, projections and replay has at most MAX_MODULE_LINES lines."""
+    oversized = {
+        str(path.relative_to(ROOT)): lines
+        for package in ("llm_es", "projections", "replay")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert oversized == {}
