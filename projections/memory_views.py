@@ -17,6 +17,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from nats.aio.msg import Msg
+
 from llm_es.domain.events import Event
 from llm_es.domain.views import EventListener
 from llm_es.logs import log_kv
@@ -94,12 +96,12 @@ class MemoryViews:
 
     # ------------------------------------------------------------ folding
 
-    async def _on_message(self, seq: int, subject: str, data: bytes) -> None:
+    async def _on_message(self, seq: int, pending: int, msg: Msg) -> None:
         if seq <= self._applied:
             return
         event: Event | None = None
         try:
-            event = decode_event(data)
+            event = decode_event(msg.data)
         except UnknownEventError as exc:
             # An event this code cannot read must not stop every view; it is skipped loudly.
             log_kv(logger, "event_skipped", level=logging.ERROR, seq=seq, error=str(exc))

@@ -16,20 +16,19 @@ gaps and server restarts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from llm_es.domain.tokens import encode_name
-from llm_es.store.follow import delivery_position
+from llm_es.store.follow import Following, OnMessage, follow
 from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
 from replay.connecting import ConnectRecipe
 from replay.errors import LogUnavailable
@@ -206,15 +205,10 @@ class EventLog:
             return
         queue: asyncio.Queue[tuple[list[RawEvent], bool]] = asyncio.Queue(QUEUED_BATCHES)
         batch: list[RawEvent] = []
-        last_seq = 0
         types = selection.types
 
-        async def take(msg: Msg) -> None:
-            nonlocal batch, last_seq
-            seq, pending = delivery_position(msg.reply)
-            if seq <= last_seq:
-                return  # already delivered before a consumer reset
-            last_seq = seq
+        async def take(seq: int, pending: int, msg: Msg) -> None:
+            nonlocal batch
             past_end = to_seq is not None and seq > to_seq
             subject = msg.subject
             if not past_end and (not types or subject[subject.rfind(".") + 1 :] in types):
@@ -223,7 +217,7 @@ class EventLog:
                 ready, batch = batch, []
                 await queue.put((ready, past_end))
 
-        sub = await _subscribe(self.js, self.stream, selection, take)
+        following = await _follow_from(self.js, self.stream, selection, take)
         try:
             for _ in range(MAX_BATCHES):
                 ready, finished = await queue.get()
@@ -232,36 +226,21 @@ class EventLog:
                 if finished:
                     return
         finally:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await sub.unsubscribe()
+            await following.stop()
 
 
-async def _subscribe(
-    js: JetStreamContext,
-    stream: str,
-    selection: LogSelection,
-    take: Callable[[Msg], Awaitable[None]],
-) -> JetStreamContext.PushSubscription:
-    config: api.ConsumerConfig | None = None
-    if selection.start_time is not None:
-        config = api.ConsumerConfig()
-        config.opt_start_time = selection.start_time
-        deliver = api.DeliverPolicy.BY_START_TIME
-    elif selection.from_seq > 1:
-        config = api.ConsumerConfig()
-        config.opt_start_seq = selection.from_seq
-        deliver = api.DeliverPolicy.BY_START_SEQUENCE
-    else:
-        deliver = api.DeliverPolicy.NEW if selection.new_only else api.DeliverPolicy.ALL
+async def _follow_from(
+    js: JetStreamContext, stream: str, selection: LogSelection, take: OnMessage
+) -> Following:
     try:
-        return await js.subscribe(
+        return await follow(
+            js,
+            stream,
             selection.subject,
-            stream=stream,
-            ordered_consumer=True,
-            deliver_policy=deliver,
-            config=config,
-            cb=take,
-            manual_ack=True,
+            take,
+            after=selection.from_seq - 1,
+            start_time=selection.start_time,
+            new_only=selection.new_only,
         )
     except NotFoundError:
         raise LogUnavailable.no_stream(stream) from None

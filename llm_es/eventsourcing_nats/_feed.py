@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import threading
 
 import nats.errors
 from eventsourcing.persistence import OperationalError
 from nats.aio.msg import Msg
-from nats.js import api
-from nats.js.client import JetStreamContext
 
 from llm_es.eventsourcing_nats._connection import Connection
 from llm_es.eventsourcing_nats._loop import EventLoopThread
 from llm_es.eventsourcing_nats._reads import StreamMessage
+from llm_es.store.follow import Following, follow
 
 FEED_CAPACITY = 1000
 """Messages a subscription buffers before its consumer waits for the reader."""
@@ -38,13 +36,13 @@ class Feed:
         self._closed = False
         self._error: BaseException | None = None
         self._credits = asyncio.Semaphore(FEED_CAPACITY)
-        self.subscription: JetStreamContext.PushSubscription | None = None
+        self.following: Following | None = None
 
-    async def deliver(self, msg: Msg) -> None:
+    async def deliver(self, seq: int, pending: int, msg: Msg) -> None:
         """Consumer callback (on the loop): queue one message for the reader."""
         await self._credits.acquire()
         item = StreamMessage(
-            seq=msg.metadata.sequence.stream,
+            seq=seq,
             subject=msg.subject,
             headers=msg.headers or {},
             data=msg.data,
@@ -88,17 +86,15 @@ async def open_feed(connection: Connection, subject_filter: str, start_seq: int)
     js = connection.client().jetstream()
     feed = Feed(connection.thread)
     try:
-        feed.subscription = await js.subscribe(
+        # A consumer lost with a server restart is recreated after two missed
+        # heartbeats: 2 s instead of nats-py's default 10.
+        feed.following = await follow(
+            js,
+            connection.settings.stream,
             subject_filter,
-            stream=connection.settings.stream,
-            ordered_consumer=True,
-            # A consumer lost with a server restart is recreated after two
-            # missed heartbeats: 2 s instead of nats-py's default 10.
-            idle_heartbeat=FEED_HEARTBEAT_SECONDS,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            config=api.ConsumerConfig(opt_start_seq=max(start_seq, 1)),
-            cb=feed.deliver,
-            manual_ack=True,
+            feed.deliver,
+            after=max(start_seq, 1) - 1,
+            heartbeat_seconds=FEED_HEARTBEAT_SECONDS,
         )
     except (TimeoutError, nats.errors.Error) as exc:
         raise OperationalError(
@@ -111,7 +107,6 @@ async def open_feed(connection: Connection, subject_filter: str, start_seq: int)
 async def remove_feed(connection: Connection, feed: Feed) -> None:
     """Remove the feed's consumer (the feed itself is closed already)."""
     connection.feeds.discard(feed)
-    subscription, feed.subscription = feed.subscription, None
-    if subscription is not None and connection.is_open():
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await subscription.unsubscribe()
+    following, feed.following = feed.following, None
+    if following is not None and connection.is_open():
+        await following.stop()

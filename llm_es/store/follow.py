@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import nats.errors
@@ -21,8 +22,8 @@ from nats.js import JetStreamContext, api
 
 from llm_es.errors import OperationalError
 
-OnMessage = Callable[[int, str, bytes], Awaitable[None]]
-"""Takes a stored message: its stream sequence, subject and payload."""
+OnMessage = Callable[[int, int, Msg], Awaitable[None]]
+"""Takes a stored message: its stream sequence, how many more match now, the message."""
 
 
 def delivery_position(reply: str) -> tuple[int, int]:
@@ -62,30 +63,43 @@ async def follow(
     take: OnMessage,
     *,
     after: int = 0,
+    start_time: datetime | None = None,
+    new_only: bool = False,
     heartbeat_seconds: float | None = None,
 ) -> Following:
     """Hand every message of `stream` on `subject` after sequence `after` to `take`, in order.
 
-    An ordered consumer: it delivers only stored messages and re-creates itself
-    after a gap or a server restart (sooner with a `heartbeat_seconds`), from
-    where it was; what it delivers twice then is not handed over again. `take`
-    runs inline in the subscription's callback, so a slow one holds the next.
+    Or, with `start_time`, from the first one stored then; with
+    `new_only`, from the next one appended. An ordered consumer: it delivers
+    only stored messages and re-creates itself after a gap or a server restart
+    (sooner with a `heartbeat_seconds`), from where it was; what it delivers
+    twice then is not handed over again. `take` runs inline in the
+    subscription's callback, so a slow one holds the next.
     """
     following = Following(subscription=None, last=after)
 
     async def on_message(msg: Msg) -> None:
-        seq, _ = delivery_position(msg.reply)
+        seq, pending = delivery_position(msg.reply)
         if seq <= following.last:
             return  # delivered again after an ordered-consumer reset
         following.last = seq
-        await take(seq, msg.subject, msg.data)
+        await take(seq, pending, msg)
 
+    config = api.ConsumerConfig()
+    if start_time is not None:
+        config.opt_start_time = start_time
+        deliver = api.DeliverPolicy.BY_START_TIME
+    elif new_only:
+        deliver = api.DeliverPolicy.NEW
+    else:
+        config.opt_start_seq = max(after + 1, 1)
+        deliver = api.DeliverPolicy.BY_START_SEQUENCE
     following.subscription = await js.subscribe(
         subject,
         stream=stream,
         ordered_consumer=True,
-        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-        config=api.ConsumerConfig(opt_start_seq=after + 1),
+        deliver_policy=deliver,
+        config=config,
         cb=on_message,
         manual_ack=True,
         pending_msgs_limit=-1,
@@ -113,8 +127,8 @@ async def read_bounded(
     """
     arrived: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue(maxsize=buffer)
 
-    async def take(seq: int, subject: str, data: bytes) -> None:
-        await arrived.put((seq, subject, data))
+    async def take(seq: int, pending: int, msg: Msg) -> None:
+        await arrived.put((seq, msg.subject, msg.data))
 
     following = await follow(
         js, stream, subject, take, after=after, heartbeat_seconds=heartbeat_seconds
