@@ -97,8 +97,7 @@ class MemoryViews:
     # ------------------------------------------------------------ folding
 
     async def _on_message(self, seq: int, pending: int, msg: Msg) -> None:
-        if seq <= self._applied:
-            return
+        # `follow` hands over each sequence once, after where the fold started.
         event: Event | None = None
         try:
             event = decode_event(msg.data)

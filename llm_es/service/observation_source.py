@@ -195,8 +195,6 @@ class ObservationSource:
                     yield None
                     continue
                 seq, _, data = message
-                if seq <= cursor.last:
-                    continue
                 event: Event | None = None
                 try:
                     event = decode_event(data)
