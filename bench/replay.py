@@ -400,6 +400,9 @@ class SyntheticHistory:
                 existing_ids=list(self.channel_memories[channel]),
                 new_id=lambda: f"{self.memory_ids.getrandbits(32):08x}",
                 now=self.now,
+                # The synthetic log measures replay, not the caps of remember.
+                max_length=sys.maxsize,
+                max_memories=sys.maxsize,
             )
         ]
 

@@ -20,11 +20,11 @@ import nats.errors
 from llm_es import __version__
 from llm_es.app import Plugin
 from llm_es.cli_options import CommonOptions, start_logging
-from llm_es.config import DEFAULT_CONFIG_JSON, Config, load_config_sync
+from llm_es.config import DEFAULT_CONFIG_JSON, Config, load_config_sync, redact_url, scrub_secrets
 from llm_es.embedded import EmbeddedNatsServer
 from llm_es.errors import ConfigError, LLMESError, ServerVersionError
 from llm_es.logs import log_kv
-from llm_es.store.connection import DEFAULT_LOCAL_URL, connect
+from llm_es.store.connection import DEFAULT_LOCAL_URL, connect, connection_secrets
 
 logger = logging.getLogger("llm_es.cli")
 
@@ -132,8 +132,10 @@ async def serve(
         try:
             nc = await connect(config.nats, url)
         except (OSError, nats.errors.Error) as exc:
+            secrets = connection_secrets(config.nats, url)
             print(
-                f"llm-es: cannot connect to NATS at {url or DEFAULT_LOCAL_URL}: {exc}",
+                f"llm-es: cannot connect to NATS at {redact_url(url or DEFAULT_LOCAL_URL)}:"
+                f" {scrub_secrets(str(exc), secrets)}",
                 file=sys.stderr,
             )
             return 1
@@ -143,7 +145,8 @@ async def serve(
         plugin = Plugin(config, nc, instance_id="embedded" if embedded is not None else None)
         await plugin.start()
         stack.push_async_callback(plugin.stop)
-        print(f"llm-es ready: send !chat commands on NATS at {url}", file=sys.stderr, flush=True)
+        shown = redact_url(url)
+        print(f"llm-es ready: send !chat commands on NATS at {shown}", file=sys.stderr, flush=True)
         await stop.wait()
         log_kv(logger, "shutting_down")
     return 0

@@ -91,6 +91,8 @@ class UsageProjection:
             }
         elif isinstance(event, TurnRejected):
             usage["rejected_today"] += 1
+            refusals = usage.setdefault("last_refusals", {})
+            refusals[event.window] = round(event.at.timestamp(), 6)
         elif isinstance(event, TokensSpent):
             spent = event.prompt_tokens + event.completion_tokens
             usage["tokens_today"] += spent
@@ -109,4 +111,5 @@ def _own_copy(view: View) -> View:
         **view,
         "recent_requests": list(view["recent_requests"]),
         "open_turns": {turn: dict(open_turn) for turn, open_turn in view["open_turns"].items()},
+        **({"last_refusals": dict(view["last_refusals"])} if "last_refusals" in view else {}),
     }

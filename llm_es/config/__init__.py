@@ -23,7 +23,7 @@ from llm_es.config._schema import (
     RateLimitsConfig,
     ServiceConfig,
 )
-from llm_es.config._secret import Secret, redact_url
+from llm_es.config._secret import Secret, redact_url, scrub_secrets, url_passwords
 
 __all__ = [
     "DEFAULT_CONFIG_JSON",
@@ -45,4 +45,6 @@ __all__ = [
     "load_config_sync",
     "parse_config",
     "redact_url",
+    "scrub_secrets",
+    "url_passwords",
 ]

@@ -2,13 +2,16 @@
 
 Every key has a default, so an empty file (or none) gives `Config()`. Environment
 variables override the file (see `ENV_OVERRIDES`); an empty variable counts as unset.
-A bad value from the environment names the variable it came from.
+A bad value from the environment names the variable it came from. A file that holds
+secrets while group or others may read it is loaded with one WARNING line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import stat
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,8 +20,12 @@ from urllib.parse import urlsplit
 import orjson
 
 from llm_es.config._schema import Config
+from llm_es.config._secret import url_passwords
 from llm_es.config._validation import build_config
 from llm_es.errors import ConfigError
+from llm_es.logs import log_kv
+
+logger = logging.getLogger("llm_es.config")
 
 ENV_OVERRIDES: Mapping[str, str] = types.MappingProxyType(
     {
@@ -35,6 +42,14 @@ ENV_OVERRIDES: Mapping[str, str] = types.MappingProxyType(
 """Environment variable -> the dotted config key it overrides (env wins over the file)."""
 
 _OLLAMA_DEFAULT_PORT = 11434
+SECRET_KEYS = (
+    "nats.password",
+    "nats.token",
+    "providers.openai.api_key",
+    "providers.openrouter.api_key",
+)
+"""Config keys that hold a secret (besides a password inside `nats.url`)."""
+_warned_paths: set[Path] = set()
 
 
 def parse_config(raw: object, env: Mapping[str, str] | None = None) -> Config:
@@ -69,7 +84,44 @@ def load_config_sync(
     if path is None:
         return parse_config({}, env)
     path = Path(path)
-    return parse_config(_decode(path, _read_file(path)), env)
+    raw = _decode(path, _read_file(path))
+    if holds_secrets(raw):
+        _warn_if_readable_by_others(path)
+    return parse_config(raw, env)
+
+
+def holds_secrets(raw: object) -> bool:
+    """Whether a decoded config file sets a secret: a key of `SECRET_KEYS`, a URL password."""
+    if not isinstance(raw, dict):
+        return False
+    for key in SECRET_KEYS:
+        value: object = raw
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value:
+            return True
+    nats = raw.get("nats")
+    url = nats.get("url") if isinstance(nats, dict) else None
+    return isinstance(url, str) and bool(url_passwords(url))
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    """One WARNING per file and process when group or others may read it (mode & 0o077)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    if mode & 0o077 and path not in _warned_paths:
+        _warned_paths.add(path)
+        log_kv(
+            logger,
+            "config_file_readable_by_others",
+            level=logging.WARNING,
+            path=str(path),
+            mode=f"{mode:04o}",
+            hint=f"it holds secrets: chmod 600 {path}, or set them in the environment"
+            " (OPENAI_API_KEY, OPENROUTER_API_KEY, LLM_ES_NATS_PASSWORD, LLM_ES_NATS_TOKEN)",
+        )
 
 
 def _read_file(path: Path) -> bytes:

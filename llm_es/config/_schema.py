@@ -71,6 +71,17 @@ class ServiceConfig:
     max_name_length: Annotated[
         int, Meta(ge=1, description="Longest channel or user name accepted, in characters.")
     ] = 128
+    max_memory_length: Annotated[
+        int, Meta(ge=1, description="Longest fact `remember` accepts, in characters.")
+    ] = 1000
+    max_memories_per_channel: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Most memories a channel keeps; `remember` is refused beyond it until"
+            " one is forgotten.",
+        ),
+    ] = 500
     max_tokens: Annotated[
         int,
         Meta(

@@ -172,6 +172,27 @@ def decide_admission(
     )
 
 
+REFUSAL_WINDOW_SECONDS = {"minute": 60, "hour": 3600}
+"""How long a refusal by a sliding window stands for the ones after it; the day windows
+(`day`, `tokens_day`) last until 00:00 UTC."""
+
+
+def refusal_is_new(usage: UsageView | None, rejection: TurnRejected) -> bool:
+    """Whether `rejection` is the user's first by its window in that window: only those are
+    recorded, so a flood of refused requests appends one event per user and window.
+
+    The window of a recorded refusal starts at its `at`: `minute` and `hour` last that
+    long, the day windows until the end of its UTC day.
+    """
+    last = usage.get("last_refusals", {}).get(rejection.window) if usage else None
+    if last is None:
+        return True
+    span = REFUSAL_WINDOW_SECONDS.get(rejection.window)
+    if span is None:
+        return day_of(datetime.fromtimestamp(last, UTC)) != day_of(rejection.at)
+    return rejection.at.timestamp() - last >= span
+
+
 def _resets_in(oldest: float | None, window: int, now_ts: float) -> int:
     if oldest is None:
         return window

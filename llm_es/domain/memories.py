@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import functools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 
 from llm_es.domain.events import MemoryAdded, MemoryForgotten, MemoryRecalled
@@ -156,14 +156,27 @@ def decide_remember(
     content: str,
     category: str,
     importance: int,
-    existing_ids: Iterable[str],
+    existing_ids: Collection[str],
     new_id: Callable[[], str],
     now: datetime,
+    max_length: int,
+    max_memories: int,
 ) -> MemoryAdded:
-    """Remember a fact in a channel under a fresh id (drawn by `new_id`)."""
+    """Remember a fact in a channel under a fresh id (drawn by `new_id`), within the caps on
+    a fact's length and on the channel's memories (`existing_ids`)."""
     content = content.strip()
     if not content:
         raise ValidationError("Nothing to remember", "content")
+    if len(content) > max_length:
+        raise ValidationError(
+            f"Memory too long: {len(content)} characters (limit {max_length})", "content"
+        )
+    if len(existing_ids) >= max_memories:
+        raise ValidationError(
+            f"Memory limit reached: this channel keeps at most {max_memories} memories;"
+            " forget one first",
+            "content",
+        )
     return MemoryAdded(
         at=now,
         memory_id=new_memory_id(existing_ids, new_id),

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from llm_es.domain.events import ContextSummarized
 from llm_es.domain.messages import ChatMessage
-from llm_es.domain.prompt import speaker_line
+from llm_es.domain.prompt import quoted, speaker_line
 from llm_es.domain.views import ContextMessage, ContextView
 
 SUMMARY_INSTRUCTIONS = (
@@ -47,13 +47,12 @@ def summary_prompt(
     previous: str | None, messages: Sequence[ContextMessage], max_words: int
 ) -> list[ChatMessage]:
     """The provider prompt that folds `messages` into `previous`."""
+    # Quoted, so a message cannot start a line of its own ("assistant: ...").
     transcript = "\n".join(
-        speaker_line(m["user_id"], m["content"])
-        if m["role"] == "user"
-        else f"assistant: {m['content']}"
+        speaker_line(m["user_id"] if m["role"] == "user" else "assistant", quoted(m["content"]))
         for m in messages
     )
-    body = f"Previous summary:\n{previous}\n\n" if previous else ""
+    body = f"Previous summary:\n{quoted(previous)}\n\n" if previous else ""
     body += f"New messages:\n{transcript}"
     return [
         {"role": "system", "content": SUMMARY_INSTRUCTIONS.format(max_words=max_words)},

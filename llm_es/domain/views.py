@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 
 import orjson
 
@@ -145,6 +145,9 @@ class UsageView(TypedDict):
     open_turns: dict[str, OpenTurn]
     total_requests: int
     total_tokens: int
+    last_refusals: NotRequired[dict[str, float]]
+    """Limit window -> time (epoch seconds) of the user's last recorded refusal by it;
+    absent until the user is first refused."""
 
 
 class ViewReader(Protocol):

@@ -1,7 +1,8 @@
 """How one provider's failures become the `ProviderError` tree, in messages safe to show.
 
 A message names the provider and the problem, never a secret: the server's own
-error text is scrubbed of the API key (and left out for 401/403, where servers
+error text is scrubbed of the API key, of any piece of it and of anything key-shaped
+(`scrub_secrets`; and left out for 401/403, where servers
 echo part of a rejected key), and a URL is shown without user-info, query or
 fragment. An error object inside a 200 answer counts as the status its `code`
 names.
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import orjson
 
+from llm_es.config import scrub_secrets
 from llm_es.errors import (
     ProviderAuthError,
     ProviderBadRequest,
@@ -45,7 +47,8 @@ class ProviderFailures:
     """Where the provider is, as `shown_url` gives it."""
     timeout: float
     secrets: tuple[str, ...]
-    """Texts scrubbed from every server text put into a message (the API key)."""
+    """Secrets scrubbed, whole or in pieces, from every server text put into a message (the
+    API key); key-shaped words and bearer tokens are scrubbed whatever they are."""
 
     def status_error(self, response: httpx.Response) -> ProviderError:
         """The error for a non-200 answer: `<Label> API error: <status> <reason>[: detail]`."""
@@ -137,9 +140,7 @@ class ProviderFailures:
             error = error.get("message")
         if not isinstance(error, str):
             return ""
-        for secret in self.secrets:
-            error = error.replace(secret, "***")
-        text = " ".join(error.split())
+        text = " ".join(scrub_secrets(error, self.secrets).split())
         if len(text) > MAX_DETAIL_CHARS:
             text = text[: MAX_DETAIL_CHARS - 3] + "..."
         return text

@@ -6,6 +6,11 @@ subjects (`llm.ev.*.<user>.>`), so a concurrent admission for the user on any
 instance makes the append fail: fold what it wrote and decide again. No limit
 is overshot by a race. Inside one process a per-user lock keeps a user's own
 requests from racing each other.
+
+A refusal is recorded (`TurnRejected`) only when it is the user's first by its
+window in that window (`refusal_is_new`), on the same condition, so two instances
+never both record it; the refusals after it are answered the same way and counted
+here (`refusals_unrecorded`), not appended.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import cast
 
 from llm_es.config import RateLimitsConfig
 from llm_es.domain.events import TurnAdmitted, TurnRejected
-from llm_es.domain.limits import TurnRequest, decide_admission
+from llm_es.domain.limits import TurnRequest, decide_admission, refusal_is_new
 from llm_es.domain.views import UsageView, usage_key
 from llm_es.errors import IntegrityError, OperationalError
 from llm_es.service.recording import Recorder
@@ -49,7 +54,10 @@ class Admission:
         self.admitted = 0
         """Turns admitted here (chat, complete and summarize)."""
         self.rejected = 0
-        """Turns refused here by a limit."""
+        """Turns refused here by a limit, recorded or not."""
+        self.refusals_unrecorded = 0
+        """Refusals answered here but not appended: the user's refusal by that window was
+        already recorded."""
         self.conflicts = 0
         """Conditional appends of admissions that lost a race (and were decided again)."""
 
@@ -79,11 +87,10 @@ class Admission:
                     prompt_tokens_estimate=prompt_estimate,
                     max_tokens=max_tokens,
                 )
-                if isinstance(decision, TurnRejected):
-                    # A refusal consumes no budget, so it has no race to lose:
-                    # appending it unconditionally keeps floods from contending.
-                    await self._recorder.record(decision)
+                rejected = isinstance(decision, TurnRejected)
+                if isinstance(decision, TurnRejected) and not refusal_is_new(usage, decision):
                     self.rejected += 1
+                    self.refusals_unrecorded += 1
                     return decision
                 try:
                     seq = await self._store.append(
@@ -97,7 +104,10 @@ class Admission:
                     # Jitter spreads instances that keep colliding on one user.
                     await asyncio.sleep(random.uniform(0, ADMIT_BACKOFF_SECONDS) * min(attempt, 8))
                     continue
-                self.admitted += 1
+                if rejected:
+                    self.rejected += 1
+                else:
+                    self.admitted += 1
                 await self._recorder.wait_for(seq)
                 return decision
             raise OperationalError("too many concurrent requests for this user; try again")

@@ -128,9 +128,11 @@ class Channels:
             content=content,
             category=category,
             importance=importance,
-            existing_ids=(m["id"] for m in self.memories_of(channel)),
+            existing_ids=[m["id"] for m in self.memories_of(channel)],
             new_id=self._memory_ids,
             now=self._clock(),
+            max_length=self._config.service.max_memory_length,
+            max_memories=self._config.service.max_memories_per_channel,
         )
         await self._recorder.record(event)
         return Outcome.ok(

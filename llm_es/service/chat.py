@@ -100,6 +100,7 @@ class ChatService:
             "instance": self.instance_id,
             "admitted": admission.admitted,
             "rejected": admission.rejected,
+            "refusals_unrecorded": admission.refusals_unrecorded,
             "admission_conflicts": admission.conflicts,
             "conflict_retries_per_admitted": (
                 round(admission.conflicts / admission.admitted, 3) if admission.admitted else 0.0

@@ -18,10 +18,12 @@ import msgspec
 from msgspec import Meta, inspect
 
 from llm_es.config import Config
+from llm_es.domain.tokens import MAX_TOKEN_CHARS, name_too_long, token_length
 from llm_es.errors import ValidationError
 
 Name = Annotated[str, Meta(extra={"limit": "name"})]
-"""A channel or user name: not blank, at most `service.max_name_length` characters."""
+"""A channel or user name: not blank, at most `service.max_name_length` characters, and a
+subject token of at most `MAX_TOKEN_CHARS`."""
 Text = Annotated[str, Meta(extra={"limit": "text"})]
 """A message: not blank, at most `service.max_message_length` characters."""
 
@@ -32,6 +34,8 @@ _PLURAL = re.compile(r"(string|object)")
 _GOT = re.compile(r"Expected `.+`, got `(\w+)`")
 _KINDS = {"int": "a number", "float": "a number", "str": "a string", "bool": "a boolean",
           "null": "null", "array": "an array", "object": "an object"}  # fmt: skip
+ALWAYS_FITS_CHARS = MAX_TOKEN_CHARS // 12
+"""Names this short always fit a subject token: a character encodes to at most 12."""
 _KIND_OF = {list: "array", str: "str", int: "int", float: "float", bool: "bool", type(None): "null"}
 """msgspec's name for the JSON kind of a decoded value (a top-level body)."""
 
@@ -44,7 +48,7 @@ class Payload(msgspec.Struct, frozen=True):
         """The `Name` and `Text` fields against the config's limits; errors name the field."""
         names, texts = _LIMITED.get(type(self)) or _limited_fields(type(self))
         # One test for the usual case (a request per turn); the helper words a failure.
-        most = config.service.max_name_length
+        most = min(config.service.max_name_length, ALWAYS_FITS_CHARS)
         for field in names:
             value = getattr(self, field)
             if value is not None and (len(value) > most or not value.strip()):
@@ -101,6 +105,8 @@ def check_name(field: str, value: str, config: Config) -> None:
         raise ValidationError(
             f"Field '{field}' is too long: {len(value)} characters (limit {limit})", field
         )
+    if len(value) > ALWAYS_FITS_CHARS and (chars := token_length(value)) > MAX_TOKEN_CHARS:
+        raise ValidationError(name_too_long(chars, field), field)
 
 
 def check_text(field: str, value: str, config: Config, *, blank: bool = False) -> None:

@@ -225,8 +225,16 @@ def is_safe_reply_subject(subject: str) -> bool:
     return subject != SUBJECT_PREFIX and not subject.startswith(f"{SUBJECT_PREFIX}.")
 
 
+MAX_REPLY_SUBJECT_CHARS = 1024
+"""Longest `reply_to` used: a longer one could pass the server's control-line limit."""
+
+
 def reply_subject(value: object) -> str | None:
-    """`value` as a usable `reply_to`, or None (invalid or unsafe ones are ignored)."""
-    if isinstance(value, str) and is_safe_reply_subject(value):
+    """`value` as a usable `reply_to`, or None (invalid, unsafe or oversize ones are ignored)."""
+    if (
+        isinstance(value, str)
+        and len(value) <= MAX_REPLY_SUBJECT_CHARS
+        and is_safe_reply_subject(value)
+    ):
         return value
     return None

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
-from llm_es.config import NatsConfig
+from llm_es.config import NatsConfig, scrub_secrets, url_passwords
 from llm_es.logs import log_kv
 
 logger = logging.getLogger("llm_es.nats")
@@ -33,10 +34,24 @@ def _tls_context(config: NatsConfig) -> ssl.SSLContext:
     return context
 
 
-async def _log_error(exc: Exception) -> None:
-    # INFO, not WARNING: failed first attempts are reported once by the caller,
-    # and lost connections by the disconnected callback.
-    log_kv(logger, "nats_error", level=logging.INFO, error=type(exc).__name__, detail=exc)
+def _error_logger(secrets: tuple[str, ...]) -> Callable[[Exception], Awaitable[None]]:
+    """The error callback: one line per error, its text scrubbed of the connection's secrets."""
+
+    async def log_error(exc: Exception) -> None:
+        # INFO, not WARNING: failed first attempts are reported once by the caller,
+        # and lost connections by the disconnected callback.
+        detail = scrub_secrets(str(exc), secrets)
+        log_kv(logger, "nats_error", level=logging.INFO, error=type(exc).__name__, detail=detail)
+
+    return log_error
+
+
+def connection_secrets(config: NatsConfig, url: str | None) -> tuple[str, ...]:
+    """The secrets a connection uses: password, token, passwords inside the URL(s)."""
+    found = [s.reveal() for s in (config.password, config.token) if s is not None]
+    for server in [url] if url else list(config.servers):
+        found += url_passwords(server)
+    return tuple(secret for secret in found if secret)
 
 
 async def _log_disconnected() -> None:
@@ -56,7 +71,7 @@ async def connect_options(config: NatsConfig, url: str | None, name: str) -> dic
         "connect_timeout": 5,
         "max_reconnect_attempts": INITIAL_CONNECT_ATTEMPTS,
         "reconnect_time_wait": 1,
-        "error_cb": _log_error,
+        "error_cb": _error_logger(connection_secrets(config, url)),
         "disconnected_cb": _log_disconnected,
         "reconnected_cb": _log_reconnected,
     }

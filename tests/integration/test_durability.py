@@ -63,7 +63,7 @@ async def test_state_survives_a_plugin_restart(
         contents = [m["content"] for m in sent["messages"]]
         assert "alice: My name is Alice" in contents
         assert "briefly" in contents[0]
-        assert "Alice owns a cat" in contents[0]
+        assert 'fact: "Alice owns a cat"' in contents[1]  # the channel data, after the persona
     finally:
         await stop_plugin(plugin, nc)
 

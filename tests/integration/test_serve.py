@@ -10,7 +10,7 @@ import nats
 import orjson
 import pytest
 
-from llm_es.embedded import pick_free_port
+from llm_es.embedded import EmbeddedNatsServer, pick_free_port
 from tests.support.cli import console_script, hermetic_env
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import command, log_events, wait_until
@@ -132,3 +132,31 @@ async def test_serve_reports_an_unreachable_nats_url(tmp_path: pathlib.Path) -> 
     stderr = await stop_serve(process, sig=None)
     assert process.returncode == 1
     assert f"cannot connect to NATS at nats://127.0.0.1:{port}" in stderr
+
+
+async def test_serve_never_prints_a_password_in_the_nats_url(
+    tmp_path: pathlib.Path, nats_server: EmbeddedNatsServer, fake_llm: FakeLLMServer
+) -> None:
+    """The ready line and the unreachable-server message show the URL with `***` for the
+    password (the server here has no auth, so it accepts any)."""
+    port = nats_server.url.rsplit(":", 1)[1]
+    url = f"nats://alice:hunter2-pw@127.0.0.1:{port}"
+    config = tmp_path / "config.json"
+    config.write_text(
+        orjson.dumps({"providers": {"ollama": {"base_url": fake_llm.base_url}}}).decode()
+    )
+    process = await start_serve("--config", str(config), "--nats-url", url)
+    assert process.stderr is not None
+    async with asyncio.timeout(30):
+        while b"llm-es ready" not in (line := await process.stderr.readline()):
+            assert line, "serve ended before it was ready"
+    assert line.decode().strip().endswith(f"at nats://alice:***@127.0.0.1:{port}")
+    stderr = await stop_serve(process)
+    assert "hunter2" not in stderr
+
+    dead = pick_free_port("127.0.0.1")
+    process = await start_serve("--nats-url", f"nats://bob:hunter2-pw@127.0.0.1:{dead}")
+    stderr = await stop_serve(process, sig=None)
+    assert process.returncode == 1
+    assert f"cannot connect to NATS at nats://bob:***@127.0.0.1:{dead}" in stderr
+    assert "hunter2" not in stderr

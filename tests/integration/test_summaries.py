@@ -7,6 +7,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from llm_es.domain.events import ContextSummarized, TokensSpent
+from llm_es.domain.prompt import quoted
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import command, log_events, wait_until
@@ -47,8 +48,8 @@ async def test_history_past_the_threshold_is_summarized_and_prompted(
         if r.body and reply_for(r.body["messages"]) == SUMMARY
     )
     transcript = summary_request["messages"][1]["content"]
-    assert "alice: I own a cat called Tom" in transcript
-    assert "alice: What a day" not in transcript  # the last window stays verbatim
+    assert 'alice: "I own a cat called Tom"' in transcript
+    assert "What a day" not in transcript  # the last window stays verbatim
     spent = [e for _, e in await log_events(client) if isinstance(e, TokensSpent)]
     assert [e.purpose for e in spent].count("context_summary") == 1
     assert next(e for e in spent if e.purpose == "context_summary").user is None
@@ -56,9 +57,9 @@ async def test_history_past_the_threshold_is_summarized_and_prompted(
     await command(client, "What is my cat called?")
     last = fake_llm.chat_requests[-1].body
     assert last is not None
-    system = last["messages"][0]["content"]
-    assert f"Summary of the earlier conversation:\n{SUMMARY}" in system
-    contents = [m["content"] for m in last["messages"][1:]]
+    assert SUMMARY not in last["messages"][0]["content"]  # data, not instructions
+    assert f"summary: {quoted(SUMMARY)}" in last["messages"][1]["content"]
+    contents = [m["content"] for m in last["messages"][2:]]
     assert contents == ["alice: What a day", "Noted.", "alice: What is my cat called?"]
 
 
@@ -92,5 +93,5 @@ async def test_reset_clears_the_summary(
     await command(client, "fresh")
     last = fake_llm.chat_requests[-1].body
     assert last is not None
-    assert "Summary of the earlier conversation" not in last["messages"][0]["content"]
+    assert "summary:" not in str(last["messages"])
     assert len(last["messages"]) == 2

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import cast
 
+import msgspec
 import pytest
 
 from llm_es.config import RateLimitsConfig
@@ -20,6 +21,7 @@ from llm_es.domain.limits import (
     decide_admission,
     estimate_tokens,
     new_day,
+    refusal_is_new,
     seconds_to_midnight,
     usage_numbers,
 )
@@ -362,3 +364,30 @@ def test_the_day_only_moves_forward() -> None:
     east = timezone(timedelta(hours=5))
     assert new_day("2024-05-17", datetime(2024, 5, 18, 3, tzinfo=east)) is None
     assert new_day("2024-05-17", datetime(2024, 5, 18, 6, tzinfo=east)) == "2024-05-18"
+
+
+@pytest.mark.parametrize(
+    ("window", "rate_limits", "still_same", "next_window"),
+    [
+        ("minute", limits(minute=1), timedelta(seconds=58), timedelta(seconds=60)),
+        ("hour", limits(hour=1), timedelta(minutes=59), timedelta(hours=1)),
+        # NOW is 20:00 UTC: the day window lasts until midnight, not 24 hours.
+        ("day", limits(day=1), timedelta(hours=3, minutes=59), timedelta(hours=4)),
+    ],
+)
+def test_a_refusal_is_new_once_per_user_and_window(
+    window: str, rate_limits: RateLimitsConfig, still_same: timedelta, next_window: timedelta
+) -> None:
+    """The first refusal by a window is new; the ones after it within the window are not,
+    by the time the usage view folded from the log keeps; the next window's first is new."""
+    usage = usage_after(finished_turn(NOW - timedelta(seconds=1), "t0"))
+    first = reject(decide(usage, rate_limits))
+    assert first.window == window
+    assert refusal_is_new(usage, first)
+    usage = usage_after([*finished_turn(NOW - timedelta(seconds=1), "t0"), first])
+    assert usage["last_refusals"] == {window: NOW.timestamp()}
+    repeat = reject(decide(usage, rate_limits, now=NOW + still_same))
+    assert not refusal_is_new(usage, repeat)
+    other_window = reject(decide(usage, limits(tokens=1), now=NOW + still_same))
+    assert refusal_is_new(usage, other_window)
+    assert refusal_is_new(usage, msgspec.structs.replace(first, at=NOW + next_window))

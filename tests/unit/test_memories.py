@@ -223,6 +223,7 @@ def test_decide_remember_strips_content_and_uses_a_free_id() -> None:
         existing_ids={"deadbeef"},
         new_id=lambda: next(drawn),
         now=NOW,
+        **CAPS,
     )
     assert isinstance(event, MemoryAdded)
     assert event.memory_id == "0badf00d"
@@ -247,8 +248,43 @@ def test_decide_remember_rejects_empty_content() -> None:
             existing_ids=(),
             new_id=lambda: "deadbeef",
             now=NOW,
+            **CAPS,
         )
     assert (str(caught.value), caught.value.field) == ("Nothing to remember", "content")
+
+
+CAPS = {"max_length": 30, "max_memories": 2}
+
+
+@pytest.mark.parametrize(
+    ("content", "existing", "error"),
+    [
+        ("x" * 31, (), "Memory too long: 31 characters (limit 30)"),
+        (
+            "a fact",
+            ("00000001", "00000002"),
+            "Memory limit reached: this channel keeps at most 2 memories; forget one first",
+        ),
+    ],
+)
+def test_decide_remember_enforces_the_caps(
+    content: str, existing: tuple[str, ...], error: str
+) -> None:
+    """A fact longer than `max_length` (after trimming), or one more than `max_memories` in
+    the channel, is refused with a neutral ValidationError before any event is made."""
+    with pytest.raises(ValidationError) as caught:
+        decide_remember(
+            channel="general",
+            user=None,
+            content=f"  {content}  ",
+            category="fact",
+            importance=3,
+            existing_ids=existing,
+            new_id=lambda: "deadbeef",
+            now=NOW,
+            **CAPS,
+        )
+    assert (str(caught.value), caught.value.field) == (error, "content")
 
 
 def test_decide_recall_records_the_ranked_ids() -> None:

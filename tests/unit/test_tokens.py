@@ -7,7 +7,14 @@ import re
 
 import pytest
 
-from llm_es.domain.tokens import NO_NAME, decode_name, encode_name, encode_optional
+from llm_es.domain.tokens import (
+    MAX_TOKEN_CHARS,
+    NO_NAME,
+    decode_name,
+    encode_name,
+    encode_optional,
+    token_length,
+)
 from llm_es.errors import ValidationError
 
 NATS_TOKEN = re.compile(r"[^\s.*>]+")
@@ -167,3 +174,17 @@ def test_decode_rejects_tokens_encode_never_produces(token: str) -> None:
     """Only canonical tokens decode, so no name has two tokens; the rest raise ValueError."""
     with pytest.raises(ValueError, match=r"."):
         decode_name(token)
+
+
+@pytest.mark.parametrize("name", ["a" * MAX_TOKEN_CHARS, "\U0001f600" * 128, "é" * 256])
+def test_the_longest_names_fit_a_token(name: str) -> None:
+    """A name whose token is exactly `MAX_TOKEN_CHARS` long encodes; 128 characters always fit."""
+    assert len(encode_name(name)) == token_length(name) == MAX_TOKEN_CHARS
+
+
+@pytest.mark.parametrize("name", ["a" * (MAX_TOKEN_CHARS + 1), "\U0001f600" * 129, "é." * 200])
+def test_a_name_too_long_for_a_subject_is_refused(name: str) -> None:
+    """Past `MAX_TOKEN_CHARS` the encoder refuses (the surfaces check first and name the
+    field), so no subject can pass the server's control-line limit."""
+    with pytest.raises(ValidationError, match="too long for a NATS subject"):
+        encode_name(name)
