@@ -6,6 +6,10 @@ subjects (`llm.ev.*.<user>.>`), so a concurrent admission for the user on any
 instance makes the append fail: fold what it wrote and decide again. No limit
 is overshot by a race. Inside one process a per-user lock keeps a user's own
 requests from racing each other.
+
+The decision's event id is derived from the turn id: a retried request (same
+`request_id`, so the same turn id) is deduped by the stream and comes back as
+`AlreadyDecided`, naming the first attempt's decision.
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
+import msgspec
+
 from llm_es.config import RateLimitsConfig
 from llm_es.domain.events import TurnAdmitted, TurnRejected
+from llm_es.domain.idempotency import turn_event_id
 from llm_es.domain.limits import TurnRequest, decide_admission
 from llm_es.domain.views import UsageView, usage_key
 from llm_es.errors import IntegrityError, OperationalError
@@ -25,6 +33,13 @@ from llm_es.service.recording import Recorder
 from llm_es.service.user_locks import UserLocks
 
 ADMIT_BACKOFF_SECONDS = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyDecided:
+    """The turn was decided before (a retried request): its decision is stored at `seq`."""
+
+    seq: int
 
 
 class Admission:
@@ -54,13 +69,21 @@ class Admission:
         """Conditional appends of admissions that lost a race (and were decided again)."""
 
     async def admit_turn(
-        self, request: TurnRequest, prompt_estimate: int, max_tokens: int
-    ) -> TurnAdmitted | TurnRejected:
+        self,
+        request: TurnRequest,
+        prompt_estimate: int,
+        max_tokens: int,
+        *,
+        retried: bool = False,
+    ) -> TurnAdmitted | TurnRejected | AlreadyDecided:
         """Decide and append the admission on the user's position; retry on races.
 
-        Returns once the views include the appended event. OperationalError when
-        `retries` decisions in a row lost their race.
+        Returns once the views include the appended event. With `retried` (the
+        turn id comes from a caller's request id) a refusal is appended with an
+        ack too, so a turn decided before is told from a new one. OperationalError
+        when `retries` decisions in a row lost their race.
         """
+        decision_id = turn_event_id(request.turn_id, "decision")
         async with self.locks.hold(request.user):
             boundary = self._store.user_boundary(request.user)
             known_last: int | None = None
@@ -71,22 +94,32 @@ class Admission:
                     # Events the views skip (unreadable ones) still move the
                     # subject's last sequence; the views include all up to it.
                     position = max(position, known_last)
-                decision = decide_admission(
-                    request,
-                    usage,
-                    self._limits,
-                    now=self._clock(),
-                    prompt_tokens_estimate=prompt_estimate,
-                    max_tokens=max_tokens,
+                decision = msgspec.structs.replace(
+                    decide_admission(
+                        request,
+                        usage,
+                        self._limits,
+                        now=self._clock(),
+                        prompt_tokens_estimate=prompt_estimate,
+                        max_tokens=max_tokens,
+                    ),
+                    id=decision_id,
                 )
                 if isinstance(decision, TurnRejected):
                     # A refusal consumes no budget, so it has no race to lose:
                     # appending it unconditionally keeps floods from contending.
-                    await self._recorder.record(decision)
+                    if not retried:
+                        await self._recorder.record(decision)
+                        self.rejected += 1
+                        return decision
+                    refused = await self._store.append_once(decision)
+                    await self._recorder.wait_for(refused.seq)
+                    if refused.duplicate:
+                        return AlreadyDecided(refused.seq)
                     self.rejected += 1
                     return decision
                 try:
-                    seq = await self._store.append(
+                    appended = await self._store.append_once(
                         decision, expected_last_seq=position, boundary=boundary
                     )
                 except IntegrityError as conflict:
@@ -97,7 +130,9 @@ class Admission:
                     # Jitter spreads instances that keep colliding on one user.
                     await asyncio.sleep(random.uniform(0, ADMIT_BACKOFF_SECONDS) * min(attempt, 8))
                     continue
+                await self._recorder.wait_for(appended.seq)
+                if appended.duplicate:
+                    return AlreadyDecided(appended.seq)
                 self.admitted += 1
-                await self._recorder.wait_for(seq)
                 return decision
             raise OperationalError("too many concurrent requests for this user; try again")

@@ -94,6 +94,18 @@ def event_log_config(
 
 
 @dataclass(frozen=True, slots=True)
+class Appended:
+    """Where an append landed: its stream sequence, and whether the stream already held it.
+
+    `duplicate` means an event with the same id was stored within the duplicate
+    window (a retry): `seq` is that first event's sequence, and nothing new was stored.
+    """
+
+    seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
 class OutgoingMessage:
     """A message for JetStream to store: subject, payload and headers."""
 
@@ -238,12 +250,31 @@ class EventStore:
         `boundary` (a subject filter; default the event's own subject) has that
         sequence (0: no event yet); otherwise IntegrityError.
         """
+        appended = await self.append_once(
+            event, expected_last_seq=expected_last_seq, boundary=boundary
+        )
+        return appended.seq
+
+    async def append_once(
+        self,
+        event: Event,
+        *,
+        expected_last_seq: int | None = None,
+        boundary: str | None = None,
+    ) -> Appended:
+        """`append`, telling a first append from one the stream dedupes by the event's id.
+
+        nats-server checks `expected_last_seq` before the id: a retry whose user
+        has moved on gets IntegrityError first, and its duplicate once decided again.
+        """
         hdrs = {headers.MSG_ID: event.id}
         if expected_last_seq is not None:
             hdrs[headers.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected_last_seq)
             if boundary is not None:
                 hdrs[headers.EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = boundary
-        return await self._publish(self.subject_for(event), encode_event(event), hdrs)
+        message = OutgoingMessage(self.subject_for(event), encode_event(event), hdrs)
+        ack = await request_ack(self._nc, message, stream=self.stream)
+        return Appended(self._sequence_from(ack), bool(ack.get("duplicate")))
 
     async def append_all(self, events: Sequence[Event]) -> list[int]:
         """Append several events in order, pipelined (each idempotent, not atomic)."""
