@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,28 @@ def event_log_config(
         deny_delete=True,
         deny_purge=True,
         discard=api.DiscardPolicy.OLD,
+    )
+
+
+def fitted_stream_config(current: api.StreamConfig, wanted: api.StreamConfig) -> api.StreamConfig:
+    """An existing stream's settings with what the log needs raised, and nothing else changed.
+
+    An operator's choices stay (limits such as `max_age` and `max_bytes`, more
+    replicas, a longer duplicate window, more subjects); the log's own subjects,
+    atomic batches, direct gets and no delete/purge are added, and replicas and the
+    duplicate window only go up.
+    """
+    subjects = list(current.subjects or [])
+    subjects += [s for s in wanted.subjects or [] if s not in subjects]
+    return dataclasses.replace(
+        current,
+        subjects=subjects,
+        num_replicas=max(current.num_replicas or 1, wanted.num_replicas or 1),
+        duplicate_window=max(current.duplicate_window or 0, wanted.duplicate_window or 0),
+        allow_direct=True,
+        allow_atomic=True,
+        deny_delete=True,
+        deny_purge=True,
     )
 
 
@@ -207,19 +230,26 @@ class EventStore:
         return event_log_config(self.stream, self.prefix, replicas=self._replicas)
 
     async def ensure_stream(self) -> None:
-        """Create the stream, or update its settings if it exists (idempotent)."""
+        """Create the stream, or fit an existing one's settings up (`fitted_stream_config`).
+
+        Never lowers what an operator set by hand (replicas, limits): a restart
+        leaves a stream scaled to R3 at R3.
+        """
         require_server_version(self._nc)
         config = self.stream_config()
         try:
-            await self._js.stream_info(self.stream)
+            info = await self._js.stream_info(self.stream)
         except NotFoundError:
             try:
                 await self._js.add_stream(config)
             except APIError as exc:
                 raise OperationalError(f"cannot create stream {self.stream}: {exc}") from exc
             return
+        fitted = fitted_stream_config(info.config, config)
+        if fitted == info.config:
+            return
         try:
-            await self._js.update_stream(config)
+            await self._js.update_stream(fitted)
         except APIError as exc:
             raise OperationalError(f"cannot update stream {self.stream}: {exc}") from exc
 
