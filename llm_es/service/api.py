@@ -217,6 +217,7 @@ class LLMServiceAPI:
             persona=asked.persona,
             provider_name=asked.provider,
             on_chunk=self._chunk_sink(request) if asked.stream else None,
+            request_id=asked.request_id,
         )
         return completion_reply(outcome, self._config.default_provider)
 
@@ -228,6 +229,7 @@ class LLMServiceAPI:
             temperature=DEFAULT_TEMPERATURE if asked.temperature is None else asked.temperature,
             max_tokens=asked.max_tokens,
             provider_name=asked.provider,
+            request_id=asked.request_id,
         )
         return completion_reply(outcome, self._config.default_provider)
 
@@ -238,6 +240,7 @@ class LLMServiceAPI:
             max_words=asked.max_length or DEFAULT_SUMMARY_WORDS,
             style=asked.style or DEFAULT_SUMMARY_STYLE,
             user=asked.user,
+            request_id=asked.request_id,
         )
         return summary_reply(outcome)
 
@@ -249,6 +252,7 @@ class LLMServiceAPI:
             content=asked.content,
             category=(asked.category or DEFAULT_CATEGORY).strip(),
             importance=asked.importance or SEED_DEFAULT_IMPORTANCE,
+            request_id=asked.request_id,
         )
         return memory_reply(outcome)
 

@@ -12,9 +12,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
+import msgspec
+
 from llm_es.config import Config
 from llm_es.domain import replies
 from llm_es.domain.channel import decide_persona_switch, decide_reset
+from llm_es.domain.events import MemoryAdded
+from llm_es.domain.idempotency import request_event_id, request_memory_id
 from llm_es.domain.memories import (
     DEFAULT_IMPORTANCE,
     decide_forget,
@@ -120,8 +124,17 @@ class Channels:
         content: str,
         category: str = "fact",
         importance: int = DEFAULT_IMPORTANCE,
+        request_id: str | None = None,
     ) -> Outcome:
+        """Remember a fact; with a `request_id`, a retry answers the first one's memory."""
         await self._recorder.catch_up()
+        memory_ids = self._memory_ids
+        if request_id is not None:
+            derived = request_memory_id(channel, user, request_id)
+            known = next((m for m in self.memories_of(channel) if m["id"] == derived), None)
+            if known is not None:
+                return Outcome.ok(replies.remembered(known["content"], derived), memory_id=derived)
+            memory_ids = lambda: derived  # noqa: E731  (one candidate: it is not taken)
         event = decide_remember(
             channel=channel,
             user=user,
@@ -129,12 +142,21 @@ class Channels:
             category=category,
             importance=importance,
             existing_ids=[m["id"] for m in self.memories_of(channel)],
-            new_id=self._memory_ids,
+            new_id=memory_ids,
             now=self._clock(),
             max_length=self._config.service.max_memory_length,
             max_memories=self._config.service.max_memories_per_channel,
         )
-        await self._recorder.record(event)
+        if request_id is None:
+            await self._recorder.record(event)
+        else:
+            event = msgspec.structs.replace(event, id=request_event_id(channel, user, request_id))
+            appended = await self._recorder.store.append_once(event)
+            await self._recorder.wait_for(appended.seq)
+            if appended.duplicate:
+                stored = await self._recorder.store.event_at(appended.seq)
+                if stored is not None and isinstance(stored.event, MemoryAdded):
+                    event = stored.event
         return Outcome.ok(
             replies.remembered(event.content, event.memory_id), memory_id=event.memory_id
         )

@@ -141,6 +141,7 @@ class ChatService:
         persona: str | None = None,
         provider_name: str | None = None,
         on_chunk: ChunkSink | None = None,
+        request_id: str | None = None,
     ) -> Outcome:
         """One chat turn in a channel; then, if the history calls for it, a summary.
 
@@ -155,6 +156,7 @@ class ChatService:
             persona=persona,
             provider_name=provider_name,
             on_chunk=on_chunk,
+            request_id=request_id,
         )
         if outcome.success:
             self.summaries.summarize_in_background(channel)
@@ -171,6 +173,7 @@ class ChatService:
         purpose: str = "complete",
         source: str = "service",
         on_chunk: ChunkSink | None = None,
+        request_id: str | None = None,
     ) -> Outcome:
         """A raw completion for another plugin: no context, no memory, same limits and ledger.
 
@@ -186,6 +189,7 @@ class ChatService:
             purpose=purpose,
             source=source,
             on_chunk=on_chunk,
+            request_id=request_id,
         )
 
     # ---------------------------------------------------------------- channel commands
@@ -205,9 +209,15 @@ class ChatService:
         content: str,
         category: str = "fact",
         importance: int = DEFAULT_IMPORTANCE,
+        request_id: str | None = None,
     ) -> Outcome:
         return await self.channels.remember(
-            channel=channel, user=user, content=content, category=category, importance=importance
+            channel=channel,
+            user=user,
+            content=content,
+            category=category,
+            importance=importance,
+            request_id=request_id,
         )
 
     async def recall(
@@ -221,11 +231,17 @@ class ChatService:
     # ---------------------------------------------------------------- summaries
 
     async def summarize_text(
-        self, *, text: str, max_words: int, style: str, user: str | None
+        self,
+        *,
+        text: str,
+        max_words: int,
+        style: str,
+        user: str | None,
+        request_id: str | None = None,
     ) -> Outcome:
         """`rosey.llm.summarize`: a completion with a summary prompt, held to `max_words`."""
         return await self.summaries.summarize_text(
-            text=text, max_words=max_words, style=style, user=user
+            text=text, max_words=max_words, style=style, user=user, request_id=request_id
         )
 
     async def summarize_channel(self, channel: str) -> bool:

@@ -123,7 +123,7 @@ class CommandSurface:
             else parse_chat_args(request.args)
         )
         try:
-            outcome = await self._outcome(command, request.channel, request.user)
+            outcome = await self._outcome(command, request)
         except ValidationError as exc:
             usage = COMMAND_USAGE.get(command.name)
             if usage is None or command.argument.strip():
@@ -134,8 +134,9 @@ class CommandSurface:
             return success_reply(outcome)
         return error_reply(outcome.message)
 
-    async def _outcome(self, command: ChatCommand, channel: str, user: str) -> Outcome:
+    async def _outcome(self, command: ChatCommand, request: CommandRequest) -> Outcome:
         service = self._service
+        channel, user = request.channel, request.user
         if command.name == "help":
             return Outcome.ok(replies.HELP)
         if command.name == "reset":
@@ -143,12 +144,19 @@ class CommandSurface:
         if command.name == "persona":
             return await service.persona(channel=channel, user=user, name=command.argument)
         if command.name == "remember":
-            return await service.remember(channel=channel, user=user, content=command.argument)
+            return await service.remember(
+                channel=channel,
+                user=user,
+                content=command.argument,
+                request_id=request.request_id,
+            )
         if command.name == "recall":
             return await service.recall(channel=channel, user=user, query=command.argument)
         if command.name == "forget":
             return await service.forget(channel=channel, user=user, memory_id=command.argument)
-        return await service.chat(channel=channel, user=user, message=command.argument)
+        return await service.chat(
+            channel=channel, user=user, message=command.argument, request_id=request.request_id
+        )
 
     async def _reply(self, subject: str | None, answer: dict[str, Any]) -> None:
         if subject is None:

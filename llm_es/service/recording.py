@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from llm_es.domain.events import Event
+from llm_es.domain.events import Event, TurnCompleted, TurnFailed
 from llm_es.domain.views import EventFeed, ViewReader
 from llm_es.store.log import EventStore
 
@@ -43,12 +43,35 @@ class Recorder:
         self.views = views
         self._awaited: dict[str, asyncio.Future[int]] = {}
         """Event id -> resolved with its sequence once the views have folded it."""
+        self._ends: dict[str, list[asyncio.Future[int]]] = {}
+        """Turn id -> futures resolved with the sequence of the turn's end once folded."""
         self._unfollow: Callable[[], None] | None = None
+
+    def _follow(self) -> None:
+        if self._unfollow is None:
+            _, self._unfollow = self.views.follow(self._folded)
+
+    def expect_turn_end(self, turn_id: str) -> asyncio.Future[int]:
+        """A future resolved with the sequence of the turn's end once the views fold it.
+
+        Ask before looking in the log, so an end folded meanwhile is not missed;
+        `forget_turn_end` when done with it.
+        """
+        self._follow()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._ends.setdefault(turn_id, []).append(future)
+        return future
+
+    def forget_turn_end(self, turn_id: str, future: asyncio.Future[int]) -> None:
+        waiting = self._ends.get(turn_id, [])
+        if future in waiting:
+            waiting.remove(future)
+        if not waiting:
+            self._ends.pop(turn_id, None)
 
     async def record(self, *events: Event) -> None:
         """Append events (in order) and wait until the views include them."""
-        if self._unfollow is None:
-            _, self._unfollow = self.views.follow(self._folded)
+        self._follow()
         loop = asyncio.get_running_loop()
         folded = [loop.create_future() for _ in events]
         awaited = self._awaited
@@ -72,7 +95,13 @@ class Recorder:
                 awaited.pop(event.id, None)
 
     def _folded(self, seq: int, event: Event | None) -> None:
-        if event is None or not self._awaited:
+        if event is None:
+            return
+        if self._ends and isinstance(event, TurnCompleted | TurnFailed):
+            for end in self._ends.get(event.turn_id, ()):
+                if not end.done():
+                    end.set_result(seq)
+        if not self._awaited:
             return
         future = self._awaited.get(event.id)
         if future is not None and not future.done():

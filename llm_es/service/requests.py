@@ -37,6 +37,8 @@ LEGACY_ACTIONS = ("chat", "complete", "reset")
 SummaryStyle = Literal["concise", "detailed", "bullets"]
 """The styles of `llm_es.domain.summarizer.SUMMARY_STYLES`, as a type msgspec checks."""
 NonBlank = Annotated[str, Meta(pattern=r"\S")]
+RequestId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"\S")]
+"""A caller's id for one request: the same id again (same user) is a retry, not a new one."""
 
 _REPLY_SUBJECT = re.compile(r"[^\s*>.]+(\.[^\s*>.]+)*")
 
@@ -52,6 +54,7 @@ class ChatRequest(Payload, frozen=True):
     persona: str | None = None
     provider: str | None = None
     stream: bool | None = None
+    request_id: RequestId | None = None
 
     def check(self, config: Config) -> None:
         super().check(config)
@@ -68,6 +71,7 @@ class CompletionRequest(Payload, frozen=True):
     max_tokens: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
     provider: str | None = None
     user: Name | None = None
+    request_id: RequestId | None = None
 
     def check(self, config: Config) -> None:
         super().check(config)
@@ -82,6 +86,7 @@ class SummarizeRequest(Payload, frozen=True):
     max_length: Annotated[int, Meta(ge=10, le=4000)] | None = None
     style: SummaryStyle | None = None
     user: Name | None = None
+    request_id: RequestId | None = None
 
     def check(self, config: Config) -> None:
         super().check(config)
@@ -100,6 +105,7 @@ class MemoryAddRequest(Payload, frozen=True):
     category: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"\S")] | None = None
     user_id: Name | None = None
     importance: Annotated[int, Meta(ge=1, le=5)] | None = None
+    request_id: RequestId | None = None
 
 
 class MemoryRecallRequest(Payload, frozen=True):
@@ -154,6 +160,7 @@ class ChatCommandPayload(Payload, frozen=True):
     reply_to: str | None = None
     channel_id: str | None = None
     username: str | None = None
+    request_id: RequestId | None = None
 
 
 # A Struct, not a frozen dataclass: that one cost 0.6 us to build, a quarter of the parse.
@@ -164,6 +171,7 @@ class CommandRequest(msgspec.Struct, frozen=True):
     user: str
     args: str
     reply_to: str | None
+    request_id: str | None = None
 
 
 def parse_command(data: bytes, config: Config) -> CommandRequest:
@@ -180,7 +188,7 @@ def parse_command(data: bytes, config: Config) -> CommandRequest:
         check_name("user", user, config)
     args = payload.args if isinstance(payload.args, str) else " ".join(payload.args or ())
     check_text("args", args, config, blank=True)
-    return CommandRequest(channel, user, args, reply_subject(payload.reply_to))
+    return CommandRequest(channel, user, args, reply_subject(payload.reply_to), payload.request_id)
 
 
 class LegacyRequest(Payload, frozen=True):

@@ -55,7 +55,13 @@ class Summaries:
         self._summarizing: dict[str, asyncio.Task[bool]] = {}
 
     async def summarize_text(
-        self, *, text: str, max_words: int, style: str, user: str | None
+        self,
+        *,
+        text: str,
+        max_words: int,
+        style: str,
+        user: str | None,
+        request_id: str | None = None,
     ) -> Outcome:
         """`rosey.llm.summarize`: a completion with a summary prompt, held to `max_words`."""
         outcome = await self._turns.complete(
@@ -67,6 +73,7 @@ class Summaries:
             purpose="summarize",
             source="service",
             on_chunk=None,
+            request_id=request_id,
         )
         if not outcome.success:
             return outcome

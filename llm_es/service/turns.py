@@ -2,7 +2,10 @@
 
 A turn ends in exactly one of `TurnCompleted`, `TurnFailed` or `TurnRejected`;
 its `TokensSpent` go in the same append as its end, so the views never see the
-turn closed with its tokens missing, nor the tokens without the close.
+turn closed with its tokens missing, nor the tokens without the close. Its events
+have ids derived from the turn id, so a turn's end is stored once however often
+it is appended; a request with a `request_id` names its turn, and a retry of it
+is answered from the log (`retries.py`).
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from datetime import datetime
 from llm_es.config import Config
 from llm_es.domain import replies
 from llm_es.domain.events import TurnAdmitted, TurnCompleted, TurnFailed
+from llm_es.domain.idempotency import request_turn_id, with_turn_ids
 from llm_es.domain.limits import TurnRequest, estimate_tokens
 from llm_es.domain.messages import ChatMessage
 from llm_es.domain.prompt import prompt_length
 from llm_es.errors import PartialUsage, ProviderError, ProviderTimeout
 from llm_es.logs import log_kv
 from llm_es.providers.base import LLMProvider
-from llm_es.service.admission import Admission
+from llm_es.service.admission import Admission, AlreadyDecided
 from llm_es.service.channel import Channels
 from llm_es.service.fallback import (
     ChunkSink,
@@ -36,11 +40,16 @@ from llm_es.service.fallback import (
 from llm_es.service.ledger import Booking, owed_spends, spend_of, tokens_of
 from llm_es.service.outcome import Outcome
 from llm_es.service.recording import Recorder
+from llm_es.service.retries import retried_turn_outcome
 
 logger = logging.getLogger(__name__)
 
 SERVICE_USER = "service"
 """Whom a service request without a user is booked to (rate limits and token ledger)."""
+
+
+RETRY_WAIT_GRACE_SECONDS = 5.0
+"""How much longer than a turn's deadline a retry waits for the first attempt's end."""
 
 
 def new_turn_id() -> str:
@@ -87,6 +96,7 @@ class Turns:
         persona: str | None,
         provider_name: str | None,
         on_chunk: ChunkSink | None,
+        request_id: str | None = None,
     ) -> Outcome:
         """One chat turn in a channel: context and memories in the prompt."""
         chain = self.provider_chain(provider_name)
@@ -99,7 +109,7 @@ class Turns:
             )
 
         request = TurnRequest(
-            turn_id=self._turn_ids(),
+            turn_id=self._turn_id("chat", user, request_id),
             channel=channel,
             user=user,
             source=source,
@@ -118,6 +128,7 @@ class Turns:
             max_tokens=self._config.service.max_tokens,
             on_chunk=on_chunk,
             rebuild_prompt=build_prompt,
+            retried=request_id is not None,
         )
 
     async def complete(
@@ -131,14 +142,16 @@ class Turns:
         purpose: str,
         source: str,
         on_chunk: ChunkSink | None,
+        request_id: str | None = None,
     ) -> Outcome:
         """A raw completion: no context, no memory; without a user, booked to SERVICE_USER."""
         chain = self.provider_chain(provider_name)
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        booked_to = user or SERVICE_USER
         request = TurnRequest(
-            turn_id=self._turn_ids(),
+            turn_id=self._turn_id(purpose, booked_to, request_id),
             channel=None,
-            user=user or SERVICE_USER,
+            user=booked_to,
             source=source,
             persona="",
             provider=chain[0].name,
@@ -154,7 +167,14 @@ class Turns:
             max_tokens=max_tokens or self._config.service.max_tokens,
             temperature=temperature,
             on_chunk=on_chunk,
+            retried=request_id is not None,
         )
+
+    def _turn_id(self, purpose: str, user: str, request_id: str | None) -> str:
+        """The turn id a caller's `request_id` names, else a fresh one."""
+        if request_id is None:
+            return self._turn_ids()
+        return request_turn_id(purpose, user, request_id)
 
     async def run(
         self,
@@ -166,8 +186,12 @@ class Turns:
         temperature: float | None = None,
         on_chunk: ChunkSink | None = None,
         rebuild_prompt: Callable[[], list[ChatMessage]] | None = None,
+        retried: bool = False,
     ) -> Outcome:
         """Admit (or reject), ask the providers, record the answer or the failure.
+
+        With `retried` (the turn id comes from a `request_id`), a turn decided
+        before is not run again: the first attempt's outcome is read from the log.
 
         `rebuild_prompt` builds the prompt again once admitted: admission waits
         until the views include its own event, hence everything logged before
@@ -178,8 +202,16 @@ class Turns:
         self.in_flight.add(request.turn_id)
         try:
             decision = await self._admission.admit_turn(
-                request, estimate_tokens(prompt_length(prompt)), max_tokens
+                request, estimate_tokens(prompt_length(prompt)), max_tokens, retried=retried
             )
+            if isinstance(decision, AlreadyDecided):
+                return await retried_turn_outcome(
+                    self._recorder,
+                    turn_id=request.turn_id,
+                    user=request.user,
+                    decided_at=decision.seq,
+                    wait_seconds=turn_deadline_seconds(self._config) + RETRY_WAIT_GRACE_SECONDS,
+                )
             if not isinstance(decision, TurnAdmitted):
                 log_kv(
                     logger,
@@ -254,20 +286,22 @@ class Turns:
         )
         owed = owed_spends(Booking.of(request), progress.charged, prompt, self._providers, now)
         await self._recorder.record(
-            *owed,
-            spent,
-            TurnCompleted(
-                at=now,
-                turn_id=request.turn_id,
-                channel=request.channel,
-                user=request.user,
-                content=result.content,
-                provider=provider.name,
-                model=result.model,
-                latency_ms=latency_ms,
-                finish_reason=result.finish_reason,
-                fallback_from=passed_over,
-            ),
+            *with_turn_ids(
+                request.turn_id,
+                [*owed, spent],
+                TurnCompleted(
+                    at=now,
+                    turn_id=request.turn_id,
+                    channel=request.channel,
+                    user=request.user,
+                    content=result.content,
+                    provider=provider.name,
+                    model=result.model,
+                    latency_ms=latency_ms,
+                    finish_reason=result.finish_reason,
+                    fallback_from=passed_over,
+                ),
+            )
         )
         tokens_used = tokens_of([*owed, spent])
         log_kv(
@@ -309,7 +343,7 @@ class Turns:
             error=str(exc),
         )
         owed = owed_spends(Booking.of(request), [*charged, exc], prompt, self._providers, now)
-        await self._recorder.record(*owed, failed)
+        await self._recorder.record(*with_turn_ids(request.turn_id, owed, failed))
         log_kv(
             logger,
             "turn_failed",

@@ -25,6 +25,7 @@ from nats.js.errors import APIError, KeyValueError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from llm_es.errors import OperationalError
+from llm_es.logs import log_kv
 from llm_es.store.kv import ensure_bucket
 
 logger = logging.getLogger(__name__)
@@ -157,15 +158,41 @@ async def keep_single_active(
     Until `halt` is set: while `holding()`, call `keep` (renew the lease, or step
     down) every `1/RENEWALS_PER_TTL` of the TTL; otherwise call `take` (a standby's
     round: try to acquire and start acting) at least every `STANDBY_POLL_SECONDS`.
-    The loop outlives any one failure of a round (logged in full), so a worker
-    whose store is briefly unreachable keeps competing.
+    The loop outlives any failure of a round, so a worker whose store is briefly
+    unreachable keeps competing. An outage is logged as one WARNING line when the
+    rounds start failing and one when they work again (a round runs every second
+    or so: a line per round would bury the log); an unexpected error, in full, once.
     """
     renew_every = lease.ttl_seconds / RENEWALS_PER_TTL
+    failing = False
     while not halt.is_set():
         try:
             await (keep() if holding() else take())
-        except Exception:  # the loop must outlive any one failure; logged in full
-            logger.exception("lease_loop_round_failed worker=%s key=%s", name, lease.key)
+        except (TimeoutError, nats.errors.Error, KeyValueError, OperationalError) as exc:
+            if not failing:
+                log_kv(
+                    logger,
+                    "lease_loop_failing",
+                    level=logging.WARNING,
+                    worker=name,
+                    key=lease.key,
+                    error=type(exc).__name__,
+                )
+            failing = True
+        except Exception:  # the loop must outlive any failure; a bug is logged in full
+            if not failing:
+                logger.exception("lease_loop_round_failed worker=%s key=%s", name, lease.key)
+            failing = True
+        else:
+            if failing:
+                log_kv(
+                    logger,
+                    "lease_loop_recovered",
+                    level=logging.WARNING,
+                    worker=name,
+                    key=lease.key,
+                )
+            failing = False
         interval = renew_every if holding() else min(STANDBY_POLL_SECONDS, renew_every)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,40 @@ def event_log_config(
         deny_purge=True,
         discard=api.DiscardPolicy.OLD,
     )
+
+
+def fitted_stream_config(current: api.StreamConfig, wanted: api.StreamConfig) -> api.StreamConfig:
+    """An existing stream's settings with what the log needs raised, and nothing else changed.
+
+    An operator's choices stay (limits such as `max_age` and `max_bytes`, more
+    replicas, a longer duplicate window, more subjects); the log's own subjects,
+    atomic batches, direct gets and no delete/purge are added, and replicas and the
+    duplicate window only go up.
+    """
+    subjects = list(current.subjects or [])
+    subjects += [s for s in wanted.subjects or [] if s not in subjects]
+    return dataclasses.replace(
+        current,
+        subjects=subjects,
+        num_replicas=max(current.num_replicas or 1, wanted.num_replicas or 1),
+        duplicate_window=max(current.duplicate_window or 0, wanted.duplicate_window or 0),
+        allow_direct=True,
+        allow_atomic=True,
+        deny_delete=True,
+        deny_purge=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Where an append landed: its stream sequence, and whether the stream already held it.
+
+    `duplicate` means an event with the same id was stored within the duplicate
+    window (a retry): `seq` is that first event's sequence, and nothing new was stored.
+    """
+
+    seq: int
+    duplicate: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,19 +230,26 @@ class EventStore:
         return event_log_config(self.stream, self.prefix, replicas=self._replicas)
 
     async def ensure_stream(self) -> None:
-        """Create the stream, or update its settings if it exists (idempotent)."""
+        """Create the stream, or fit an existing one's settings up (`fitted_stream_config`).
+
+        Never lowers what an operator set by hand (replicas, limits): a restart
+        leaves a stream scaled to R3 at R3.
+        """
         require_server_version(self._nc)
         config = self.stream_config()
         try:
-            await self._js.stream_info(self.stream)
+            info = await self._js.stream_info(self.stream)
         except NotFoundError:
             try:
                 await self._js.add_stream(config)
             except APIError as exc:
                 raise OperationalError(f"cannot create stream {self.stream}: {exc}") from exc
             return
+        fitted = fitted_stream_config(info.config, config)
+        if fitted == info.config:
+            return
         try:
-            await self._js.update_stream(config)
+            await self._js.update_stream(fitted)
         except APIError as exc:
             raise OperationalError(f"cannot update stream {self.stream}: {exc}") from exc
 
@@ -238,12 +280,31 @@ class EventStore:
         `boundary` (a subject filter; default the event's own subject) has that
         sequence (0: no event yet); otherwise IntegrityError.
         """
+        appended = await self.append_once(
+            event, expected_last_seq=expected_last_seq, boundary=boundary
+        )
+        return appended.seq
+
+    async def append_once(
+        self,
+        event: Event,
+        *,
+        expected_last_seq: int | None = None,
+        boundary: str | None = None,
+    ) -> Appended:
+        """`append`, telling a first append from one the stream dedupes by the event's id.
+
+        nats-server checks `expected_last_seq` before the id: a retry whose user
+        has moved on gets IntegrityError first, and its duplicate once decided again.
+        """
         hdrs = {headers.MSG_ID: event.id}
         if expected_last_seq is not None:
             hdrs[headers.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected_last_seq)
             if boundary is not None:
                 hdrs[headers.EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = boundary
-        return await self._publish(self.subject_for(event), encode_event(event), hdrs)
+        message = OutgoingMessage(self.subject_for(event), encode_event(event), hdrs)
+        ack = await request_ack(self._nc, message, stream=self.stream)
+        return Appended(self._sequence_from(ack), bool(ack.get("duplicate")))
 
     async def append_all(self, events: Sequence[Event]) -> list[int]:
         """Append several events in order, pipelined (each idempotent, not atomic)."""
