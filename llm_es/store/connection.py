@@ -65,6 +65,8 @@ async def connect_options(config: NatsConfig, url: str | None, name: str) -> dic
         options["password"] = config.password.reveal()
     if config.token is not None:
         options["token"] = config.token.reveal()
+    if config.inbox_prefix is not None:
+        options["inbox_prefix"] = config.inbox_prefix
     if config.creds is not None:
         options["user_credentials"] = config.creds
     if config.tls_ca or config.tls_cert:
