@@ -20,7 +20,7 @@ import nats.errors
 from llm_es import __version__
 from llm_es.app import Plugin
 from llm_es.cli_options import CommonOptions, start_logging
-from llm_es.config import DEFAULT_CONFIG_JSON, Config, load_config_sync
+from llm_es.config import DEFAULT_CONFIG_JSON, Config, load_config_sync, redact_url
 from llm_es.embedded import EmbeddedNatsServer
 from llm_es.errors import ConfigError, LLMESError, ServerVersionError
 from llm_es.logs import log_kv
@@ -133,7 +133,7 @@ async def serve(
             nc = await connect(config.nats, url)
         except (OSError, nats.errors.Error) as exc:
             print(
-                f"llm-es: cannot connect to NATS at {url or DEFAULT_LOCAL_URL}: {exc}",
+                f"llm-es: cannot connect to NATS at {redact_url(url or DEFAULT_LOCAL_URL)}: {exc}",
                 file=sys.stderr,
             )
             return 1
@@ -143,7 +143,11 @@ async def serve(
         plugin = Plugin(config, nc, instance_id="embedded" if embedded is not None else None)
         await plugin.start()
         stack.push_async_callback(plugin.stop)
-        print(f"llm-es ready: send !chat commands on NATS at {url}", file=sys.stderr, flush=True)
+        print(
+            f"llm-es ready: send !chat commands on NATS at {redact_url(url)}",
+            file=sys.stderr,
+            flush=True,
+        )
         await stop.wait()
         log_kv(logger, "shutting_down")
     return 0
