@@ -118,6 +118,7 @@ class EmbeddedNatsServer:
         host: str = "127.0.0.1",
         port: int = 4222,
         binary: str | None = None,
+        extra_arguments: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = pathlib.Path(data_dir)
         self.host = host
@@ -127,6 +128,9 @@ class EmbeddedNatsServer:
         # The readiness probe compares this name with the INFO it reads, so a
         # different server already on the port is never taken for ours.
         self.server_name = f"llm-es-{secrets.token_hex(6)}"
+        self.extra_arguments = extra_arguments
+        """More nats-server options (`-c <config file>`, `--user`, ...); they come first, so
+        the port, store and log options here win over a config file's."""
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -181,6 +185,7 @@ class EmbeddedNatsServer:
     async def _start_once(self, port: int, ready_timeout: float) -> None:
         self.port = port
         arguments = [
+            *self.extra_arguments,
             "--jetstream",
             "--addr",
             self.host,

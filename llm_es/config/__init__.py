@@ -13,6 +13,7 @@ from llm_es.config._loading import ENV_OVERRIDES, load_config, load_config_sync,
 from llm_es.config._reference import DEFAULT_CONFIG_JSON, config_reference, default_config_dict
 from llm_es.config._schema import (
     PERSONA_NAME_PATTERN,
+    SUBJECT_PREFIX_PATTERN,
     Config,
     NatsConfig,
     OllamaConfig,
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_CONFIG_JSON",
     "ENV_OVERRIDES",
     "PERSONA_NAME_PATTERN",
+    "SUBJECT_PREFIX_PATTERN",
     "Config",
     "NatsConfig",
     "OllamaConfig",

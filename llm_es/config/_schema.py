@@ -24,6 +24,10 @@ ProviderName = Literal["ollama", "openai", "openrouter"]
 PERSONA_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 """Persona names, matched with `fullmatch`: short, lower-case, usable in `!chat persona <name>`."""
 
+SUBJECT_PREFIX_PATTERN = re.compile(r"[^\s*>.$][^\s*>.]*(\.[^\s*>.]+)*")
+"""Subject prefixes (`reply_prefixes`, `inbox_prefix`), matched with `fullmatch`: plain
+tokens, no wildcards, not one of the `$` APIs."""
+
 _NOT_BLANK = r"\S"
 _NO_SECRET = Secret("")
 
@@ -136,6 +140,14 @@ class ServiceConfig:
     summary_max_words: Annotated[
         int, Meta(ge=10, description="Length asked of a channel summary, in words.")
     ] = 150
+    reply_prefixes: Annotated[
+        tuple[_NonEmpty, ...],
+        Meta(
+            description="Subject prefixes a `!chat` command's `reply_to` (or a request's reply"
+            " subject) may name besides `_INBOX.>`, e.g. `rosey.reply` for `rosey.reply.>`;"
+            " any other reply subject is refused."
+        ),
+    ] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, repr=False)
@@ -273,6 +285,14 @@ class NatsConfig:
     ] = None
     tls_key: Annotated[
         _NonEmpty | None, Meta(description="Path of the client key (PEM), with `tls_cert`.")
+    ] = None
+    inbox_prefix: Annotated[
+        _NonEmpty | None,
+        Meta(
+            description="Prefix of this client's reply inboxes; null: `_INBOX`. Give llm-es"
+            " its own (`_INBOX_llmes`) where other users may subscribe to `_INBOX.>`"
+            " (docs/security.md)."
+        ),
     ] = None
 
     __repr__ = _safe_repr

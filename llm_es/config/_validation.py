@@ -38,7 +38,7 @@ from llm_es.config._describe import (
     url_kind,
     without_null,
 )
-from llm_es.config._schema import PERSONA_NAME_PATTERN, Config
+from llm_es.config._schema import PERSONA_NAME_PATTERN, SUBJECT_PREFIX_PATTERN, Config
 from llm_es.config._secret import Secret, redact_url
 from llm_es.config.personas import BUILTIN_PERSONAS
 from llm_es.errors import ConfigError
@@ -220,6 +220,19 @@ def _check_cross_fields(config: Config) -> None:
             f"known personas: {', '.join(config.personas)}",
         )
     nats = config.nats
+    prefixes = {
+        f"service.reply_prefixes[{index}]": prefix
+        for index, prefix in enumerate(config.service.reply_prefixes)
+    }
+    if nats.inbox_prefix is not None:
+        prefixes["nats.inbox_prefix"] = nats.inbox_prefix
+    for key, prefix in prefixes.items():
+        if not SUBJECT_PREFIX_PATTERN.fullmatch(prefix):
+            raise ConfigError(
+                key,
+                "expected a subject prefix of plain tokens (no wildcards, no leading $),"
+                f" got {show(prefix)}",
+            )
     if (nats.user is None) != (nats.password is None):
         missing = "nats.password" if nats.password is None else "nats.user"
         raise ConfigError(missing, "required when the other of nats.user/nats.password is set")

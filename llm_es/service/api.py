@@ -174,6 +174,18 @@ class LLMServiceAPI:
     async def _answer(
         self, name: str, handler: Handler, error_shape: dict[str, Any], request: Request
     ) -> None:
+        # nats.micro's Request does not expose the reply subject; its message does.
+        reply = request._msg.reply
+        if reply and not is_safe_reply_subject(reply, self._config):
+            # Chosen by the sender: answering there would publish on its say-so. Nothing runs.
+            log_kv(
+                logger,
+                "service_invalid",
+                level=logging.WARNING,
+                endpoint=name,
+                error="reply subject not allowed (only _INBOX.> or service.reply_prefixes)",
+            )
+            return
         try:
             answer = await handler(request)
         except ValidationError as exc:
@@ -196,9 +208,8 @@ class LLMServiceAPI:
         return decode_request(data, kind, self._config)
 
     async def _respond(self, request: Request, answer: Reply) -> None:
-        # nats.micro's Request does not expose the reply subject; its message does.
-        if not request._msg.reply or not is_safe_reply_subject(request._msg.reply):
-            log_kv(logger, "reply_dropped", level=logging.WARNING, reason="no usable reply subject")
+        if not request._msg.reply:
+            log_kv(logger, "reply_dropped", level=logging.WARNING, reason="no reply subject")
             return
         try:
             await request.respond(orjson.dumps(answer.body), headers=answer.headers or None)
@@ -332,7 +343,7 @@ class LLMServiceAPI:
 
     def _chunk_sink(self, request: Request) -> Callable[[str], Awaitable[None]]:
         reply = request._msg.reply
-        if not reply or not is_safe_reply_subject(reply):
+        if not reply:
             raise ValidationError("A streamed chat needs a reply subject", "stream")
         index = 0
 

@@ -3,7 +3,10 @@
 Each message is handled in its own task (bounded), so one slow model call
 never holds up other channels. Replies go to the message's reply subject, or
 else to the payload's `reply_to`: `{"success": true, "result": {"message": ...}}`
-or `{"success": false, "error": ...}`. Nothing a caller sends can kill a handler.
+or `{"success": false, "error": ...}`. Either must be an inbox (`_INBOX.>`) or
+under a configured `service.reply_prefixes`; a command naming any other is
+refused, runs nothing, and is answered only where an answer may go. Nothing a
+caller sends can kill a handler.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from llm_es.service.chat import ChatService, Outcome
 from llm_es.service.decoding import loose_object
 from llm_es.service.requests import (
     CommandRequest,
-    is_safe_reply_subject,
+    allowed_reply_subject,
+    check_reply_subject,
     parse_command,
-    reply_subject,
 )
 from llm_es.store.connection import confirm_interest, drain_subscription
 from llm_es.tasks import TaskPool
@@ -93,16 +96,20 @@ class CommandSurface:
         await self._pool.spawn(self._handle(msg))
 
     async def _handle(self, msg: Msg) -> None:
-        # A NATS reply subject is chosen by the sender too: the same rule as `reply_to`.
-        reply_to = msg.reply if msg.reply and is_safe_reply_subject(msg.reply) else None
+        config = self._config
+        reply_to: str | None = None
         try:
-            request = parse_command(msg.data, self._config)
+            if msg.reply:
+                # A NATS reply subject is chosen by the sender too: the same rule as `reply_to`.
+                reply_to = check_reply_subject("reply subject", msg.reply, config)
+            request = parse_command(msg.data, config)
             reply_to = reply_to or request.reply_to
             subcommand = msg.subject[len(COMMAND_SUBJECT) + 1 :] or None
             answer = await self._run(request, subcommand)
         except ValidationError as exc:
+            # Refused before anything ran; the error goes where an answer may go, if anywhere.
             if reply_to is None:
-                reply_to = reply_subject(loose_object(msg.data).get("reply_to"))
+                reply_to = allowed_reply_subject(loose_object(msg.data).get("reply_to"), config)
             answer = error_reply(str(exc))
             log_kv(logger, "command_invalid", level=logging.WARNING, error=str(exc))
         except OperationalError as exc:

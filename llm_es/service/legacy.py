@@ -28,7 +28,7 @@ from llm_es.logs import log_kv
 from llm_es.service.chat import ChatService, Outcome
 from llm_es.service.commands import MAX_IN_FLIGHT, QUEUE_GROUP
 from llm_es.service.decoding import decode_request, loose_object
-from llm_es.service.requests import LegacyRequest, is_safe_reply_subject
+from llm_es.service.requests import LegacyRequest, check_reply_subject
 from llm_es.store.connection import confirm_interest, drain_subscription
 from llm_es.tasks import TaskPool
 
@@ -75,8 +75,10 @@ class LegacySurface:
         await self._pool.spawn(self._handle(msg))
 
     async def _handle(self, msg: Msg) -> None:
-        reply_to = msg.reply if msg.reply and is_safe_reply_subject(msg.reply) else None
+        reply_to: str | None = None
         try:
+            if msg.reply:
+                reply_to = check_reply_subject("reply subject", msg.reply, self._config)
             request = decode_request(msg.data, LegacyRequest, self._config)
             self._warn_deprecated(request.username)
             answer = await self._run(request)

@@ -188,7 +188,10 @@ def parse_command(data: bytes, config: Config) -> CommandRequest:
         check_name("user", user, config)
     args = payload.args if isinstance(payload.args, str) else " ".join(payload.args or ())
     check_text("args", args, config, blank=True)
-    return CommandRequest(channel, user, args, reply_subject(payload.reply_to), payload.request_id)
+    reply_to = payload.reply_to
+    if reply_to is not None:
+        check_reply_subject("reply_to", reply_to, config)
+    return CommandRequest(channel, user, args, reply_to, payload.request_id)
 
 
 class LegacyRequest(Payload, frozen=True):
@@ -219,30 +222,49 @@ class LegacyRequest(Payload, frozen=True):
 
 # ---------------------------------------------------------------- reply subjects
 
-
-def is_safe_reply_subject(subject: str) -> bool:
-    """Whether the plugin may publish an answer to `subject`.
-
-    Wildcards and blanks are not subjects. `$...` subjects are the JetStream,
-    KV and system APIs, and the event log's own subjects would take the answer
-    as an event: publishing there on a caller's say-so would let any payload
-    write into the log or the views.
-    """
-    if not _REPLY_SUBJECT.fullmatch(subject) or subject.startswith("$"):
-        return False
-    return subject != SUBJECT_PREFIX and not subject.startswith(f"{SUBJECT_PREFIX}.")
-
-
 MAX_REPLY_SUBJECT_CHARS = 1024
 """Longest `reply_to` used: a longer one could pass the server's control-line limit."""
+INBOX_PREFIX = "_INBOX"
+"""Reply subjects under `_INBOX.>` (every NATS client's default inbox) are always accepted."""
+_SHOWN_SUBJECT_CHARACTERS = 100
 
 
-def reply_subject(value: object) -> str | None:
-    """`value` as a usable `reply_to`, or None (invalid, unsafe or oversize ones are ignored)."""
-    if (
-        isinstance(value, str)
-        and len(value) <= MAX_REPLY_SUBJECT_CHARS
-        and is_safe_reply_subject(value)
-    ):
+def is_safe_reply_subject(subject: str, config: Config) -> bool:
+    """Whether the plugin may publish an answer to `subject`, which the caller chose.
+
+    Only inboxes (`_INBOX.>`) and subjects under one of `service.reply_prefixes`:
+    anything else would let a caller make the plugin publish on its say-so, on
+    a subject others trust (`rosey.event.llm.*`, a fake observability event).
+    Wildcards and blanks are not subjects, and the event log's own subjects are
+    refused even under a configured prefix: an answer there would be taken as
+    an event. Subjects over 1024 characters are refused too: with the
+    answer's headers they could pass the server's control-line limit.
+    """
+    if len(subject) > MAX_REPLY_SUBJECT_CHARS or not _REPLY_SUBJECT.fullmatch(subject):
+        return False
+    if subject == SUBJECT_PREFIX or subject.startswith(f"{SUBJECT_PREFIX}."):
+        return False
+    return any(
+        subject.startswith(f"{prefix}.")
+        for prefix in (INBOX_PREFIX, *config.service.reply_prefixes)
+    )
+
+
+def check_reply_subject(field: str, subject: str, config: Config) -> str:
+    """`subject` if the plugin may answer there (`is_safe_reply_subject`), else ValidationError."""
+    if is_safe_reply_subject(subject, config):
+        return subject
+    shown = subject if len(subject) <= _SHOWN_SUBJECT_CHARACTERS else subject[:97] + "..."
+    allowed = ", ".join(f"{prefix}.>" for prefix in (INBOX_PREFIX, *config.service.reply_prefixes))
+    raise ValidationError(
+        f"Field '{field}' names a subject answers may not go to: {shown!r}"
+        f" (allowed: {allowed}; more in config service.reply_prefixes)",
+        field,
+    )
+
+
+def allowed_reply_subject(value: object, config: Config) -> str | None:
+    """`value` as a usable `reply_to`, or None (not a string, or not allowed)."""
+    if isinstance(value, str) and is_safe_reply_subject(value, config):
         return value
     return None

@@ -12,6 +12,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client as NATS
@@ -80,6 +81,8 @@ async def connect_options(config: NatsConfig, url: str | None, name: str) -> dic
         options["password"] = config.password.reveal()
     if config.token is not None:
         options["token"] = config.token.reveal()
+    if config.inbox_prefix is not None:
+        options["inbox_prefix"] = config.inbox_prefix
     if config.creds is not None:
         options["user_credentials"] = config.creds
     if config.tls_ca or config.tls_cert:
@@ -99,17 +102,55 @@ async def confirm_interest(nc: NATS) -> None:
     await nc.flush()
 
 
+class ConnectRefused(nats.errors.Error):
+    """The server refused this client: authorization or TLS. The message says which, and
+    names the user, never a password or token."""
+
+
+def _refusal(config: NatsConfig, servers: list[str], exc: Exception) -> str | None:
+    """What a refused connection attempt means to the user, or None if it was no refusal."""
+    if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower():
+        user = config.user or next(
+            (urlsplit(s if "://" in s else f"nats://{s}").username for s in servers), None
+        )
+        who = f"user {user}" if user else "token" if config.token else "this client"
+        return f"authorization violation for {who} (check nats.user/password, token or creds)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: certificate verify failed ({exc.verify_message}); check nats.tls_ca"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or type(exc).__name__}"
+    return None
+
+
 async def connect(
     config: NatsConfig, url: str | None, name: str = "llm-es", *, keep_reconnecting: bool = True
 ) -> NATS:
     """Connect, failing within seconds when no server answers at start.
 
-    With `keep_reconnecting` the client then reconnects without limit after
-    losing the server (nats-py reads the option on every reconnect).
+    A server that refuses the client (authorization, TLS) raises ConnectRefused
+    saying so, rather than nats-py's "no servers available". With
+    `keep_reconnecting` the client then reconnects without limit after losing
+    the server (nats-py reads the option on every reconnect).
     """
     options = await connect_options(config, url, name)
-    async with asyncio.timeout(INITIAL_CONNECT_SECONDS):
-        nc = await nats.connect(**options)
+    refusals: list[str] = []
+    log_error = options["error_cb"]
+
+    async def note_error(exc: Exception) -> None:
+        reason = _refusal(config, options["servers"], exc)
+        if reason is not None:
+            refusals.append(reason)
+        await log_error(exc)
+
+    options["error_cb"] = note_error
+    try:
+        async with asyncio.timeout(INITIAL_CONNECT_SECONDS):
+            nc = await nats.connect(**options)
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        reason = _refusal(config, options["servers"], exc) or next(iter(refusals), None)
+        if reason is None:
+            raise
+        raise ConnectRefused(reason) from None
     if keep_reconnecting:
         nc.options["max_reconnect_attempts"] = -1
     return nc

@@ -335,6 +335,24 @@ INVALID = [
         id="fallback-repeated",
     ),
     pytest.param(
+        {"service": {"reply_prefixes": ["rosey.reply", "rosey.*"]}},
+        "service.reply_prefixes[1]",
+        'expected a subject prefix of plain tokens (no wildcards, no leading $), got "rosey.*"',
+        id="reply-prefix-wildcard",
+    ),
+    pytest.param(
+        {"service": {"reply_prefixes": ["$JS.API"]}},
+        "service.reply_prefixes[0]",
+        "no leading $",
+        id="reply-prefix-api",
+    ),
+    pytest.param(
+        {"nats": {"inbox_prefix": "_INBOX."}},
+        "nats.inbox_prefix",
+        "expected a subject prefix of plain tokens",
+        id="inbox-prefix-trailing-dot",
+    ),
+    pytest.param(
         {"service": {"default_persona": "pirate"}},
         "service.default_persona",
         "unknown persona 'pirate'; known personas: default, concise, technical, creative",

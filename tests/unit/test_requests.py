@@ -26,6 +26,7 @@ from llm_es.service.requests import (
     SummarizeRequest,
     SummaryStyle,
     UsageRequest,
+    is_safe_reply_subject,
     parse_command,
 )
 
@@ -228,15 +229,62 @@ def test_summary_styles_are_the_summarizers() -> None:
             CommandRequest("lobby", "al", "hi there", None),
         ),
         ({"channel": "c", "user": "u"}, CommandRequest("c", "u", "", None)),
-        (
-            {"channel": "c", "user": "u", "args": "hi", "reply_to": "llm.ev.c.u.TurnAdmitted"},
-            CommandRequest("c", "u", "hi", None),
-        ),
     ],
 )
 def test_commands_in_either_shape(body: dict[str, Any], expected: CommandRequest) -> None:
-    """Both payload shapes give one CommandRequest; an unsafe `reply_to` is dropped."""
+    """Both payload shapes give one CommandRequest."""
     assert parse_command(orjson.dumps(body), CONFIG) == expected
+
+
+REPLY_PREFIXED = dataclasses.replace(
+    CONFIG, service=dataclasses.replace(CONFIG.service, reply_prefixes=("rosey.reply",))
+)
+
+
+@pytest.mark.parametrize(
+    ("subject", "config", "allowed"),
+    [
+        ("_INBOX.abc.1", CONFIG, True),
+        ("_INBOX", CONFIG, False),
+        ("rosey.event.llm.usage_threshold", CONFIG, False),
+        ("bot.replies", CONFIG, False),
+        ("rosey.reply.lobby", CONFIG, False),
+        ("rosey.reply.lobby", REPLY_PREFIXED, True),
+        ("rosey.reply", REPLY_PREFIXED, False),
+        ("rosey.replyx.lobby", REPLY_PREFIXED, False),
+        ("_INBOX.*", CONFIG, False),
+        ("_INBOX.>", CONFIG, False),
+        ("_INBOX.a b", CONFIG, False),
+        ("$JS.API.STREAM.DELETE.LLM_EVENTS", CONFIG, False),
+    ],
+)
+def test_reply_subjects_are_inboxes_or_under_a_configured_prefix(
+    subject: str, config: Config, allowed: bool
+) -> None:
+    """Only `_INBOX.>` and `service.reply_prefixes` (whole tokens) may receive an answer."""
+    assert is_safe_reply_subject(subject, config) is allowed
+
+
+def test_the_log_is_refused_even_under_a_configured_prefix() -> None:
+    """A prefix of `llm` still never lets an answer land in the event log `llm.ev.>`."""
+    config = dataclasses.replace(
+        CONFIG, service=dataclasses.replace(CONFIG.service, reply_prefixes=("llm",))
+    )
+    assert is_safe_reply_subject("llm.answers.x", config)
+    assert not is_safe_reply_subject("llm.ev.c.u.TurnAdmitted", config)
+
+
+def test_a_command_with_a_refused_reply_to_is_a_validation_error() -> None:
+    """`reply_to` aimed at an event subject refuses the whole command, naming the rule."""
+    body = {**WHO, "args": "hi", "reply_to": "rosey.event.llm.usage_threshold"}
+    with pytest.raises(ValidationError) as caught:
+        parse_command(orjson.dumps(body), CONFIG)
+    assert str(caught.value) == (
+        "Field 'reply_to' names a subject answers may not go to:"
+        " 'rosey.event.llm.usage_threshold' (allowed: _INBOX.>; more in config"
+        " service.reply_prefixes)"
+    )
+    assert caught.value.field == "reply_to"
 
 
 @pytest.mark.parametrize(
