@@ -160,6 +160,11 @@ class BucketViews:
         """Every view value (checkpoints excluded), for comparisons and tools."""
         return {k: v for k, v in self._values.items() if not k.startswith("checkpoint.")}
 
+    def projection_positions(self) -> dict[str, int]:
+        """How far each projection's views include the log (a stored checkpoint ahead of the
+        fold means the projection already has those events)."""
+        return {name: max(self._applied, seq) for name, seq in self._checkpoints.items()}
+
     # ------------------------------------------------------------ who writes
 
     def lease_held(self) -> bool:

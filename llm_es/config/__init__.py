@@ -12,8 +12,11 @@ NATS password/token, passwords inside URLs) are never echoed.
 from llm_es.config._loading import ENV_OVERRIDES, load_config, load_config_sync, parse_config
 from llm_es.config._reference import DEFAULT_CONFIG_JSON, config_reference, default_config_dict
 from llm_es.config._schema import (
+    DEFAULT_HTTP_LISTEN,
+    LISTEN_EXPECTED,
     PERSONA_NAME_PATTERN,
     Config,
+    HttpConfig,
     NatsConfig,
     OllamaConfig,
     OpenAIConfig,
@@ -22,14 +25,18 @@ from llm_es.config._schema import (
     ProvidersConfig,
     RateLimitsConfig,
     ServiceConfig,
+    listen_address,
 )
 from llm_es.config._secret import Secret, redact_url
 
 __all__ = [
     "DEFAULT_CONFIG_JSON",
+    "DEFAULT_HTTP_LISTEN",
     "ENV_OVERRIDES",
+    "LISTEN_EXPECTED",
     "PERSONA_NAME_PATTERN",
     "Config",
+    "HttpConfig",
     "NatsConfig",
     "OllamaConfig",
     "OpenAIConfig",
@@ -41,6 +48,7 @@ __all__ = [
     "ServiceConfig",
     "config_reference",
     "default_config_dict",
+    "listen_address",
     "load_config",
     "load_config_sync",
     "parse_config",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import cast
@@ -85,6 +86,7 @@ class Admission:
                     await self._recorder.record(decision)
                     self.rejected += 1
                     return decision
+                appended = time.perf_counter()
                 try:
                     seq = await self._store.append(
                         decision, expected_last_seq=position, boundary=boundary
@@ -99,5 +101,6 @@ class Admission:
                     continue
                 self.admitted += 1
                 await self._recorder.wait_for(seq)
+                self._recorder.append_seconds.observe(time.perf_counter() - appended)
                 return decision
             raise OperationalError("too many concurrent requests for this user; try again")
