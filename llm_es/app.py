@@ -109,6 +109,13 @@ class Plugin:
         if address is not None:
             self._listener = MetricsListener(self.metrics, *address, refresh=self._sample_metrics)
             await self._listener.start()
+        try:
+            await self._start_serving()
+        except BaseException:
+            await self._stop_listener()  # the port is free again for the next attempt
+            raise
+
+    async def _start_serving(self) -> None:
         factory = self._factory or build_view_runner
         # The read side learns this instance's name from the config (its lease holder id).
         service = dataclasses.replace(self.config.service, instance_id=self._instance_id)
@@ -234,7 +241,10 @@ class Plugin:
             self.views = None
         for provider in (self._providers or {}).values():
             await provider.aclose()
+        await self._stop_listener()
+        log_kv(logger, "plugin_stopped")
+
+    async def _stop_listener(self) -> None:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
-        log_kv(logger, "plugin_stopped")
