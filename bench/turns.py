@@ -231,6 +231,19 @@ def llm_es_command() -> list[str]:
     return [found]
 
 
+SCRAPE_SECONDS = 1.0
+"""Between two scrapes of /metrics with --http (Prometheus' default is 15 s: this is harsher)."""
+
+
+async def scrape_metrics(listen: str) -> None:
+    """GET /metrics every SCRAPE_SECONDS until cancelled (the run's end)."""
+    async with httpx.AsyncClient(base_url=f"http://{listen}", timeout=5.0) as client:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                (await client.get("/metrics")).raise_for_status()
+            await asyncio.sleep(SCRAPE_SECONDS)
+
+
 def plugin_config(llm_url: str) -> dict[str, Any]:
     """The plugin's config.json: the fake LLM as Ollama and no rate limits."""
     return {
@@ -247,6 +260,7 @@ def plugin_config(llm_url: str) -> dict[str, Any]:
             "requests_per_day": None,
             "tokens_per_day": None,
         },
+        "http": {"listen": None},  # --http turns the /metrics listener on
     }
 
 
@@ -930,6 +944,8 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
         config_path.write_bytes(orjson.dumps(config))
         serve_args = ["serve", "--nats-url", url, "--config", str(config_path)]
         serve_args += ["--log-level", args.plugin_log_level]
+        if args.http:
+            serve_args += ["--http", args.http]
         if args.plugin_profile:
             argv = [sys.executable, "-c", PROFILED_PLUGIN, str(args.plugin_profile), *serve_args]
         else:
@@ -956,6 +972,9 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
         pids["echo"] = echo.pid
         if passthrough is not None:
             pids["passthrough"] = passthrough.pid
+        if args.http:
+            scraper = asyncio.create_task(scrape_metrics(args.http), name="scrape")
+            stack.callback(scraper.cancel)
         operations = Operations(nc, http)
         await operations.inbox.start()
         cells = cells_for(args.concurrency, args.one_user_concurrency, stream=args.stream)
@@ -1172,6 +1191,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         help="a `service.KEY` of the plugin's config, e.g. publish_events=false (for A/B runs)",
+    )
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="the plugin serves /metrics here, scraped every second for the whole run (A/B"
+        " against the default: no listener)",
     )
     parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs, data)")
     parser.add_argument(

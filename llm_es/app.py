@@ -4,6 +4,9 @@ The composition root (with `llm_es.cli`): the one place that may import every
 part, the `projections` read side included. `Plugin.start` ensures the stream,
 starts the read side, waits until the views include the whole log, closes
 turns a crash left open, and only then subscribes the command subjects.
+With `http.listen` set it first opens the `/metrics` listener (a port taken
+stops the start before anything else runs); its metrics live in a registry of
+this plugin's own (`PluginMetrics`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 
 import nats.errors
@@ -21,13 +25,16 @@ from llm_es.config import Config
 from llm_es.domain.views import ViewRunner
 from llm_es.errors import ConfigError, LLMESError
 from llm_es.logs import log_kv
-from llm_es.providers import build_provider
+from llm_es.metrics import PluginMetrics, Sample
+from llm_es.providers import HTTPProvider, build_provider
 from llm_es.providers.base import LLMProvider
 from llm_es.service.api import LLMServiceAPI
 from llm_es.service.chat import ChatService
 from llm_es.service.commands import CommandSurface
 from llm_es.service.event_publisher import EventPublisher
 from llm_es.service.legacy import LegacySurface
+from llm_es.service.log_metrics import LogCounts
+from llm_es.service.metrics_http import MetricsListener
 from llm_es.store.liveness import InstanceRegistry, new_instance_id
 from llm_es.store.log import EventStore
 from projections.runner import build_view_runner
@@ -87,9 +94,28 @@ class Plugin:
         self._api: LLMServiceAPI | None = None
         self.legacy: LegacySurface | None = None
         self._publisher: EventPublisher | None = None
+        self.metrics = PluginMetrics()
+        self._log_counts = LogCounts(self.metrics)
+        self._listener: MetricsListener | None = None
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where `/metrics` is served (None: no listener)."""
+        return None if self._listener is None else self._listener.address
 
     async def start(self) -> None:
         await self.store.ensure_stream()
+        address = self.config.http.address
+        if address is not None:
+            self._listener = MetricsListener(self.metrics, *address, refresh=self._sample_metrics)
+            await self._listener.start()
+        try:
+            await self._start_serving()
+        except BaseException:
+            await self._stop_listener()  # the port is free again for the next attempt
+            raise
+
+    async def _start_serving(self) -> None:
         factory = self._factory or build_view_runner
         # The read side learns this instance's name from the config (its lease holder id).
         service = dataclasses.replace(self.config.service, instance_id=self._instance_id)
@@ -99,10 +125,20 @@ class Plugin:
         await self.views.start()
         async with asyncio.timeout(STARTUP_CATCH_UP_SECONDS):
             position = await self.views.catch_up()
+        # From here on: the counters start at zero, as a Prometheus counter does.
+        self._log_counts.follow(self.views)
         providers = self._providers if self._providers is not None else build_providers(self.config)
         self._providers = providers
+        for each in providers.values():
+            if isinstance(each, HTTPProvider):
+                each.attempts = self._count_attempt
         self.service = ChatService(
-            self.config, self.store, self.views, providers, instance_id=self._instance_id
+            self.config,
+            self.store,
+            self.views,
+            providers,
+            instance_id=self._instance_id,
+            metrics=self.metrics,
         )
         self._registry = InstanceRegistry(
             self.js, self.service.instance_id, self.config.service.instance_ttl_seconds
@@ -131,6 +167,7 @@ class Plugin:
                 # The same leases bucket as the views: its max_age is one TTL for both.
                 lease_ttl_seconds=self.config.service.instance_ttl_seconds,
                 feed=self.views,
+                metrics=self.metrics,
             )
             await self._publisher.start()
         self._surface = CommandSurface(self.nc, self.service, self.config)
@@ -140,6 +177,29 @@ class Plugin:
         self.legacy = LegacySurface(self.nc, self.service, self.config)
         await self.legacy.start()
         log_kv(logger, "plugin_started", log_position=position, provider=provider.name)
+
+    def _count_attempt(self, provider: str, status: str, retried: bool) -> None:
+        self.metrics.provider_calls.labels(provider, status).inc()
+        if retried:
+            self.metrics.provider_retries.labels(provider, status).inc()
+
+    async def _sample_metrics(self) -> None:
+        """The gauges' values now (one stream info request for the log's size)."""
+        size = await self.store.size()
+        views, registry = self.views, self._registry
+        last_beat = registry.last_beat if registry is not None else None
+        self.metrics.sample(
+            Sample(
+                log_last_seq=size.last_seq,
+                log_messages=size.messages,
+                log_bytes=size.bytes,
+                projection_positions=views.projection_positions() if views is not None else {},
+                views_lease_held=views is not None and views.lease_held(),
+                publisher_lease_held=self._publisher is not None and self._publisher.is_leader,
+                heartbeat_age_seconds=None if last_beat is None else time.monotonic() - last_beat,
+                turns_in_flight=0 if self.service is None else len(self.service.turns.in_flight),
+            )
+        )
 
     async def _sweep_abandoned_turns(self) -> None:
         """Close, from time to time, turns whose instance died (crash, kill -9, partition)."""
@@ -175,9 +235,16 @@ class Plugin:
         if self._publisher is not None:
             await self._publisher.stop()
             self._publisher = None
+        self._log_counts.stop()
         if self.views is not None:
             await self.views.stop()
             self.views = None
         for provider in (self._providers or {}).values():
             await provider.aclose()
+        await self._stop_listener()
         log_kv(logger, "plugin_stopped")
+
+    async def _stop_listener(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import pathlib
@@ -20,7 +21,16 @@ import nats.errors
 from llm_es import __version__
 from llm_es.app import Plugin
 from llm_es.cli_options import CommonOptions, start_logging
-from llm_es.config import DEFAULT_CONFIG_JSON, Config, load_config_sync, redact_url, scrub_secrets
+from llm_es.config import (
+    DEFAULT_CONFIG_JSON,
+    LISTEN_EXPECTED,
+    Config,
+    HttpConfig,
+    listen_address,
+    load_config_sync,
+    redact_url,
+    scrub_secrets,
+)
 from llm_es.embedded import EmbeddedNatsServer
 from llm_es.errors import ConfigError, LLMESError, ServerVersionError
 from llm_es.logs import log_kv
@@ -59,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_EMBEDDED_PORT,
         help="port of the embedded nats-server (default 4222; 0 picks a free one)",
     )
+    serve.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve /metrics here (overrides http.listen; default 127.0.0.1:8642)",
+    )
 
     chat = commands.add_parser("chat", help="chat with the plugin from this terminal")
     COMMON_OPTIONS.add_to(chat)
@@ -88,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"llm-es: {exc}", file=sys.stderr)
         return 2
+    if serving and args.http is not None:
+        if listen_address(args.http) is None:
+            print(f"llm-es: --http: {LISTEN_EXPECTED}, got {args.http!r}", file=sys.stderr)
+            return 2
+        config = dataclasses.replace(config, http=HttpConfig(listen=args.http))
     try:
         if args.command == "serve":
             return asyncio.run(serve(config, args.nats_url, args.data_dir, args.nats_port))

@@ -117,6 +117,11 @@ class BucketViews(MemoryViews):
         """
         return self._persisted
 
+    def projection_positions(self) -> dict[str, int]:
+        """How far each projection's views include the log (a stored checkpoint ahead of the
+        fold means the projection already has those events)."""
+        return {name: max(self._applied, seq) for name, seq in self._checkpoints.items()}
+
     def lease_held(self) -> bool:
         """Whether this instance writes the bucket now (always, when it runs without a lease)."""
         if self._instance_id is None:

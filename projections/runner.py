@@ -178,6 +178,10 @@ class ViewRunner:
         """Whether this instance writes the live views bucket now."""
         return self.views.lease_held()
 
+    def projection_positions(self) -> dict[str, int]:
+        """Projection name -> last log sequence its live views include."""
+        return self.views.projection_positions()
+
     @property
     def writer(self) -> str | None:
         """The instance writing the live views bucket, as this one last saw it."""

@@ -12,9 +12,12 @@ NATS password/token, passwords inside URLs) are never echoed.
 from llm_es.config._loading import ENV_OVERRIDES, load_config, load_config_sync, parse_config
 from llm_es.config._reference import DEFAULT_CONFIG_JSON, config_reference, default_config_dict
 from llm_es.config._schema import (
+    DEFAULT_HTTP_LISTEN,
+    LISTEN_EXPECTED,
     PERSONA_NAME_PATTERN,
     SUBJECT_PREFIX_PATTERN,
     Config,
+    HttpConfig,
     NatsConfig,
     OllamaConfig,
     OpenAIConfig,
@@ -23,15 +26,19 @@ from llm_es.config._schema import (
     ProvidersConfig,
     RateLimitsConfig,
     ServiceConfig,
+    listen_address,
 )
 from llm_es.config._secret import Secret, redact_url, scrub_secrets, url_passwords
 
 __all__ = [
     "DEFAULT_CONFIG_JSON",
+    "DEFAULT_HTTP_LISTEN",
     "ENV_OVERRIDES",
+    "LISTEN_EXPECTED",
     "PERSONA_NAME_PATTERN",
     "SUBJECT_PREFIX_PATTERN",
     "Config",
+    "HttpConfig",
     "NatsConfig",
     "OllamaConfig",
     "OpenAIConfig",
@@ -43,6 +50,7 @@ __all__ = [
     "ServiceConfig",
     "config_reference",
     "default_config_dict",
+    "listen_address",
     "load_config",
     "load_config_sync",
     "parse_config",

@@ -305,6 +305,37 @@ class NatsConfig:
         return tuple(server.strip() for server in self.url.split(","))
 
 
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8642"
+LISTEN_EXPECTED = "expected HOST:PORT (e.g. 127.0.0.1:8642; port 0 picks a free one)"
+
+
+def listen_address(value: str) -> tuple[str, int] | None:
+    """`HOST:PORT` (an IPv6 host in brackets: `[::1]:8642`) -> (host, port); None if malformed."""
+    host, sep, port = value.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host.strip() or not port.isdigit() or int(port) > 65535:
+        return None
+    return host, int(port)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The plugin's HTTP listener (Prometheus `/metrics`)."""
+
+    listen: Annotated[
+        str | None,
+        Meta(
+            description="`HOST:PORT` serving `/metrics` (port 0 picks a free one); null: no"
+            " listener. `llm-es serve --http` overrides."
+        ),
+    ] = DEFAULT_HTTP_LISTEN
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where to listen, or None when switched off (the value was checked when loaded)."""
+        return None if self.listen is None else listen_address(self.listen)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; `Config()` is the default."""
@@ -334,6 +365,7 @@ class Config:
         default_factory=lambda: BUILTIN_PERSONAS, hash=False
     )
     nats: NatsConfig = dataclasses.field(default_factory=NatsConfig)
+    http: HttpConfig = dataclasses.field(default_factory=HttpConfig)
 
     @property
     def provider(self) -> OllamaConfig | OpenAIConfig | OpenRouterConfig:

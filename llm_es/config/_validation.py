@@ -38,7 +38,13 @@ from llm_es.config._describe import (
     url_kind,
     without_null,
 )
-from llm_es.config._schema import PERSONA_NAME_PATTERN, SUBJECT_PREFIX_PATTERN, Config
+from llm_es.config._schema import (
+    LISTEN_EXPECTED,
+    PERSONA_NAME_PATTERN,
+    SUBJECT_PREFIX_PATTERN,
+    Config,
+    listen_address,
+)
 from llm_es.config._secret import Secret, redact_url
 from llm_es.config.personas import BUILTIN_PERSONAS
 from llm_es.errors import ConfigError
@@ -219,6 +225,9 @@ def _check_cross_fields(config: Config) -> None:
             f"unknown persona {config.service.default_persona!r}; "
             f"known personas: {', '.join(config.personas)}",
         )
+    listen = config.http.listen
+    if listen is not None and listen_address(listen) is None:
+        raise ConfigError("http.listen", f"{LISTEN_EXPECTED}, got {show(listen)}")
     nats = config.nats
     prefixes = {
         f"service.reply_prefixes[{index}]": prefix

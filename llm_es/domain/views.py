@@ -199,3 +199,9 @@ class ViewRunner(ViewReader, EventFeed, Protocol):
 
     async def stop(self) -> None:
         """Write what was applied and stop following the log."""
+
+    def lease_held(self) -> bool:
+        """Whether this instance writes the views now (holds their lease)."""
+
+    def projection_positions(self) -> dict[str, int]:
+        """Projection name -> last log sequence its views include (for the views' lag)."""

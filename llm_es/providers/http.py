@@ -3,7 +3,8 @@
 One JSON request, or one streamed answer read line by line (`framing`), with
 the retries of `RetryPolicy`; every failure becomes the `ProviderError` tree
 (`failures`). A 429, as an HTTP status or an error object's code, marks the
-provider as throttled for the wait it asked for.
+provider as throttled for the wait it asked for. Each attempt is told to
+`attempts` (the plugin's metrics count calls and retries by status).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import string
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -20,7 +21,14 @@ import httpx
 import orjson
 
 from llm_es.config import OllamaConfig, OpenAIConfig, OpenRouterConfig
-from llm_es.errors import ProviderBadResponse, ProviderError, ProviderRateLimited
+from llm_es.errors import (
+    ProviderBadResponse,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderStreamBroken,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from llm_es.logs import log_kv
 from llm_es.providers.base import LLMProvider
 from llm_es.providers.failures import ProviderFailures, shown_url
@@ -42,7 +50,26 @@ AUTHORIZATION = "Authorization"
 CONTENT_TYPE = "Content-Type"
 JSON_CONTENT_TYPE = "application/json"
 
+AttemptObserver = Callable[[str, str, bool], None]
+"""Told of each HTTP attempt: the provider's name, the attempt's status (`attempt_status`),
+and whether it is tried again. Called synchronously: it must not block."""
+
 _HEADER_SAFE = string.ascii_letters + string.digits + string.punctuation + " "
+
+
+def attempt_status(error: ProviderError | None) -> str:
+    """A bounded label for how an attempt ended: the HTTP status, else the kind of failure."""
+    if error is None:
+        return "200"
+    if error.status is not None:
+        return str(error.status)
+    if isinstance(error, ProviderTimeout):
+        return "timeout"
+    if isinstance(error, ProviderUnavailable):
+        return "unavailable"
+    if isinstance(error, ProviderStreamBroken):
+        return "stream_broken"
+    return "bad_response"
 
 
 def header_value(text: str) -> str:
@@ -75,6 +102,8 @@ class HTTPProvider(LLMProvider):
         self._failures = ProviderFailures(
             self.name, self.label, shown_url(base_url), self._timeout, tuple(filter(None, secrets))
         )
+        self.attempts: AttemptObserver | None = None
+        """Told of every attempt (set by the plugin for its metrics; None: nobody)."""
         self._throttled_until: float | None = None
         """`time.monotonic()` until which the last 429 asked us to wait; None once answered."""
         self._http = ShardedClient(
@@ -124,6 +153,7 @@ class HTTPProvider(LLMProvider):
                     body_error = self._failures.body_error(data, response.headers)
                     if body_error is None:
                         self._throttled_until = None
+                        self._tell_attempt(None, retried=False)
                         return data
                     error = body_error
             await self._wait_or_raise(error, retries_done)
@@ -151,6 +181,7 @@ class HTTPProvider(LLMProvider):
                             raise self._failures.status_error(response)
                         started = True
                         self._throttled_until = None
+                        self._tell_attempt(None, retried=False)
                         splitter = LineSplitter()
                         async for chunk in response.aiter_bytes():
                             for line in splitter.feed(chunk):
@@ -178,6 +209,7 @@ class HTTPProvider(LLMProvider):
         if isinstance(error, ProviderRateLimited):
             self._note_rate_limited(error.retry_after)
         delay = self.retry_policy.delay_before_retry(error, retries_done)
+        self._tell_attempt(error, retried=delay is not None)
         if delay is None:
             raise error
         log_kv(
@@ -191,6 +223,10 @@ class HTTPProvider(LLMProvider):
             error=str(error),
         )
         await asyncio.sleep(delay)
+
+    def _tell_attempt(self, error: ProviderError | None, *, retried: bool) -> None:
+        if self.attempts is not None:
+            self.attempts(self.name, attempt_status(error), retried)
 
     def _decode_object(self, raw: bytes) -> dict[str, Any]:
         """A JSON object from the server, or ProviderBadResponse."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -130,6 +131,7 @@ class Admission:
                     self.rejected += 1
                     self.refusals_unrecorded += 1
                     return decision
+                started = time.perf_counter()
                 try:
                     appended = await self._store.append_once(
                         decision, expected_last_seq=position, boundary=boundary
@@ -145,6 +147,7 @@ class Admission:
                 await self._recorder.wait_for(appended.seq)
                 if appended.duplicate:
                     return AlreadyDecided(appended.seq)
+                self._recorder.append_seconds.observe(time.perf_counter() - started)
                 if rejected:
                     self.rejected += 1
                 else:

@@ -28,6 +28,7 @@ from llm_es.config import Config
 from llm_es.domain.events import utc_now
 from llm_es.domain.memories import DEFAULT_IMPORTANCE
 from llm_es.domain.messages import ChatMessage
+from llm_es.metrics import PluginMetrics
 from llm_es.providers.base import LLMProvider
 from llm_es.service import usage
 from llm_es.service.admission import Admission
@@ -58,12 +59,15 @@ class ChatService:
         instance_id: str | None = None,
         turn_ids: Callable[[], str] = new_turn_id,
         memory_ids: Callable[[], str] = random_memory_id,
+        metrics: PluginMetrics | None = None,
     ) -> None:
+        """`metrics`: where the turn path's timings go (a registry of its own when None)."""
         self._config = config
         self._views = views
         self._clock = clock or utc_now
         self.instance_id = instance_id or new_instance_id()
-        recorder = Recorder(store, views)
+        self.metrics = metrics or PluginMetrics()
+        recorder = Recorder(store, views, self.metrics)
         self.admission = Admission(
             recorder,
             config.rate_limits,
@@ -79,8 +83,10 @@ class ChatService:
             self.channels,
             clock=self._clock,
             instance_id=self.instance_id,
+            metrics=self.metrics,
             turn_ids=turn_ids,
         )
+        self.metrics.count_admission_conflicts(lambda: self.admission.conflicts)
         self.summaries = Summaries(
             config, recorder, self.turns, clock=self._clock, turn_ids=turn_ids
         )

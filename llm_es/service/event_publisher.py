@@ -45,10 +45,11 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from llm_es.config import Config
-from llm_es.domain.observations import Observation, iso_utc
+from llm_es.domain.observations import EVENT_SUBJECT_PREFIX, Observation, iso_utc
 from llm_es.domain.views import EventFeed
 from llm_es.errors import OperationalError
 from llm_es.logs import log_kv
+from llm_es.metrics import PluginMetrics
 from llm_es.service.observation_source import ObservationSource
 from llm_es.store.kv import ensure_bucket
 from llm_es.store.lease import KvLease, keep_single_active, open_lease
@@ -116,8 +117,10 @@ class EventPublisher:
         lease_ttl_seconds: float = DEFAULT_LEASE_TTL_SECONDS,
         from_beginning: bool = False,
         feed: EventFeed | None = None,
+        metrics: PluginMetrics | None = None,
     ) -> None:
         self._nc = nc
+        self._published_count = (metrics or PluginMetrics()).events_published
         self._feed = feed
         self._js = js
         self._store = store
@@ -220,6 +223,8 @@ class EventPublisher:
         await self._nc.publish(
             observation.subject, observation.payload(), headers=observation.headers
         )
+        kind = observation.subject.removeprefix(EVENT_SUBJECT_PREFIX).lstrip(".")
+        self._published_count.labels(kind).inc()
 
     # ------------------------------------------------------------ leadership
 

@@ -16,11 +16,13 @@ concurrency 1 2.23 -> 1.59 ms, turns/s at 32 609 -> 702, plugin CPU per turn at
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Protocol
 
 from llm_es.domain.events import Event, TurnCompleted, TurnFailed
 from llm_es.domain.views import EventFeed, ViewReader
+from llm_es.metrics import PluginMetrics
 from llm_es.store.log import EventStore
 
 VIEW_WAIT_SECONDS = 10.0
@@ -38,9 +40,14 @@ class RecordedViews(ViewReader, EventFeed, Protocol):
 class Recorder:
     """The event store and the views, with the waits that tie them together."""
 
-    def __init__(self, store: EventStore, views: RecordedViews) -> None:
+    def __init__(
+        self, store: EventStore, views: RecordedViews, metrics: PluginMetrics | None = None
+    ) -> None:
+        """`metrics`: where append latencies go (a registry of its own when None)."""
         self.store = store
         self.views = views
+        self.append_seconds = (metrics or PluginMetrics()).append_seconds
+        """From sending events until the views include them (the admission's own too)."""
         self._awaited: dict[str, asyncio.Future[int]] = {}
         """Event id -> resolved with its sequence once the views have folded it."""
         self._ends: dict[str, list[asyncio.Future[int]]] = {}
@@ -77,6 +84,7 @@ class Recorder:
         awaited = self._awaited
         for event, future in zip(events, folded, strict=True):
             awaited[event.id] = future
+        sent = time.perf_counter()
         try:
             await self.store.send(events)
             try:
@@ -84,12 +92,14 @@ class Recorder:
                     # Folded in log order: once the last is in, the others are.
                     for future in folded:
                         await future
+                self.append_seconds.observe(time.perf_counter() - sent)
                 return
             except TimeoutError:
                 pass
             # Not seen: append again with acks; the ones already stored come back
             # as duplicates with their sequences, the others are stored now.
             await self.wait_for(max(await self.store.append_all(events)))
+            self.append_seconds.observe(time.perf_counter() - sent)
         finally:
             for event in events:
                 awaited.pop(event.id, None)

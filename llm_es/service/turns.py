@@ -26,6 +26,7 @@ from llm_es.domain.messages import ChatMessage
 from llm_es.domain.prompt import prompt_length
 from llm_es.errors import PartialUsage, ProviderError, ProviderTimeout
 from llm_es.logs import log_kv
+from llm_es.metrics import PluginMetrics
 from llm_es.providers.base import LLMProvider
 from llm_es.service.admission import Admission, AlreadyDecided
 from llm_es.service.channel import Channels
@@ -70,6 +71,7 @@ class Turns:
         *,
         clock: Callable[[], datetime],
         instance_id: str,
+        metrics: PluginMetrics,
         turn_ids: Callable[[], str] = new_turn_id,
     ) -> None:
         self._config = config
@@ -80,6 +82,7 @@ class Turns:
         self._clock = clock
         self._instance_id = instance_id
         self._turn_ids = turn_ids
+        self._metrics = metrics
         self.in_flight: set[str] = set()
         """Turns running in this process, from before their admission to their end."""
 
@@ -198,6 +201,7 @@ class Turns:
         it, so the rebuilt prompt sees the channel's latest turn whichever
         instance answered it (read-your-writes without an extra round trip).
         """
+        started = time.perf_counter()
         # In flight before it is admitted: the sweeper must never see it open and unowned.
         self.in_flight.add(request.turn_id)
         try:
@@ -226,10 +230,40 @@ class Turns:
             if rebuild_prompt is not None:
                 prompt = rebuild_prompt()
             return await self._answer(
-                request, decision, chain, prompt, temperature=temperature, on_chunk=on_chunk
+                request,
+                decision,
+                chain,
+                prompt,
+                started=started,
+                temperature=temperature,
+                on_chunk=self._timing_first_chunk(on_chunk, started),
             )
         finally:
             self.in_flight.discard(request.turn_id)
+
+    def _timing_first_chunk(self, on_chunk: ChunkSink | None, started: float) -> ChunkSink | None:
+        """`on_chunk`, observing the time to the first piece passed on."""
+        if on_chunk is None:
+            return None
+        first_chunk = self._metrics.first_chunk_seconds
+        waiting = True
+
+        async def passed_on(piece: str) -> None:
+            nonlocal waiting
+            if waiting:
+                waiting = False
+                first_chunk.observe(time.perf_counter() - started)
+            await on_chunk(piece)
+
+        return passed_on
+
+    def _observe_turn(self, started: float, provider_seconds: float) -> None:
+        """An admitted turn's latency: in all, at the providers, and the plugin's own."""
+        metrics = self._metrics
+        total = time.perf_counter() - started
+        metrics.turn_total.observe(total)
+        metrics.turn_provider.observe(provider_seconds)
+        metrics.turn_own.observe(max(0.0, total - provider_seconds))
 
     async def _answer(
         self,
@@ -238,12 +272,14 @@ class Turns:
         chain: Sequence[LLMProvider],
         prompt: list[ChatMessage],
         *,
+        started: float,
         temperature: float | None,
         on_chunk: ChunkSink | None,
     ) -> Outcome:
         """Ask the providers for an admitted turn and record how it ended."""
-        started = time.perf_counter()
+        asked = time.perf_counter()
         progress = StreamProgress()
+        failure: ProviderError | None = None
         try:
             # Past the deadline other instances may close this turn as abandoned,
             # so it must not end any later than that here.
@@ -259,19 +295,27 @@ class Turns:
         except TimeoutError:
             streaming = progress.provider
             provider_name = (streaming or chain[0]).name
-            exc: ProviderError = ProviderTimeout(
+            failure = ProviderTimeout(
                 provider_name, f"{provider_name} did not answer within the turn's deadline"
             )
             if streaming is not None:
                 # Pieces had arrived: the provider had taken the prompt, and bills for it.
-                exc.prompt_consumed = True
-                exc.usage = PartialUsage(
+                failure.prompt_consumed = True
+                failure.usage = PartialUsage(
                     model=streaming.default_model, completion_chars=progress.chars
                 )
-            return await self._fail(request, exc, prompt, progress.charged)
         except ProviderError as exc:
-            return await self._fail(request, exc, prompt, progress.charged)
-        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+            failure = exc
+        provider_seconds = time.perf_counter() - asked
+        if failure is not None:
+            self._metrics.provider_seconds.labels(failure.provider, "failed").observe(
+                provider_seconds
+            )
+            outcome = await self._fail(request, failure, prompt, progress.charged)
+            self._observe_turn(started, provider_seconds)
+            return outcome
+        self._metrics.provider_seconds.labels(provider.name, "ok").observe(provider_seconds)
+        latency_ms = round(provider_seconds * 1000, 3)
 
         now = self._clock()
         spent = spend_of(
@@ -303,6 +347,7 @@ class Turns:
                 ),
             )
         )
+        self._observe_turn(started, provider_seconds)
         tokens_used = tokens_of([*owed, spent])
         log_kv(
             logger,

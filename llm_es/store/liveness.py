@@ -44,6 +44,8 @@ class InstanceRegistry:
         self._kv: KeyValue | None = None
         self._task: asyncio.Task[None] | None = None
         self._started_at = time.time()
+        self.last_beat: float | None = None
+        """`time.monotonic()` of the last heartbeat stored (None before the first)."""
 
     async def start(self) -> None:
         self._kv = await ensure_bucket(
@@ -90,6 +92,7 @@ class InstanceRegistry:
             "expires_at": time.time() + self._ttl,
         }
         await self._kv.put(encode_name(self.instance_id), orjson.dumps(beat))
+        self.last_beat = time.monotonic()
 
     async def _beat_forever(self) -> None:
         while True:

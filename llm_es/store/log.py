@@ -48,6 +48,13 @@ class RecordedEvent:
     event: Event
 
 
+@dataclass(frozen=True, slots=True)
+class LogSize:
+    last_seq: int
+    messages: int
+    bytes: int
+
+
 def check_server_version(version: str, *, jetstream: bool) -> None:
     """Refuse a nats-server that cannot run the log (atomic batches need 2.12)."""
     try:
@@ -363,6 +370,11 @@ class EventStore:
             raise OperationalError(f"append refused: {error.get('description', error)}")
         seq: int = ack["seq"]
         return seq
+
+    async def size(self) -> LogSize:
+        """The log's last sequence, message count and bytes (one stream info request)."""
+        state = (await self._js.stream_info(self.stream)).state
+        return LogSize(state.last_seq, state.messages, state.bytes)
 
     async def last_seq(self, subject_filter: str | None = None) -> int:
         """The stream's last sequence (0 when empty)."""

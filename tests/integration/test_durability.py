@@ -192,7 +192,13 @@ def serve_config(
 ) -> pathlib.Path:
     path = tmp_path / "config.json"
     path.write_bytes(
-        orjson.dumps({"providers": {"ollama": {"base_url": fake_llm.base_url}}, "service": service})
+        orjson.dumps(
+            {
+                "providers": {"ollama": {"base_url": fake_llm.base_url}},
+                "service": service,
+                "http": {"listen": None},
+            }
+        )
     )
     return path
 

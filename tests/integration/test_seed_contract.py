@@ -270,6 +270,7 @@ async def serve(
                     "tokens_per_day": None,
                 },
                 "service": {"max_context_messages": 2, "summarize_after_messages": 4},
+                "http": {"listen": None},
             }
         )
     )

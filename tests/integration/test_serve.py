@@ -80,7 +80,11 @@ async def test_serve_runs_embedded_nats_and_keeps_data_across_restarts(
     """No NATS URL: serve starts nats-server on its data dir, stops it on a signal, and the
     next start finds the same log and views (the second turn sees the first)."""
     config = tmp_path / "config.json"
-    config.write_bytes(orjson.dumps({"providers": {"ollama": {"base_url": fake_llm.base_url}}}))
+    config.write_bytes(
+        orjson.dumps(
+            {"providers": {"ollama": {"base_url": fake_llm.base_url}}, "http": {"listen": None}}
+        )
+    )
     port = pick_free_port("127.0.0.1")
     url = f"nats://127.0.0.1:{port}"
     args = ("--config", str(config), "--data-dir", str(tmp_path / "data"), "--nats-port", str(port))

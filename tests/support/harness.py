@@ -16,7 +16,14 @@ import orjson
 from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
-from llm_es.config import Config, OllamaConfig, ProvidersConfig, RateLimitsConfig, ServiceConfig
+from llm_es.config import (
+    Config,
+    HttpConfig,
+    OllamaConfig,
+    ProvidersConfig,
+    RateLimitsConfig,
+    ServiceConfig,
+)
 from llm_es.domain.events import Event
 from llm_es.store.codec import decode_event
 from llm_es.store.kv import read_bucket
@@ -33,13 +40,14 @@ def make_config(
     timeout: float = 10.0,
     **service: Any,
 ) -> Config:
-    """A config pointing the Ollama provider at the fake server."""
+    """A config pointing the Ollama provider at the fake server, with no HTTP listener."""
     return Config(
         service=dataclasses.replace(ServiceConfig(), **service),
         providers=ProvidersConfig(
             ollama=OllamaConfig(base_url=ollama_url, timeout=timeout, default_model="llama3.2")
         ),
         rate_limits=rate_limits or RateLimitsConfig(),
+        http=HttpConfig(listen=None),
     )
 
 

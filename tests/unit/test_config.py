@@ -413,6 +413,24 @@ INVALID = [
         "expected a string (secret), got null",
         id="api-key-null",
     ),
+    pytest.param(
+        {"http": {"listen": "localhost"}},
+        "http.listen",
+        'expected HOST:PORT (e.g. 127.0.0.1:8642; port 0 picks a free one), got "localhost"',
+        id="listen-without-port",
+    ),
+    pytest.param(
+        {"http": {"listen": "127.0.0.1:65536"}},
+        "http.listen",
+        "expected HOST:PORT",
+        id="listen-port-too-high",
+    ),
+    pytest.param(
+        {"http": {"listen": ":8642"}}, "http.listen", "expected HOST:PORT", id="listen-no-host"
+    ),
+    pytest.param(
+        {"http": {"listen": 8642}}, "http.listen", "expected a string or null", id="listen-number"
+    ),
 ]
 
 
@@ -424,6 +442,22 @@ def test_invalid_config_names_the_key(raw: object, key: str, fragment: str) -> N
     assert caught.value.key == key
     assert str(caught.value).startswith(f"config key '{key}': ")
     assert fragment in caught.value.problem
+
+
+@pytest.mark.parametrize(
+    ("listen", "address"),
+    [
+        ("127.0.0.1:8642", ("127.0.0.1", 8642)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("[::1]:9100", ("::1", 9100)),
+        ("metrics.internal:80", ("metrics.internal", 80)),
+        (None, None),
+    ],
+)
+def test_http_listen_gives_the_address(listen: str | None, address: object) -> None:
+    """http.listen is HOST:PORT (IPv6 in brackets), or null for no listener; default 8642."""
+    assert parse({"http": {"listen": listen}}).http.address == address
+    assert parse({}).http.address == ("127.0.0.1", 8642)
 
 
 def test_unknown_key_lists_known_keys_without_a_close_match() -> None:
