@@ -24,7 +24,7 @@ from nats.js.errors import APIError, NotFoundError
 from llm_es import headers
 from llm_es.domain.events import Event
 from llm_es.domain.tokens import encode_name, encode_optional
-from llm_es.errors import IntegrityError, OperationalError, ServerVersionError
+from llm_es.errors import AppendRefused, IntegrityError, OperationalError, ServerVersionError
 from llm_es.store.acks import OutgoingMessage, actual_last_seq, request_ack, request_atomic_ack
 from llm_es.store.codec import decode_event, encode_event
 from llm_es.store.follow import read_bounded
@@ -286,7 +286,7 @@ class EventStore:
             if error.get("err_code") == headers.JS_ERR_WRONG_LAST_SEQUENCE:
                 description = str(error.get("description", "wrong last sequence"))
                 raise IntegrityError(description, actual_last_seq(description))
-            raise OperationalError(f"append refused: {error.get('description', error)}")
+            raise AppendRefused(f"append refused: {error.get('description', error)}")
         seq: int = ack["seq"]
         return seq
 
