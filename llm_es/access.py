@@ -117,9 +117,8 @@ PLUGIN = Permissions(
         # `llm-replay rebuild` deletes the views generation before the one it replaced.
         f"{JS_API}.STREAM.DELETE.*",
         "$KV.*.>",
-        # `llm-es status` run as llmes: `$SRV.STATS` and its `!chat help` probe.
+        # `llm-es status` run as llmes: `$SRV.PING` and `$SRV.STATS`.
         "$SRV.>",
-        "rosey.command.chat",
     ),
     deny_publish=(
         f"{JS_API}.STREAM.DELETE.{LOG_STREAM}",
