@@ -20,7 +20,7 @@ import nats.errors
 
 from llm_es import __version__
 from llm_es.app import Plugin
-from llm_es.cli_options import CommonOptions, start_logging
+from llm_es.cli_options import CommonOptions, data_dir, start_logging
 from llm_es.config import (
     DEFAULT_CONFIG_JSON,
     LISTEN_EXPECTED,
@@ -33,12 +33,18 @@ from llm_es.config import (
 )
 from llm_es.embedded import EmbeddedNatsServer
 from llm_es.errors import ConfigError, LLMESError, ServerVersionError
+from llm_es.local_access import (
+    ACCESS_FILE,
+    EmbeddedAccess,
+    prepare_embedded_access,
+    record_url,
+    with_local_access,
+)
 from llm_es.logs import log_kv
 from llm_es.store.connection import DEFAULT_LOCAL_URL, connect, connection_secrets
 
 logger = logging.getLogger("llm_es.cli")
 
-DEFAULT_DATA_DIR = "llm-es-data"
 DEFAULT_EMBEDDED_PORT = 4222
 COMMON_OPTIONS = CommonOptions(
     config_help="config.json",
@@ -57,12 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the plugin")
     COMMON_OPTIONS.add_to(serve)
-    serve.add_argument(
-        "--data-dir",
-        type=pathlib.Path,
-        default=pathlib.Path(os.environ.get("LLM_ES_DATA_DIR", DEFAULT_DATA_DIR)),
-        help="embedded nats-server data (default ./llm-es-data or $LLM_ES_DATA_DIR)",
-    )
     serve.add_argument(
         "--nats-port",
         type=int,
@@ -108,9 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"llm-es: --http: {LISTEN_EXPECTED}, got {args.http!r}", file=sys.stderr)
             return 2
         config = dataclasses.replace(config, http=HttpConfig(listen=args.http))
+    directory = data_dir(args.data_dir)
     try:
         if args.command == "serve":
-            return asyncio.run(serve(config, args.nats_url, args.data_dir, args.nats_port))
+            return asyncio.run(serve(config, args.nats_url, directory, args.nats_port))
         if args.command == "chat":
             from llm_es.chat_client import run_chat_client
 
@@ -119,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         from llm_es.status import run_status
 
+        # The embedded server's own user, when no server is named: the log needs it.
+        config = with_local_access(config, args.nats_url, directory)
         return asyncio.run(run_status(config, args.nats_url, as_json=args.json))
     except KeyboardInterrupt:
         return 130
@@ -128,6 +131,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LLMESError as exc:
         print(f"llm-es: {exc}", file=sys.stderr)
         return 1
+
+
+def how_clients_connect(access: EmbeddedAccess, data_dir: pathlib.Path) -> str:
+    """What `serve` tells about the embedded server's users (never a password)."""
+    if access.plugin.token is not None:
+        return "clients connect with the token of nats.token (the server requires it)"
+    kept = (
+        f"its password is in {data_dir / ACCESS_FILE}, which llm-es status and llm-replay "
+        "read (--data-dir)"
+        if access.generated
+        else f"nats.password, with nats.inbox_prefix {access.plugin.inbox_prefix}"
+    )
+    return (
+        "bots and plugins connect without credentials: they may send rosey.command.* and "
+        "rosey.llm.* requests and read rosey.event.llm.*; the event log and the views need "
+        f"user {access.plugin.user} ({kept})"
+    )
 
 
 async def serve(
@@ -143,11 +163,17 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     url = nats_url or config.nats.url
     embedded: EmbeddedNatsServer | None = None
+    access: EmbeddedAccess | None = None
     async with contextlib.AsyncExitStack() as stack:
         if url is None:
-            embedded = EmbeddedNatsServer(data_dir, port=nats_port)
+            access = await asyncio.to_thread(prepare_embedded_access, config, data_dir)
+            embedded = EmbeddedNatsServer(
+                data_dir, port=nats_port, extra_arguments=("-c", str(access.server_config))
+            )
             url = await embedded.start()
             stack.push_async_callback(embedded.stop)
+            await asyncio.to_thread(record_url, data_dir, access, url)
+            config = dataclasses.replace(config, nats=access.plugin)
             log_kv(logger, "embedded_nats_started", url=url, data_dir=str(data_dir))
         try:
             nc = await connect(config.nats, url)
@@ -167,6 +193,8 @@ async def serve(
         stack.push_async_callback(plugin.stop)
         shown = redact_url(url)
         print(f"llm-es ready: send !chat commands on NATS at {shown}", file=sys.stderr, flush=True)
+        if access is not None:
+            print(how_clients_connect(access, data_dir), file=sys.stderr, flush=True)
         await stop.wait()
         log_kv(logger, "shutting_down")
     return 0

@@ -1,4 +1,5 @@
-"""The options `llm-es` and `llm-replay` share: the config file, the NATS URL and the log level.
+"""The options `llm-es` and `llm-replay` share: the config file, the NATS URL, the data dir
+and the log level.
 
 Both commands take them before or after the subcommand, and read them the same
 way; only their help texts say what differs (the default URL, the default level).
@@ -15,11 +16,21 @@ from dataclasses import dataclass
 from llm_es.logs import configure_logging
 
 NATS_URL_HELP = "NATS server URL(s); default: $LLM_ES_NATS_URL, the config's nats.url, else "
+DEFAULT_DATA_DIR = "llm-es-data"
+DATA_DIR_HELP = (
+    "the embedded nats-server's data and credentials (default ./llm-es-data or $LLM_ES_DATA_DIR);"
+    " with no server named, the tools connect with the credentials kept there"
+)
+
+
+def data_dir(value: pathlib.Path | None) -> pathlib.Path:
+    """`--data-dir`, else `$LLM_ES_DATA_DIR`, else `./llm-es-data`."""
+    return value or pathlib.Path(os.environ.get("LLM_ES_DATA_DIR") or DEFAULT_DATA_DIR)
 
 
 @dataclass(frozen=True, slots=True)
 class CommonOptions:
-    """`--config`, `--nats-url` and `--log-level`, with one command's help texts."""
+    """`--config`, `--nats-url`, `--data-dir` and `--log-level`, with one command's help texts."""
 
     config_help: str
     nats_url_fallback: str
@@ -35,6 +46,7 @@ class CommonOptions:
         parser.add_argument(
             "--nats-url", default=default, help=NATS_URL_HELP + self.nats_url_fallback
         )
+        parser.add_argument("--data-dir", type=pathlib.Path, default=default, help=DATA_DIR_HELP)
         parser.add_argument(
             "--log-level",
             default=os.environ.get("LLM_ES_LOG_LEVEL") if top else argparse.SUPPRESS,

@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import sysconfig
+from collections.abc import Mapping
 from types import TracebackType
 from typing import IO, Self
 
@@ -119,6 +120,7 @@ class EmbeddedNatsServer:
         port: int = 4222,
         binary: str | None = None,
         extra_arguments: tuple[str, ...] = (),
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = pathlib.Path(data_dir)
         self.host = host
@@ -131,6 +133,8 @@ class EmbeddedNatsServer:
         self.extra_arguments = extra_arguments
         """More nats-server options (`-c <config file>`, `--user`, ...); they come first, so
         the port, store and log options here win over a config file's."""
+        self.environment = dict(environment or {})
+        """Variables added to the server's environment (a config's `$PASSWORD`s)."""
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -212,6 +216,7 @@ class EmbeddedNatsServer:
                 # A terminal's Ctrl-C then reaches only the application, which
                 # can drain its NATS connections before it stops the server.
                 start_new_session=True,
+                env={**os.environ, **self.environment} if self.environment else None,
             )
         except OSError as error:
             raise EmbeddedServerError(f"could not run {self.binary}: {error}") from error

@@ -31,7 +31,7 @@ from llm_es.chat_client import (
     connected_server,
 )
 from llm_es.config import Config
-from llm_es.domain.views import checkpoint_key
+from llm_es.domain.views import BUCKET, checkpoint_key
 from llm_es.service.api import ADMISSION_STATS_ENDPOINT, SERVICE_NAME
 from llm_es.service.commands import COMMAND_SUBJECT
 from llm_es.store.kv import live_views_bucket
@@ -48,6 +48,8 @@ MAX_KEYS_COUNTED = 10_000_000
 PROBE_CHANNEL = "llm-es-status"
 PROBE_USER = "llm-es-status"
 SERVICE_STATS_SUBJECT = f"$SRV.STATS.{SERVICE_NAME}"
+SERVICE_PING_SUBJECT = f"$SRV.PING.{SERVICE_NAME}"
+DEFAULT_INBOX_PREFIX = "_INBOX"
 STATS_GATHER_SECONDS = 0.5
 """How long `$SRV.*` answers are collected (every instance answers the one request)."""
 MAX_REPLIES = 1000
@@ -65,7 +67,10 @@ async def run_status(config: Config, nats_url: str | None, *, as_json: bool) -> 
         print(cannot_connect(config, nats_url, exc), file=sys.stderr, flush=True)
         return 1
     try:
-        report = await gather_status(nc)
+        # llm-es answers only `_INBOX.>` (and configured prefixes): a private inbox, as the
+        # embedded server's `llmes` user has, gets no `!chat` answer; ask `$SRV.PING` then.
+        private_inbox = config.nats.inbox_prefix not in (None, DEFAULT_INBOX_PREFIX)
+        report = await gather_status(nc, probe_commands=not private_inbox)
     finally:
         with contextlib.suppress(nats.errors.Error, OSError):
             await nc.close()
@@ -76,8 +81,9 @@ async def run_status(config: Config, nats_url: str | None, *, as_json: bool) -> 
     return 0
 
 
-async def gather_status(nc: NATS) -> Report:
-    """The whole report as one JSON-able dict."""
+async def gather_status(nc: NATS, *, probe_commands: bool = True) -> Report:
+    """The whole report as one JSON-able dict; `probe_commands` False asks the service's
+    `$SRV.PING` whether an instance answers instead of `!chat help`."""
     js = nc.jetstream(timeout=READ_TIMEOUT_SECONDS)
     stream = await stream_status(js)
     last_seq = int(stream.get("last_seq") or 0)
@@ -87,7 +93,7 @@ async def gather_status(nc: NATS) -> Report:
         "stream": stream,
         "views": views,
         "checkpoints": checkpoints,
-        "instance": await instance_status(nc),
+        "instance": await (instance_status(nc) if probe_commands else service_ping_status(nc)),
         "instances": await instances_status(nc),
     }
 
@@ -142,11 +148,14 @@ async def stream_status(js: JetStreamContext) -> Report:
 
 async def views_status(js: JetStreamContext, last_seq: int) -> tuple[Report, Report]:
     """Keys in the views bucket by kind, and each projection's checkpoint and lag."""
-    bucket = await live_views_bucket(js)
-    views: Report = {"bucket": bucket}
     checkpoints: Report = {
         name: {"seq": None, "lag": last_seq, "stored": False} for name in PROJECTIONS
     }
+    try:
+        bucket = await live_views_bucket(js)
+    except READ_ERRORS as exc:  # e.g. a user without KV permissions: its requests time out
+        return {"bucket": BUCKET, "exists": None, "error": _describe(exc)}, checkpoints
+    views: Report = {"bucket": bucket}
     try:
         kv = await js.key_value(bucket)
     except BucketNotFoundError:
@@ -209,6 +218,12 @@ async def instance_status(nc: NATS) -> Report:
         answer = None
     success = answer.get("success") if isinstance(answer, dict) else None
     return {**report, "answered": True, "success": success is True}
+
+
+async def service_ping_status(nc: NATS) -> Report:
+    """Whether an llm-es instance answers `$SRV.PING` of the `rosey-llm` service."""
+    answers = await gather_replies(nc, SERVICE_PING_SUBJECT)
+    return {"subject": SERVICE_PING_SUBJECT, "answered": bool(answers), "success": bool(answers)}
 
 
 async def gather_replies(

@@ -28,7 +28,7 @@ import orjson
 
 from llm_es import __version__
 from llm_es.cli_options import CommonOptions, start_logging
-from llm_es.config import Config, load_config_sync
+from llm_es.config import Config
 from llm_es.domain.events import EVENT_TYPES
 from llm_es.errors import ConfigError
 from replay.audit import GROUPINGS, run_audit
@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schemas":
         return run_schemas(args)
     try:
-        config = load_config_sync(args.config)
+        config = ConnectRecipe(args.config, args.nats_url, args.data_dir).load_config()
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     try:
@@ -248,7 +248,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
 
     times = {name: moment(name) for name in ("since", "until", "at")}
     # Rebuild and verify read a long log in a child process that connects the same way.
-    recipe = ConnectRecipe(args.config, args.nats_url)
+    recipe = ConnectRecipe(args.config, args.nats_url, args.data_dir)
     nc = await connect(config, recipe)
     try:
         return await dispatch(args, config, EventLog(nc, recipe=recipe), times)

@@ -1,8 +1,9 @@
 """Connecting the replay tools to NATS the way `llm-es` does, here or again in a child process.
 
-`connect` takes the loaded config and a `ConnectRecipe`: the config file and
-the `--nats-url` the command was given, all a child process needs to make the
-same connection. `Config` does not pickle (its mappings are read-only
+`connect` takes the loaded config and a `ConnectRecipe`: the config file, the
+`--nats-url` and the `--data-dir` the command was given, all a child process
+needs to make the same connection (with no server named, the embedded server's
+credentials kept in the data dir). `Config` does not pickle (its mappings are read-only
 proxies), so the child reads the file again; it inherits the environment, so
 the `LLM_ES_*` overrides apply to it the same.
 """
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 
 from llm_es.chat_client import CONNECT_ERRORS, cannot_connect
+from llm_es.cli_options import data_dir
 from llm_es.config import Config, load_config_sync
+from llm_es.local_access import with_local_access
 from llm_es.store.connection import DEFAULT_LOCAL_URL
 from llm_es.store.connection import connect as connect_to_nats
 from replay.errors import LogUnavailable
@@ -25,14 +28,18 @@ CLIENT_NAME = "llm-replay"
 
 @dataclass(frozen=True, slots=True)
 class ConnectRecipe:
-    """How to connect like the command did: its config file (None: defaults) and URL option."""
+    """How to connect like the command did: its config file (None: defaults), URL and data
+    dir options."""
 
     config_path: pathlib.Path | None = None
     nats_url: str | None = None
+    data_dir: pathlib.Path | None = None
 
     def load_config(self) -> Config:
-        """The command's config, read again (synchronous: call it before the event loop)."""
-        return load_config_sync(self.config_path)
+        """The command's config, read again, with the embedded server's credentials when it
+        names no server (synchronous: call it before the event loop)."""
+        config = load_config_sync(self.config_path)
+        return with_local_access(config, self.nats_url, data_dir(self.data_dir))
 
 
 async def connect(config: Config, recipe: ConnectRecipe) -> NATS:

@@ -122,6 +122,29 @@ def _refusal(config: NatsConfig, servers: list[str], exc: Exception) -> str | No
     return None
 
 
+async def _connect_unless(refused: asyncio.Event, options: dict[str, Any]) -> NATS:
+    """`nats.connect(**options)`, given up once `refused` is set.
+
+    After a failed TLS handshake at the first connect, nats-py 2.16 neither retries nor
+    raises: it waits until the caller's timeout (measured: 30 s of nothing). A
+    certificate the CA did not sign will not verify on the next attempt either.
+    """
+    connecting = asyncio.ensure_future(nats.connect(**options))
+    waiting = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait({connecting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+        if not connecting.done():
+            connecting.cancel()
+    try:
+        return await connecting
+    except asyncio.CancelledError:
+        if not refused.is_set():
+            raise  # the caller was cancelled, not the connect refused
+        raise nats.errors.Error("TLS handshake failed") from None
+
+
 async def connect(
     config: NatsConfig, url: str | None, name: str = "llm-es", *, keep_reconnecting: bool = True
 ) -> NATS:
@@ -134,18 +157,21 @@ async def connect(
     """
     options = await connect_options(config, url, name)
     refusals: list[str] = []
+    tls_refused = asyncio.Event()
     log_error = options["error_cb"]
 
     async def note_error(exc: Exception) -> None:
         reason = _refusal(config, options["servers"], exc)
         if reason is not None:
             refusals.append(reason)
+        if isinstance(exc, ssl.SSLError):
+            tls_refused.set()
         await log_error(exc)
 
     options["error_cb"] = note_error
     try:
         async with asyncio.timeout(INITIAL_CONNECT_SECONDS):
-            nc = await nats.connect(**options)
+            nc = await _connect_unless(tls_refused, options)
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         reason = _refusal(config, options["servers"], exc) or next(iter(refusals), None)
         if reason is None:

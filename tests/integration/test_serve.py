@@ -13,7 +13,7 @@ import pytest
 from llm_es.embedded import EmbeddedNatsServer, pick_free_port
 from tests.support.cli import console_script, hermetic_env
 from tests.support.fake_llm import FakeLLMServer
-from tests.support.harness import command, log_events, wait_until
+from tests.support.harness import command, log_events, operator_client, wait_until
 
 LLM_ES = console_script("llm-es")
 
@@ -104,7 +104,7 @@ async def test_serve_runs_embedded_nats_and_keeps_data_across_restarts(
     try:
         answer = await chat_when_ready(url, "What is my name?")
         assert answer["success"] is True
-        client = await nats.connect(url)
+        client = await operator_client(tmp_path / "data")
         try:
             kinds = [e.TYPE for _, e in await log_events(client)]
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from llm_es.config import (
     ServiceConfig,
 )
 from llm_es.domain.events import Event
+from llm_es.local_access import ACCESS_FILE
 from llm_es.store.codec import decode_event
 from llm_es.store.kv import read_bucket
 from llm_es.store.log import STREAM_NAME
@@ -145,6 +147,25 @@ async def bucket_snapshot(client: NATS) -> dict[str, Any]:
     """Every view key and value in KV bucket `llm_data` (checkpoints excluded)."""
     stored = await read_bucket(client.jetstream(), "llm_data")
     return {k: orjson.loads(v) for k, v in stored.items() if not k.startswith("checkpoint.")}
+
+
+def stored_access(data_dir: pathlib.Path) -> dict[str, Any]:
+    """The embedded server's plugin credentials `llm-es serve` keeps in its data dir."""
+    access: dict[str, Any] = orjson.loads((data_dir / ACCESS_FILE).read_bytes())
+    return access
+
+
+async def operator_client(data_dir: pathlib.Path) -> NATS:
+    """A connection to `llm-es serve`'s embedded server as its plugin user (the log and
+    the views need it), from the credentials file in the data dir."""
+    access = stored_access(data_dir)
+    return await nats.connect(
+        access["url"],
+        user=access["user"],
+        password=access["password"],
+        inbox_prefix=access["inbox_prefix"],
+        max_reconnect_attempts=2,
+    )
 
 
 async def wait_until(predicate: Any, *, within: float = 10.0, interval: float = 0.02) -> None:
