@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
@@ -41,16 +42,12 @@ from llm_es.service.fallback import (
 from llm_es.service.ledger import Booking, owed_spends, spend_of, tokens_of
 from llm_es.service.outcome import Outcome
 from llm_es.service.recording import Recorder
-from llm_es.service.retries import retried_turn_outcome
+from llm_es.service.retries import RETRY_WAIT_GRACE_SECONDS, retried_turn_outcome
 
 logger = logging.getLogger(__name__)
 
 SERVICE_USER = "service"
 """Whom a service request without a user is booked to (rate limits and token ledger)."""
-
-
-RETRY_WAIT_GRACE_SECONDS = 5.0
-"""How much longer than a turn's deadline a retry waits for the first attempt's end."""
 
 
 def new_turn_id() -> str:
@@ -83,8 +80,9 @@ class Turns:
         self._instance_id = instance_id
         self._turn_ids = turn_ids
         self._metrics = metrics
-        self.in_flight: set[str] = set()
-        """Turns running in this process, from before their admission to their end."""
+        self.in_flight: Counter[str] = Counter()
+        """Turns running here, from before their admission to their end; counted (a retry runs
+        beside its first attempt: its end must not take the first out)."""
 
     def provider_chain(self, requested: str | None = None) -> list[LLMProvider]:
         return provider_chain(self._config, self._providers, requested)
@@ -202,8 +200,8 @@ class Turns:
         instance answered it (read-your-writes without an extra round trip).
         """
         started = time.perf_counter()
-        # In flight before it is admitted: the sweeper must never see it open and unowned.
-        self.in_flight.add(request.turn_id)
+        # In flight before it is admitted: the sweeper must never see it open and not running.
+        self.in_flight[request.turn_id] += 1
         try:
             decision = await self._admission.admit_turn(
                 request, estimate_tokens(prompt_length(prompt)), max_tokens, retried=retried
@@ -239,7 +237,7 @@ class Turns:
                 on_chunk=self._timing_first_chunk(on_chunk, started),
             )
         finally:
-            self.in_flight.discard(request.turn_id)
+            self.in_flight -= Counter((request.turn_id,))  # in place; drops it at zero
 
     def _timing_first_chunk(self, on_chunk: ChunkSink | None, started: float) -> ChunkSink | None:
         """`on_chunk`, observing the time to the first piece passed on."""
