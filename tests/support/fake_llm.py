@@ -167,6 +167,11 @@ class FakeLLMServer:
         """Set when a chat request arrives; a test may clear it to wait for the next one."""
         self.chat_count = 0
         """Chat requests received so far."""
+        self.before_answer: Callable[[], None] | None = None
+        """Called just before a chat answer is written (e.g. to freeze another process at
+        the moment the answer leaves)."""
+        self.chat_answered = asyncio.Event()
+        """Set once a chat answer has been written in full."""
         self.handler_errors: list[Exception] = []
         """Exceptions raised while answering (e.g. by a `reply` function), for tests to check."""
 
@@ -299,6 +304,9 @@ class FakeLLMServer:
                 return
             keep_alive = request.keep_alive and served < MAX_REQUESTS_PER_CONNECTION
             response = await self._answer(request)
+            is_chat = request.path in CHAT_PATHS
+            if is_chat and self.before_answer is not None:
+                self.before_answer()
             await _write_response(
                 writer,
                 response,
@@ -308,6 +316,8 @@ class FakeLLMServer:
                 first_chunk_delay=self.first_chunk_delay,
                 write_size=self.write_size,
             )
+            if is_chat:
+                self.chat_answered.set()
             if not keep_alive:
                 return
 
