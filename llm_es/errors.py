@@ -10,6 +10,7 @@
     │   └── OperationalError     the log could not be reached or written
     └── ProviderError            a provider call failed (.provider, .status, .usage)
         ├── ProviderUnavailable  could not connect, or the connection dropped
+        │   └── ProviderBusy     every connection of this instance's pool stayed taken
         ├── ProviderTimeout      no answer within the configured timeout
         ├── ProviderAuthError    401/403: the API key is missing, wrong or not allowed
         ├── ProviderRateLimited  429 after the retries (.retry_after: seconds or None)
@@ -135,6 +136,11 @@ class ProviderError(LLMESError):
 
 class ProviderUnavailable(ProviderError):
     """The provider's server could not be reached."""
+
+
+class ProviderBusy(ProviderUnavailable):
+    """No connection to the provider came free within the timeout: this instance's own calls
+    held them all (the model may be fine). Not retried; a fallback provider may answer."""
 
 
 class ProviderTimeout(ProviderError):

@@ -129,6 +129,15 @@ class ServiceConfig:
             " (sent every third of it); after that, other instances close its unfinished turns.",
         ),
     ] = 15.0
+    max_concurrent_turns_per_channel: Annotated[
+        Annotated[int, Meta(ge=1)] | None,
+        Meta(
+            description="Most turns one channel (a request without a channel: one user) runs"
+            ' at once on an instance; more are refused at once ("This channel already has N'
+            ' replies in progress; ..."), appending nothing, so one busy channel cannot take'
+            " every provider connection (64 per provider); null: no cap."
+        ),
+    ] = 16
     summarize_after_messages: Annotated[
         Annotated[int, Meta(ge=2)] | None,
         Meta(

@@ -56,3 +56,13 @@ def forgot(memory_id: str) -> str:
 
 def memory_not_found(memory_id: str) -> str:
     return f"Memory not found: {memory_id}"
+
+
+def channel_busy(limit: int) -> str:
+    """A turn refused because its channel already runs `limit` turns here."""
+    return f"This channel already has {limit} replies in progress; try again when one has finished."
+
+
+def user_busy(limit: int) -> str:
+    """A request without a channel refused because its user already runs `limit` turns here."""
+    return f"You already have {limit} requests in progress; try again when one has finished."

@@ -24,6 +24,7 @@ from llm_es.errors import (
     ProviderAuthError,
     ProviderBadRequest,
     ProviderBadResponse,
+    ProviderBusy,
     ProviderError,
     ProviderRateLimited,
     ProviderStreamBroken,
@@ -98,6 +99,10 @@ class ProviderFailures:
         """The error for a request httpx could not complete."""
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             return ProviderUnavailable(self.name, f"{self.label} is not reachable at {self.url}")
+        if isinstance(exc, httpx.PoolTimeout):
+            return ProviderBusy(
+                self.name, f"{self.label} is busy: no free connection within {self.timeout:g}s"
+            )
         if isinstance(exc, httpx.TimeoutException):
             return ProviderTimeout(
                 self.name, f"{self.label} did not answer within {self.timeout:g}s"

@@ -20,6 +20,7 @@ from email.utils import parsedate_to_datetime
 
 from llm_es.errors import (
     ProviderBadResponse,
+    ProviderBusy,
     ProviderError,
     ProviderRateLimited,
     ProviderStreamBroken,
@@ -66,8 +67,8 @@ class RetryPolicy:
 
 def is_retryable(error: ProviderError) -> bool:
     """True for failures another attempt may cure: no connection, 429, 5xx."""
-    if isinstance(error, ProviderStreamBroken):
-        return False
+    if isinstance(error, ProviderStreamBroken | ProviderBusy):
+        return False  # a broken stream was passed on; a full pool stays full for a while
     if isinstance(error, ProviderUnavailable | ProviderRateLimited):
         return True
     return isinstance(error, ProviderBadResponse) and (error.status or 0) >= 500

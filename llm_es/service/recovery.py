@@ -52,8 +52,9 @@ class Recovery:
         """Close every abandoned turn; return how many were closed.
 
         A turn is abandoned when it is not running here and its instance is this
-        one from an earlier run (same instance id), is no longer alive, or has
-        run past the longest a provider call can take.
+        one (an earlier run with the same instance id, or a turn whose end this
+        run could not append), is no longer alive, or has run past the longest a
+        provider call can take.
         """
         await self._recorder.catch_up()
         now = self._clock()
@@ -62,16 +63,20 @@ class Recovery:
             usage = cast(UsageView | None, self._views.get(key))
             if usage is None or not usage["open_turns"]:
                 continue
+            # Read after the view: a turn of this process in it was put in flight
+            # before its admission, and leaves only once its end is appended.
+            running = frozenset(self._in_flight)
             turns = [
                 await self._facts(usage["user"], turn_id, turn, now)
                 for turn_id, turn in list(usage["open_turns"].items())
-                if turn_id not in self._in_flight
+                if turn_id not in running
             ]
             others = {t.owner for t in turns if t.owner and t.owner != self._instance_id}
             survivors = Survivors(
                 this_instance=self._instance_id,
                 started_at=self._started_at,
                 alive={owner: await is_alive(owner) for owner in sorted(others)},
+                running=running,
             )
             position = usage["seq"]
             for failed in decide_abandoned(

@@ -25,6 +25,9 @@ from llm_es.service.recording import Recorder
 
 logger = logging.getLogger(__name__)
 
+RETRY_WAIT_GRACE_SECONDS = 5.0
+"""How much longer than a turn's deadline a retry waits for the first attempt's end."""
+
 
 def still_running(turn_id: str) -> str:
     """The answer to a retry whose first attempt has not ended within the retry's time."""

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
@@ -41,16 +42,14 @@ from llm_es.service.fallback import (
 from llm_es.service.ledger import Booking, owed_spends, spend_of, tokens_of
 from llm_es.service.outcome import Outcome
 from llm_es.service.recording import Recorder
-from llm_es.service.retries import retried_turn_outcome
+from llm_es.service.retries import RETRY_WAIT_GRACE_SECONDS, retried_turn_outcome
+from llm_es.service.turn_slots import TurnSlots
+from llm_es.service.turn_timing import observe_turn, timing_first_chunk
 
 logger = logging.getLogger(__name__)
 
 SERVICE_USER = "service"
 """Whom a service request without a user is booked to (rate limits and token ledger)."""
-
-
-RETRY_WAIT_GRACE_SECONDS = 5.0
-"""How much longer than a turn's deadline a retry waits for the first attempt's end."""
 
 
 def new_turn_id() -> str:
@@ -83,8 +82,10 @@ class Turns:
         self._instance_id = instance_id
         self._turn_ids = turn_ids
         self._metrics = metrics
-        self.in_flight: set[str] = set()
-        """Turns running in this process, from before their admission to their end."""
+        self.slots = TurnSlots(config.service.max_concurrent_turns_per_channel)
+        self.in_flight: Counter[str] = Counter()
+        """Turns running here, from before their admission to their end; counted (a retry runs
+        beside its first attempt: its end must not take the first out)."""
 
     def provider_chain(self, requested: str | None = None) -> list[LLMProvider]:
         return provider_chain(self._config, self._providers, requested)
@@ -202,68 +203,54 @@ class Turns:
         instance answered it (read-your-writes without an extra round trip).
         """
         started = time.perf_counter()
-        # In flight before it is admitted: the sweeper must never see it open and unowned.
-        self.in_flight.add(request.turn_id)
+        # In flight before it is admitted: the sweeper must never see it open and not running.
+        self.in_flight[request.turn_id] += 1
         try:
-            decision = await self._admission.admit_turn(
-                request, estimate_tokens(prompt_length(prompt)), max_tokens, retried=retried
-            )
-            if isinstance(decision, AlreadyDecided):
-                return await retried_turn_outcome(
-                    self._recorder,
-                    turn_id=request.turn_id,
-                    user=request.user,
-                    decided_at=decision.seq,
-                    wait_seconds=turn_deadline_seconds(self._config) + RETRY_WAIT_GRACE_SECONDS,
+            with self.slots.take(request.channel or request.user) as free:
+                if not free:
+                    return self._busy(request)
+                decision = await self._admission.admit_turn(
+                    request, estimate_tokens(prompt_length(prompt)), max_tokens, retried=retried
                 )
-            if not isinstance(decision, TurnAdmitted):
-                log_kv(
-                    logger,
-                    "turn_rejected",
-                    channel=request.channel,
-                    user=request.user,
-                    window=decision.window,
+                if isinstance(decision, AlreadyDecided):
+                    return await retried_turn_outcome(
+                        self._recorder,
+                        turn_id=request.turn_id,
+                        user=request.user,
+                        decided_at=decision.seq,
+                        wait_seconds=turn_deadline_seconds(self._config) + RETRY_WAIT_GRACE_SECONDS,
+                    )
+                if not isinstance(decision, TurnAdmitted):
+                    log_kv(
+                        logger,
+                        "turn_rejected",
+                        channel=request.channel,
+                        user=request.user,
+                        window=decision.window,
+                    )
+                    return Outcome.error(
+                        decision.detail, turn_id=request.turn_id, reason=decision.reason
+                    )
+                if rebuild_prompt is not None:
+                    prompt = rebuild_prompt()
+                return await self._answer(
+                    request,
+                    decision,
+                    chain,
+                    prompt,
+                    started=started,
+                    temperature=temperature,
+                    on_chunk=timing_first_chunk(self._metrics, on_chunk, started),
                 )
-                return Outcome.error(
-                    decision.detail, turn_id=request.turn_id, reason=decision.reason
-                )
-            if rebuild_prompt is not None:
-                prompt = rebuild_prompt()
-            return await self._answer(
-                request,
-                decision,
-                chain,
-                prompt,
-                started=started,
-                temperature=temperature,
-                on_chunk=self._timing_first_chunk(on_chunk, started),
-            )
         finally:
-            self.in_flight.discard(request.turn_id)
+            self.in_flight -= Counter((request.turn_id,))  # in place; drops it at zero
 
-    def _timing_first_chunk(self, on_chunk: ChunkSink | None, started: float) -> ChunkSink | None:
-        """`on_chunk`, observing the time to the first piece passed on."""
-        if on_chunk is None:
-            return None
-        first_chunk = self._metrics.first_chunk_seconds
-        waiting = True
-
-        async def passed_on(piece: str) -> None:
-            nonlocal waiting
-            if waiting:
-                waiting = False
-                first_chunk.observe(time.perf_counter() - started)
-            await on_chunk(piece)
-
-        return passed_on
-
-    def _observe_turn(self, started: float, provider_seconds: float) -> None:
-        """An admitted turn's latency: in all, at the providers, and the plugin's own."""
-        metrics = self._metrics
-        total = time.perf_counter() - started
-        metrics.turn_total.observe(total)
-        metrics.turn_provider.observe(provider_seconds)
-        metrics.turn_own.observe(max(0.0, total - provider_seconds))
+    def _busy(self, request: TurnRequest) -> Outcome:
+        """The refusal of a turn over its channel's share of provider calls (nothing appended)."""
+        limit = self.slots.limit or 0
+        log_kv(logger, "turn_refused_busy", channel=request.channel, user=request.user, limit=limit)
+        text = replies.channel_busy(limit) if request.channel else replies.user_busy(limit)
+        return Outcome.error(text, turn_id=request.turn_id, reason="busy")
 
     async def _answer(
         self,
@@ -312,7 +299,7 @@ class Turns:
                 provider_seconds
             )
             outcome = await self._fail(request, failure, prompt, progress.charged)
-            self._observe_turn(started, provider_seconds)
+            observe_turn(self._metrics, started, provider_seconds)
             return outcome
         self._metrics.provider_seconds.labels(provider.name, "ok").observe(provider_seconds)
         latency_ms = round(provider_seconds * 1000, 3)
@@ -347,7 +334,7 @@ class Turns:
                 ),
             )
         )
-        self._observe_turn(started, provider_seconds)
+        observe_turn(self._metrics, started, provider_seconds)
         tokens_used = tokens_of([*owed, spent])
         log_kv(
             logger,

@@ -56,6 +56,7 @@ async def test_token_limit_under_concurrency_is_never_exceeded(
         fake_llm.base_url,
         rate_limits=RateLimitsConfig(None, None, None, 600),
         max_tokens=30,
+        max_concurrent_turns_per_channel=None,  # 40 at once in one channel: only the tokens limit
     )
     for _ in range(INSTANCES):
         await start(config)

@@ -3,7 +3,7 @@
 `FakeLLMServer` speaks the Ollama (`/api/chat`, `/api/generate`, `/api/tags`) and
 OpenAI/OpenRouter (`/v1/chat/completions`, `/v1/models`) wire formats, streaming
 included, and records every request. Knobs a test may set at any time shape the
-next answers: latency (`delay`, `hold`, `chunk_delay`, `first_chunk_delay`), failures
+next answers: latency (`delay`, `hold`, `hold_if`, `chunk_delay`, `first_chunk_delay`), failures
 (`fail_status`, `fail_times`, `retry_after`, `fail_in_body`), token usage (`usage`, `omit_usage`,
 `openrouter_cost`) and the bytes on the wire (`write_size`, `raw_answer`). Pure
 asyncio, so it shares the event loop of the test.
@@ -151,6 +151,9 @@ class FakeLLMServer:
         UTF-8 characters wherever they fall; None sends one line or event per chunk."""
         self.hold: asyncio.Event | None = None
         """Chat requests wait until this event is set (stop() cancels the wait)."""
+        self.hold_if: Callable[[Messages], bool] | None = None
+        """With `hold`, only the chat requests whose messages this accepts wait (e.g. one
+        channel's); None: every one."""
         self.usage: tuple[int, int] | None = None
         """(prompt_tokens, completion_tokens) to report instead of word counts."""
         self.omit_usage: bool = False
@@ -164,6 +167,11 @@ class FakeLLMServer:
         """Set when a chat request arrives; a test may clear it to wait for the next one."""
         self.chat_count = 0
         """Chat requests received so far."""
+        self.before_answer: Callable[[], None] | None = None
+        """Called just before a chat answer is written (e.g. to freeze another process at
+        the moment the answer leaves)."""
+        self.chat_answered = asyncio.Event()
+        """Set once a chat answer has been written in full."""
         self.handler_errors: list[Exception] = []
         """Exceptions raised while answering (e.g. by a `reply` function), for tests to check."""
 
@@ -296,6 +304,9 @@ class FakeLLMServer:
                 return
             keep_alive = request.keep_alive and served < MAX_REQUESTS_PER_CONNECTION
             response = await self._answer(request)
+            is_chat = request.path in CHAT_PATHS
+            if is_chat and self.before_answer is not None:
+                self.before_answer()
             await _write_response(
                 writer,
                 response,
@@ -305,6 +316,8 @@ class FakeLLMServer:
                 first_chunk_delay=self.first_chunk_delay,
                 write_size=self.write_size,
             )
+            if is_chat:
+                self.chat_answered.set()
             if not keep_alive:
                 return
 
@@ -335,9 +348,9 @@ class FakeLLMServer:
 
     # -- knobs shared by every chat endpoint ---------------------------------
 
-    async def _await_turn(self) -> None:
+    async def _await_turn(self, messages: Messages) -> None:
         hold = self.hold
-        if hold is not None:
+        if hold is not None and (self.hold_if is None or self.hold_if(messages)):
             await hold.wait()
         if self.delay > 0:
             await asyncio.sleep(self.delay)
@@ -425,7 +438,7 @@ class FakeLLMServer:
         messages = body.get("messages") or []
         if not isinstance(messages, list):
             return _error_response("ollama", 400, "messages must be a list")
-        await self._await_turn()
+        await self._await_turn(messages)
         failure = self._take_failure("ollama", streamed=body.get("stream") is not False)
         if failure is not None:
             return failure
@@ -459,7 +472,7 @@ class FakeLLMServer:
             return _error_response("ollama", 400, "prompt and system must be strings")
         messages: Messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})
-        await self._await_turn()
+        await self._await_turn(messages)
         failure = self._take_failure("ollama", streamed=body.get("stream") is not False)
         if failure is not None:
             return failure
@@ -521,7 +534,7 @@ class FakeLLMServer:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error_response("openai", 400, "'messages' must be a non-empty array")
-        await self._await_turn()
+        await self._await_turn(messages)
         failure = self._take_failure("openai", streamed=bool(body.get("stream")))
         if failure is not None:
             return failure

@@ -9,6 +9,7 @@ import pytest
 from llm_es.domain.abandoned import (
     ABANDON_GRACE_SECONDS,
     ABANDONED_ERROR,
+    UNRECORDED_END_ERROR,
     OpenTurnFacts,
     Survivors,
     decide_abandoned,
@@ -54,7 +55,7 @@ def test_the_deadline_has_a_grace_period() -> None:
     [
         (turn("worker-2"), False),  # a live instance still runs it
         (turn("worker-3"), True),  # its instance's heartbeat has expired
-        (turn(HERE, seconds_ago=1.0), False),  # this process runs it (started before it)
+        (turn(HERE, seconds_ago=1.0), True),  # this process admitted it, ran it, lost its end
         (turn(HERE, seconds_ago=10.0), True),  # this instance's, from before this process
         (turn(""), False),  # admitted before instances were recorded: wait for the deadline
         (turn(None, seconds_ago=DEADLINE + ABANDON_GRACE_SECONDS + 1), True),  # past it
@@ -63,7 +64,7 @@ def test_the_deadline_has_a_grace_period() -> None:
     ids=[
         "alive",
         "dead",
-        "this-process",
+        "this-process-not-running",
         "earlier-run",
         "no-owner",
         "past-deadline",
@@ -100,3 +101,30 @@ def test_each_abandoned_turn_closes_with_one_turn_failed_in_order() -> None:
     for close in closes:
         assert isinstance(close, TurnFailed)
         assert (close.error_type, close.error, close.at) == ("abandoned", ABANDONED_ERROR, NOW)
+
+
+def test_a_turn_this_process_runs_is_never_abandoned() -> None:
+    """Running here: not closed, even past its deadline (the process ends it itself)."""
+    survivors = Survivors(this_instance=HERE, started_at=STARTED, alive={}, running={"t1"})
+    for seconds_ago in (1.0, DEADLINE + ABANDON_GRACE_SECONDS + 1):
+        facts = turn(HERE, seconds_ago=seconds_ago)
+        assert not is_abandoned(facts, survivors, now=NOW, deadline_seconds=DEADLINE)
+
+
+def test_a_turn_whose_end_this_process_lost_closes_at_once_saying_so() -> None:
+    """This process admitted it and no longer runs it (its end could not be appended): it is
+    closed at once, before any deadline, with a text that says the end was not recorded; a
+    turn of an earlier run keeps the "instance stopped" text."""
+    closes = decide_abandoned(
+        [
+            turn(HERE, turn_id="lost-end", seconds_ago=1.0),
+            turn(HERE, turn_id="old", seconds_ago=10),
+        ],
+        SURVIVORS,
+        now=NOW,
+        deadline_seconds=DEADLINE,
+    )
+    assert [(c.turn_id, c.error) for c in closes] == [
+        ("lost-end", UNRECORDED_END_ERROR),
+        ("old", ABANDONED_ERROR),
+    ]
