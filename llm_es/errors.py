@@ -83,6 +83,12 @@ class OperationalError(StoreError):
     """The event log could not be reached or refused a write for another reason."""
 
 
+class AppendRefused(OperationalError):
+    """The stream answered and refused the append (an operator's limit such as
+    `max_msg_size` or a full stream with discard-new): retrying the same events fails
+    the same way."""
+
+
 @dataclass(frozen=True, slots=True)
 class PartialUsage:
     """What a provider call that failed after the provider started answering had used."""

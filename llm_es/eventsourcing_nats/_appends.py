@@ -30,7 +30,7 @@ from llm_es import errors as llm_errors
 from llm_es import headers
 from llm_es.eventsourcing_nats._connection import Connection
 from llm_es.eventsourcing_nats._reads import DirectGets, StreamMessage
-from llm_es.store.log import OutgoingMessage, request_ack, request_atomic_ack
+from llm_es.store.acks import OutgoingMessage, request_ack, request_atomic_ack
 
 MAX_APPEND_ATTEMPTS = 4
 """Sends of one append before a conflict that keeps changing is reported as IntegrityError."""

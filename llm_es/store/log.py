@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
-import orjson
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
@@ -26,7 +24,8 @@ from nats.js.errors import APIError, NotFoundError
 from llm_es import headers
 from llm_es.domain.events import Event
 from llm_es.domain.tokens import encode_name, encode_optional
-from llm_es.errors import IntegrityError, OperationalError, ServerVersionError
+from llm_es.errors import AppendRefused, IntegrityError, OperationalError, ServerVersionError
+from llm_es.store.acks import OutgoingMessage, actual_last_seq, request_ack, request_atomic_ack
 from llm_es.store.codec import encode_event
 from llm_es.store.follow import read_bounded
 from llm_es.store.quarantine import Quarantine, stored_ns_of
@@ -35,7 +34,6 @@ STREAM_NAME = "LLM_EVENTS"
 SUBJECT_PREFIX = "llm.ev"
 DUPLICATE_WINDOW_SECONDS = 120.0
 MIN_SERVER_VERSION = (2, 12)
-APPEND_TIMEOUT_SECONDS = 5.0
 READ_BUFFER = 1024
 """Events `read` lets wait before its consumer is held back."""
 
@@ -141,85 +139,6 @@ class Appended:
 
     seq: int
     duplicate: bool
-
-
-@dataclass(frozen=True, slots=True)
-class OutgoingMessage:
-    """A message for JetStream to store: subject, payload and headers."""
-
-    subject: str
-    payload: bytes
-    headers: dict[str, str]
-
-
-async def request_ack(
-    nc: NATS,
-    message: OutgoingMessage,
-    *,
-    wait_seconds: float = APPEND_TIMEOUT_SECONDS,
-    stream: str = STREAM_NAME,
-) -> dict[str, Any]:
-    """Publish one message and return JetStream's ack, which may carry an `error`.
-
-    An error ack has `seq` 0. Raises OperationalError when no stream listens on
-    the subject, no ack comes within `wait_seconds`, or the connection is closed.
-    """
-    try:
-        reply = await nc.request(
-            message.subject, message.payload, timeout=wait_seconds, headers=message.headers
-        )
-    except nats.errors.NoRespondersError as exc:
-        raise OperationalError(f"no stream answers on {message.subject}") from exc
-    except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
-        raise OperationalError(f"append to {stream} failed: {type(exc).__name__}") from exc
-    ack: dict[str, Any] = orjson.loads(reply.data)
-    return ack
-
-
-async def request_atomic_ack(
-    nc: NATS,
-    messages: Sequence[OutgoingMessage],
-    *,
-    wait_seconds: float = APPEND_TIMEOUT_SECONDS,
-    stream: str = STREAM_NAME,
-) -> dict[str, Any]:
-    """Publish messages as one atomic batch and return the commit's ack (see `request_ack`).
-
-    All messages are stored, with consecutive sequences, or none is. The ones
-    before the commit go out with `nc.publish`: they get no ack, and nats-py's
-    `js.publish` raises on the empty one. The server checks each message's
-    conditions when the commit arrives and answers only then.
-    """
-    batch_id = uuid.uuid4().hex
-    for number, message in enumerate(messages[:-1], start=1):
-        await nc.publish(
-            message.subject,
-            message.payload,
-            headers={
-                **message.headers,
-                headers.BATCH_ID: batch_id,
-                headers.BATCH_SEQUENCE: str(number),
-            },
-        )
-    final = messages[-1]
-    commit_headers = {
-        **final.headers,
-        headers.BATCH_ID: batch_id,
-        headers.BATCH_SEQUENCE: str(len(messages)),
-        headers.BATCH_COMMIT: "1",
-    }
-    return await request_ack(
-        nc,
-        OutgoingMessage(final.subject, final.payload, commit_headers),
-        wait_seconds=wait_seconds,
-        stream=stream,
-    )
-
-
-def actual_last_seq(description: str) -> int | None:
-    """The real last sequence nats-server names in a 10071 error ("wrong last sequence: 5")."""
-    number = description.rpartition(":")[2].strip()
-    return int(number) if number.isdigit() else None
 
 
 class EventStore:
@@ -375,7 +294,7 @@ class EventStore:
             if error.get("err_code") == headers.JS_ERR_WRONG_LAST_SEQUENCE:
                 description = str(error.get("description", "wrong last sequence"))
                 raise IntegrityError(description, actual_last_seq(description))
-            raise OperationalError(f"append refused: {error.get('description', error)}")
+            raise AppendRefused(f"append refused: {error.get('description', error)}")
         seq: int = ack["seq"]
         return seq
 
