@@ -68,6 +68,13 @@ def json_line(seq: int, subject: str, event: Event) -> str:
     ).decode()
 
 
+def quarantined_line(seq: int, subject: str, reason: str, *, as_json: bool) -> str:
+    """What `tail` prints in place of a quarantined event: where it is and why, no content."""
+    if as_json:
+        return orjson.dumps({"seq": seq, "subject": subject, "quarantined": reason}).decode()
+    return f"#{seq} {subject} quarantined: {reason}"
+
+
 async def run_tail(
     log: EventLog,
     selection: LogSelection,
@@ -97,7 +104,7 @@ async def run_tail(
                 event = quarantine.admit_or_reason(seq, subject, data, stored_ns)
                 if isinstance(event, str):
                     quarantine.record(seq, event)
-                    await writer.line(f"#{seq} {subject} quarantined: {event}")
+                    await writer.line(quarantined_line(seq, subject, event, as_json=as_json))
                     continue
                 if since is not None and event.at < since:
                     continue

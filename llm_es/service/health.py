@@ -88,7 +88,9 @@ class HealthProbe:
         provider = self._chat.provider_chain()[0]
         self._provider_ok = await provider.is_available()
         try:
-            log_end = await self._store.last_seq()
+            # The log's own subjects: an operator may have added others to its stream,
+            # which no reader of the log ever sees.
+            log_end = await self._store.last_seq(f"{self._store.prefix}.>")
         except (nats.errors.Error, LLMESError, TimeoutError):
             self._log_ok = False
             return

@@ -276,6 +276,9 @@ async def test_a_wrong_typed_field_stops_no_reader(
     tail = await replay(nats_server.url, "tail", "--no-follow")
     assert tail.returncode == 0, tail.stderr
     assert f"#{seq} {subject_of(spent)} quarantined: TokensSpent: Expected `int`" in tail.stdout
+    as_json = await replay(nats_server.url, "tail", "--no-follow", "--json")
+    lines = [orjson.loads(line) for line in as_json.stdout.splitlines()]
+    assert [line["seq"] for line in lines if "quarantined" in line] == [seq]
     exported = await replay(nats_server.url, "export", "--quarantined")
     assert exported.returncode == 0, exported.stderr
     (line,) = exported.stdout.splitlines()

@@ -10,6 +10,7 @@ import pytest
 
 from llm_es.domain.events import ContextSummarized, Event, MemoryAdded, TokensSpent
 from llm_es.domain.views import with_quarantined
+from llm_es.service.health import ViewsStall
 from llm_es.store.codec import UnknownEventError, encode_event
 from llm_es.store.log import subject_of
 from llm_es.store.quarantine import (
@@ -143,3 +144,20 @@ def test_the_quarantine_view_counts_all_and_lists_the_first() -> None:
         view = with_quarantined(view, seq, "why")
     assert view is not None
     assert (view["seq"], view["count"], len(view["events"])) == (105, 105, 100)
+
+
+def test_the_views_are_down_when_they_miss_what_the_probe_before_saw() -> None:
+    """`ViewsStall`: behind the log's end as the previous probe read it means stalled;
+    behind only the end read now is normal lag."""
+    position = 0
+    stall = ViewsStall(lambda: position)
+    stall.observe(10)
+    assert stall() is False  # nothing was asked of the views yet
+    position = 10
+    stall.observe(25)
+    assert stall() is False  # reached 10; 25 is for the next probe
+    stall.observe(30)
+    assert stall() is True  # still at 10 although 25 was there a whole probe ago
+    position = 30
+    stall.observe(30)
+    assert stall() is False
