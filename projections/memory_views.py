@@ -49,7 +49,7 @@ class MemoryViews:
         self._checkpoints: dict[str, int] = {}
         """Projection name -> the sequence its stored views already include."""
         self._applied = 0
-        self.quarantine = Quarantine("views")
+        self.quarantine = Quarantine("views", prefix=store.prefix)
         """Events this fold skipped (`llm_es.store.quarantine`): the same a rebuild skips."""
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
 

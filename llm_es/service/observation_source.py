@@ -138,7 +138,7 @@ class ObservationSource:
         self._js = js
         self._store = store
         self._limits = limits
-        self.quarantine = Quarantine("publisher")
+        self.quarantine = Quarantine("publisher", prefix=store.prefix)
         """Log events this publisher skipped (`llm_es.store.quarantine`), as the views do."""
 
     async def derive(

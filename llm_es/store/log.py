@@ -23,15 +23,17 @@ from nats.js.errors import APIError, NotFoundError
 
 from llm_es import headers
 from llm_es.domain.events import Event
-from llm_es.domain.tokens import encode_name, encode_optional
+from llm_es.domain.tokens import encode_name
 from llm_es.errors import AppendRefused, IntegrityError, OperationalError, ServerVersionError
 from llm_es.store.acks import OutgoingMessage, actual_last_seq, request_ack, request_atomic_ack
 from llm_es.store.codec import encode_event
 from llm_es.store.follow import read_bounded
 from llm_es.store.quarantine import Quarantine, stored_ns_of
+from llm_es.store.subjects import SUBJECT_PREFIX, subject_of
+
+__all__ = ["SUBJECT_PREFIX", "EventStore", "RecordedEvent", "subject_of"]
 
 STREAM_NAME = "LLM_EVENTS"
-SUBJECT_PREFIX = "llm.ev"
 DUPLICATE_WINDOW_SECONDS = 120.0
 MIN_SERVER_VERSION = (2, 12)
 READ_BUFFER = 1024
@@ -52,13 +54,6 @@ class LogSize:
     last_seq: int
     messages: int
     bytes: int
-
-
-def subject_of(event: Event, prefix: str = SUBJECT_PREFIX) -> str:
-    """The subject an event is stored on: `<prefix>.<channel>.<user>.<EventType>`."""
-    channel = encode_optional(event.channel_name)
-    user = encode_optional(event.user_name)
-    return f"{prefix}.{channel}.{user}.{event.TYPE}"
 
 
 def check_server_version(version: str, *, jetstream: bool) -> None:
@@ -158,7 +153,7 @@ class EventStore:
         self.stream = stream
         self.prefix = prefix
         self._replicas = replicas
-        self.quarantine = Quarantine("store")
+        self.quarantine = Quarantine("store", prefix=prefix)
         """Events `read` and `event_at` skipped (`llm_es.store.quarantine`)."""
 
     def stream_config(self) -> api.StreamConfig:

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from llm_es.domain.events import ContextSummarized, Event
-from llm_es.domain.tokens import encode_optional
 from llm_es.errors import ValidationError
 from llm_es.logs import log_kv
 from llm_es.store.codec import UnknownEventError, decode_event
+from llm_es.store.subjects import SUBJECT_PREFIX, name_token, subject_of
 
 logger = logging.getLogger("llm_es.store.quarantine")
 
@@ -43,46 +43,47 @@ class InadmissibleEventError(UnknownEventError):
     """The event decodes, but its subject, time or sequence says it is not genuine."""
 
 
-def admit_event(seq: int, subject: str, data: bytes, stored_ns: int) -> Event:
-    """The event stored at `seq` on `subject`, appended at `stored_ns` (ns since the epoch).
+def admit_event(
+    seq: int, subject: str, data: bytes, stored_ns: int, *, prefix: str = SUBJECT_PREFIX
+) -> Event:
+    """The event stored at `seq` on `subject`, appended at `stored_ns` (ns since the epoch),
+    in a log whose subjects start with `prefix`.
 
     Raises UnknownEventError (InadmissibleEventError for the checks beyond decoding)
     when the event must be quarantined.
     """
     event = decode_event(data)
-    reason = subject_mismatch(subject, event) or _time_or_order(seq, event, stored_ns)
+    reason = subject_mismatch(subject, event, prefix) or _time_or_order(seq, event, stored_ns)
     if reason is not None:
         raise InadmissibleEventError(f"{event.TYPE}: {reason}")
     return event
 
 
-def subject_mismatch(subject: str, event: Event) -> str | None:
-    """Why the subject's channel, user and type tokens are not the body's (None: they are)."""
-    parts = subject.rsplit(".", 3)
-    if len(parts) != 4:
-        return "subject has no channel, user and type tokens"
-    _, channel, user, type_token = parts
-    if type_token != event.TYPE:
-        return "subject names another event type than the body"
+def subject_mismatch(subject: str, event: Event, prefix: str = SUBJECT_PREFIX) -> str | None:
+    """Why `subject` is not exactly the one the event is stored on (None: it is)."""
     try:
-        channel_wanted = encode_optional(event.channel_name)
-        user_wanted = encode_optional(event.user_name)
+        if subject == subject_of(event, prefix):
+            return None
     except ValidationError:
         return "a name in the body cannot be a subject token"
-    if channel != channel_wanted:
+    head, _, tokens = subject.partition(f"{prefix}.")
+    parts = tokens.split(".")
+    if head or len(parts) != 3:
+        return f"subject is not {prefix}.<channel>.<user>.<type>"
+    channel, _, type_token = parts
+    if type_token != event.TYPE:
+        return "subject names another event type than the body"
+    if channel != name_token(event.channel_name):
         return "subject names another channel than the body"
-    if user != user_wanted:
-        return "subject names another user than the body"
-    return None
+    return "subject names another user than the body"
 
 
 def _time_or_order(seq: int, event: Event, stored_ns: int) -> str | None:
-    if stored_ns > 0:
-        ahead_ns = int(event.at.timestamp() * 1e9) - stored_ns
-        if ahead_ns > _SKEW_NS:
-            limit = f"{MAX_CLOCK_SKEW_SECONDS:g} s"
-            return f"time is {ahead_ns / 1e9:.0f} s after its append (limit {limit})"
-    if isinstance(event, ContextSummarized) and event.through_seq >= seq:
+    # Seconds as floats: precise to well under a microsecond at today's epoch.
+    if stored_ns > 0 and (at := event.at.timestamp()) > (stored_ns + _SKEW_NS) / 1e9:
+        limit = f"{MAX_CLOCK_SKEW_SECONDS:g} s"
+        return f"time is {at - stored_ns / 1e9:.0f} s after its append (limit {limit})"
+    if type(event) is ContextSummarized and event.through_seq >= seq:
         return "summary covers events after its own sequence"
     return None
 
@@ -98,6 +99,8 @@ class Quarantine:
 
     reader: str
     """Who reads (`views`, `publisher`, `verify`, ...): named in each log line."""
+    prefix: str = SUBJECT_PREFIX
+    """The log's subject prefix (an `EventStore`'s)."""
     count: int = 0
     sequences: list[int] = field(default_factory=list)
     """The first `MAX_LISTED` quarantined sequences, in the order met."""
@@ -105,17 +108,16 @@ class Quarantine:
 
     def admit(self, seq: int, subject: str, data: bytes, stored_ns: int) -> Event | None:
         """The event, or None when it is quarantined (counted and logged once per sequence)."""
-        try:
-            return admit_event(seq, subject, data, stored_ns)
-        except UnknownEventError as exc:
-            self.record(seq, str(exc))
+        admitted = self.admit_or_reason(seq, subject, data, stored_ns)
+        if isinstance(admitted, str):
+            self.record(seq, admitted)
             return None
+        return admitted
 
-    @staticmethod
-    def admit_or_reason(seq: int, subject: str, data: bytes, stored_ns: int) -> Event | str:
+    def admit_or_reason(self, seq: int, subject: str, data: bytes, stored_ns: int) -> Event | str:
         """The event, or why it is not admissible (for a caller that records it itself)."""
         try:
-            return admit_event(seq, subject, data, stored_ns)
+            return admit_event(seq, subject, data, stored_ns, prefix=self.prefix)
         except UnknownEventError as exc:
             return str(exc)[:MAX_REASON_CHARS]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -74,12 +75,15 @@ def test_impossible_values_are_refused_by_the_decoder(changes: dict[str, Any], r
         ("llm.ev.lobby.mallory.TokensSpent", "subject names another user than the body"),
         ("llm.ev.other.alice.TokensSpent", "subject names another channel than the body"),
         ("llm.ev.lobby.alice.TurnAdmitted", "subject names another event type than the body"),
-        ("TokensSpent", "subject has no channel, user and type tokens"),
+        ("TokensSpent", "subject is not llm.ev.<channel>.<user>.<type>"),
+        # One token deeper: `llm.ev.*.alice.>` (the admission boundary) would not match it.
+        ("llm.ev.x.lobby.alice.TokensSpent", "subject is not llm.ev.<channel>.<user>.<type>"),
+        ("other.lobby.alice.TokensSpent", "subject is not llm.ev.<channel>.<user>.<type>"),
     ],
 )
 def test_the_subject_must_name_the_body(subject: str, reason: str) -> None:
     """Channel, user and type tokens of the subject are the body's."""
-    with pytest.raises(InadmissibleEventError, match=f"^TokensSpent: {reason}$"):
+    with pytest.raises(InadmissibleEventError, match=f"^TokensSpent: {re.escape(reason)}$"):
         admit_event(7, subject, encode_event(spent()), NOW_NS)
 
 
