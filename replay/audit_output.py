@@ -88,7 +88,7 @@ def render_table(report: AuditReport) -> str:
     lines.append(fmt(totals))
     if report.skipped:
         lines.append(
-            f"{report.skipped:,} events quarantined (skipped, as the plugin skips them): "
+            f"quarantined (skipped, as the plugin skips them): {report.skipped:,}, "
             f"seq {', '.join(map(str, report.quarantined[:20]))}"
             + (" ..." if report.skipped > 20 else "")
         )

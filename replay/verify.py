@@ -101,7 +101,7 @@ class VerifyReport:
             )
         if self.skipped:
             lines.append(
-                f"{self.skipped:,} events quarantined (skipped, as the plugin skips them): "
+                f"quarantined (skipped, as the plugin skips them): {self.skipped:,}, "
                 f"seq {_sequences(self.quarantined, self.skipped)}"
             )
             lines.append("see them: llm-replay export --quarantined")
