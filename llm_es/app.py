@@ -172,7 +172,17 @@ class Plugin:
             await self._publisher.start()
         self._surface = CommandSurface(self.nc, self.service, self.config)
         await self._surface.start()
-        self._api = LLMServiceAPI(self.nc, self.service, self.store, self.config)
+        views = self.views
+        publisher = self._publisher
+        readers = {} if publisher is None else {"event_publisher": lambda: publisher.crashed}
+        self._api = LLMServiceAPI(
+            self.nc,
+            self.service,
+            self.store,
+            self.config,
+            readers=readers,
+            views_position=lambda: views.position,
+        )
         await self._api.start()
         self.legacy = LegacySurface(self.nc, self.service, self.config)
         await self.legacy.start()

@@ -31,7 +31,7 @@ from llm_es.chat_client import (
     connected_server,
 )
 from llm_es.config import Config
-from llm_es.domain.views import BUCKET, checkpoint_key
+from llm_es.domain.views import BUCKET, QUARANTINE_KEY, checkpoint_key
 from llm_es.service.api import ADMISSION_STATS_ENDPOINT, SERVICE_NAME
 from llm_es.service.commands import COMMAND_SUBJECT
 from llm_es.store.kv import live_views_bucket
@@ -39,7 +39,7 @@ from llm_es.store.log import MIN_SERVER_VERSION, STREAM_NAME, SUBJECT_PREFIX
 
 # The views `projections` writes (llm_es may not import it to ask).
 PROJECTIONS = ("context", "memories", "settings", "usage")
-KEY_KINDS = ("messages", "memories", "channel", "usage", "checkpoint")
+KEY_KINDS = ("messages", "memories", "channel", "usage", "checkpoint", "quarantine")
 NO_LOG_YET = "no event log yet (start llm-es serve)"
 NO_VIEWS_YET = "no views yet (start llm-es serve)"
 PROBE_TIMEOUT_SECONDS = 2.0
@@ -53,6 +53,7 @@ DEFAULT_INBOX_PREFIX = "_INBOX"
 STATS_GATHER_SECONDS = 0.5
 """How long `$SRV.*` answers are collected (every instance answers the one request)."""
 MAX_REPLIES = 1000
+MAX_SEQUENCES_SHOWN = 20
 
 READ_ERRORS = (nats.errors.Error, TimeoutError)
 
@@ -93,6 +94,7 @@ async def gather_status(nc: NATS, *, probe_commands: bool = True) -> Report:
         "stream": stream,
         "views": views,
         "checkpoints": checkpoints,
+        "quarantine": await quarantine_status(js, views),
         "instance": await (instance_status(nc) if probe_commands else service_ping_status(nc)),
         "instances": await instances_status(nc),
     }
@@ -188,6 +190,27 @@ async def count_keys(kv: KeyValue) -> dict[str, int]:
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]
     return counts
+
+
+async def quarantine_status(js: JetStreamContext, views: Report) -> Report:
+    """The events every reader skips (`llm_es.store.quarantine`), as the live views list them."""
+    report: Report = {"count": 0, "sequences": [], "events": []}
+    if not views.get("exists"):
+        return report
+    try:
+        kv = await js.key_value(views["bucket"])
+        entry = await kv.get(QUARANTINE_KEY)
+    except (KeyNotFoundError, BucketNotFoundError):
+        return report
+    except READ_ERRORS as exc:
+        return {**report, "error": _describe(exc)}
+    try:
+        value = orjson.loads(entry.value or b"")
+        events = [{"seq": int(e["seq"]), "reason": str(e["reason"])} for e in value["events"]]
+        count = int(value["count"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return {**report, "error": "unreadable quarantine view"}
+    return {"count": count, "sequences": [e["seq"] for e in events], "events": events}
 
 
 async def _checkpoint(kv: KeyValue, name: str) -> int | None:
@@ -333,6 +356,7 @@ def _text_lines(report: Report) -> list[tuple[str, str]]:
     for name, checkpoint in report["checkpoints"].items():
         seq = checkpoint["seq"] if checkpoint["stored"] else "none"
         lines.append((f"checkpoint {name}", f"{seq} (lag {checkpoint['lag']})"))
+    lines.append(("quarantined events", _quarantine_text(report["quarantine"])))
     instance = report["instance"]
     if instance["answered"]:
         lines.append(("instance", f"answered on {instance['subject']}"))
@@ -352,6 +376,18 @@ def _text_lines(report: Report) -> list[tuple[str, str]]:
             )
         )
     return lines
+
+
+def _quarantine_text(quarantine: Report) -> str:
+    if quarantine.get("error"):
+        return f"unknown ({quarantine['error']})"
+    count = quarantine["count"]
+    if not count:
+        return "0"
+    shown = ", ".join(map(str, quarantine["sequences"][:MAX_SEQUENCES_SHOWN]))
+    more = count - min(count, MAX_SEQUENCES_SHOWN)
+    extra = f" and {more} more" if more > 0 else ""
+    return f"{count} (seq {shown}{extra}; llm-replay export --quarantined shows them)"
 
 
 def _yes_no(value: object) -> str:

@@ -15,15 +15,14 @@ import heapq
 import itertools
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from nats.aio.msg import Msg
 
 from llm_es.domain.events import Event
-from llm_es.domain.views import EventListener
-from llm_es.logs import log_kv
-from llm_es.store.codec import UnknownEventError, decode_event
+from llm_es.domain.views import QUARANTINE_KEY, EventListener, QuarantineView, with_quarantined
 from llm_es.store.log import EventStore
+from llm_es.store.quarantine import Quarantine
 from projections.base import Projection, View
 
 logger = logging.getLogger(__name__)
@@ -50,6 +49,8 @@ class MemoryViews:
         self._checkpoints: dict[str, int] = {}
         """Projection name -> the sequence its stored views already include."""
         self._applied = 0
+        self.quarantine = Quarantine("views", prefix=store.prefix)
+        """Events this fold skipped (`llm_es.store.quarantine`): the same a rebuild skips."""
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
 
     @property
@@ -96,21 +97,30 @@ class MemoryViews:
 
     # ------------------------------------------------------------ folding
 
-    async def _on_message(self, seq: int, pending: int, msg: Msg) -> None:
+    async def _on_message(self, seq: int, pending: int, stored_ns: int, msg: Msg) -> None:
         # `follow` hands over each sequence once, after where the fold started.
+        # An event that is not admissible must not stop every view: it is quarantined.
+        admitted = self.quarantine.admit_or_reason(seq, msg.subject, msg.data, stored_ns)
         event: Event | None = None
-        try:
-            event = decode_event(msg.data)
-        except UnknownEventError as exc:
-            # An event this code cannot read must not stop every view; it is skipped loudly.
-            log_kv(logger, "event_skipped", level=logging.ERROR, seq=seq, error=str(exc))
+        if isinstance(admitted, str):
+            self._quarantined(seq, admitted)
         else:
+            event = admitted
             self._apply(event, seq)
         self._applied = seq
         self._wake(seq)
         if self._on_event is not None:
             self._on_event(seq, event)
         self._folded()
+
+    def _quarantined(self, seq: int, reason: str) -> None:
+        """Log and count the event at `seq` as quarantined, in the views too (`QUARANTINE_KEY`)."""
+        self.quarantine.record(seq, reason)
+        current = cast(QuarantineView | None, self._values.get(QUARANTINE_KEY))
+        if current is not None and current["seq"] >= seq:
+            return  # folded again after a restart: the stored view has it
+        self._store_value(QUARANTINE_KEY, dict(with_quarantined(current, seq, reason)))
+        self._changed(QUARANTINE_KEY, seq)
 
     def _apply(self, event: Any, seq: int) -> None:
         for projection in self._projections:

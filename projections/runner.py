@@ -63,6 +63,7 @@ from llm_es.headers import KV_OPERATION
 from llm_es.logs import log_kv
 from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
+from llm_es.store.quarantine import Quarantine
 from projections.base import Projection, View
 from projections.bucket_views import (
     CHECKPOINT_INTERVAL_SECONDS,
@@ -181,6 +182,11 @@ class ViewRunner:
     def projection_positions(self) -> dict[str, int]:
         """Projection name -> last log sequence its live views include."""
         return self.views.projection_positions()
+
+    @property
+    def quarantine(self) -> Quarantine:
+        """Events the live views skipped (`llm_es.store.quarantine`): a rebuild skips them too."""
+        return self.views.quarantine
 
     @property
     def writer(self) -> str | None:

@@ -7,10 +7,9 @@ cost) are read, filtered by the server. Each counts on the UTC day of its own
 day, and an audit of all time equals `total_requests` / `total_tokens`. Every
 row carries the first and last sequence of the events it sums.
 
-Events are read from their JSON without building event objects (the audit
-needs a handful of fields); an event stored with an older schema version is
-decoded, and so upcast, first; one the plugin cannot read is skipped, as the
-plugin skips it.
+Each event goes through `llm_es.store.quarantine`, as the plugin's folds do:
+one it quarantines is skipped and listed, so an audit never counts a forged
+event the usage view leaves out.
 """
 
 from __future__ import annotations
@@ -24,10 +23,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import orjson
 
 from llm_es.domain.events import EVENT_TYPES, TokensSpent, TurnAdmitted, TurnRejected
-from llm_es.store.codec import UnknownEventError, decode_event
+from llm_es.store.quarantine import Quarantine
 from replay.errors import UsageError
 from replay.progress import Progress
 from replay.reading import EventLog, LogSelection, event_filter
@@ -120,6 +118,7 @@ class AuditReport:
     rows: list[AuditRow] = field(default_factory=list)
     totals: AuditRow = field(default_factory=lambda: AuditRow(None, None))
     skipped: int = 0
+    quarantined: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +128,7 @@ class AuditReport:
             "until": iso_z(self.until) if self.until else None,
             "log_end": self.log_end,
             "skipped_events": self.skipped,
+            "quarantined": {"count": self.skipped, "sequences": self.quarantined},
             "rows": [r.as_dict() for r in self.rows],
             "totals": self.totals.as_dict(),
         }
@@ -145,24 +145,16 @@ class _Sums:
         self.since = since
         self.until = until
         self.rows: dict[tuple[str | None, str | None], AuditRow] = {}
-        self.skipped = 0
+        self.quarantine = Quarantine("audit")
 
-    def feed(self, seq: int, data: bytes) -> None:
-        body = _fields(data)
-        if body is None:
-            self.skipped += 1
+    def feed(self, seq: int, subject: str, data: bytes, stored_ns: int) -> None:
+        event = self.quarantine.admit(seq, subject, data, stored_ns)
+        if event is None or event.TYPE not in _SCHEMAS:
             return
-        if body is _NOT_AUDITED:
-            return
-        try:
-            self._count(seq, body)
-        except (KeyError, TypeError, ValueError):
-            # The fast path met an odd event: decode it properly, as the plugin would.
-            body = _decoded(data)
-            if body is None:
-                self.skipped += 1
-                return
-            self._count(seq, body)
+        body = {name: getattr(event, name) for name in event.__struct_fields__}
+        body["type"] = event.TYPE
+        body["at"] = iso_z(event.at)
+        self._count(seq, body)
 
     def _count(self, seq: int, body: dict[str, Any]) -> None:
         type_name = body["type"]
@@ -209,41 +201,6 @@ class _Sums:
             row.first_seq = seq
 
 
-_NOT_AUDITED: dict[str, Any] = {}
-"""What `_fields` returns for an event of another type (not counted, not skipped)."""
-
-
-def _fields(data: bytes) -> dict[str, Any] | None:
-    """The event's fields (`_NOT_AUDITED` for other types), or None when unreadable."""
-    try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(body, dict):
-        return None
-    type_name = body.get("type")
-    schema = _SCHEMAS.get(type_name)  # type: ignore[arg-type]
-    if schema is None:
-        return _NOT_AUDITED if type_name in EVENT_TYPES else None
-    if body.get("schema") != schema or not isinstance(body.get("at"), str):
-        return _decoded(data)
-    return body
-
-
-def _decoded(data: bytes) -> dict[str, Any] | None:
-    """The event's fields through the real decoder (upcasting old versions), or None."""
-    try:
-        event = decode_event(data)
-    except UnknownEventError:
-        return None
-    if event.TYPE not in _SCHEMAS:
-        return None
-    body = {name: getattr(event, name) for name in event.__struct_fields__}
-    body["type"] = event.TYPE
-    body["at"] = iso_z(event.at)
-    return body
-
-
 def _moment(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
@@ -286,8 +243,8 @@ async def run_audit(
         async with aclosing(log.read(selection)) as batches:
             async for batch in batches:
                 feed = sums.feed
-                for seq, _subject, data in batch:
-                    feed(seq, data)
+                for seq, subject, data, stored_ns in batch:
+                    feed(seq, subject, data, stored_ns)
                 reached[index] = batch[-1][0]
                 if progress is not None:
                     progress.done = min(reached)
@@ -297,7 +254,8 @@ async def run_audit(
     if progress is not None:
         progress.done = end
     report = AuditReport(user=user, by=by, since=since, until=until, log_end=end)
-    report.skipped = sums.skipped
+    report.skipped = sums.quarantine.count
+    report.quarantined = sorted(sums.quarantine.sequences)
     report.rows = _ranked(sums.rows.values(), per_user=user is None)
     for row in report.rows:
         report.totals.add(row)

@@ -87,7 +87,11 @@ def render_table(report: AuditReport) -> str:
     lines.append(fmt(["-" * w for w in widths]))
     lines.append(fmt(totals))
     if report.skipped:
-        lines.append(f"{report.skipped:,} unreadable events skipped, as the plugin skips them")
+        lines.append(
+            f"quarantined (skipped, as the plugin skips them): {report.skipped:,}, "
+            f"seq {', '.join(map(str, report.quarantined[:20]))}"
+            + (" ..." if report.skipped > 20 else "")
+        )
     return "\n".join(lines)
 
 

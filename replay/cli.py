@@ -189,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--output", type=pathlib.Path, metavar="FILE", help="write here instead of stdout"
     )
+    export.add_argument(
+        "--quarantined",
+        action="store_true",
+        help="only the quarantined events (left out otherwise), each with its reason",
+    )
 
     schemas = commands.add_parser(
         "schemas", help="JSON Schemas of the events (for programs reading the log)"
@@ -336,7 +341,12 @@ async def dispatch(
         stream = None if args.output is None else await asyncio.to_thread(_open_output, args.output)
         try:
             await run_export(
-                log, selection, LineWriter(stream), since=times["since"], until=times["until"]
+                log,
+                selection,
+                LineWriter(stream),
+                since=times["since"],
+                until=times["until"],
+                quarantined=args.quarantined,
             )
         finally:
             if stream is not None:

@@ -4,8 +4,8 @@ The runner also skips events already in a value (`seq`) and per-projection
 checkpoints; from sequence 1 into empty views neither ever applies, so this
 is the same fold without them. The values are this fold's own, so it folds
 them in place (`Projection.fold`) instead of copying each one per event.
-Events this code cannot read are skipped and counted, as the runner skips
-them.
+Events `llm_es.store.quarantine` refuses are skipped and counted, as the
+runner skips them.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import contextlib
 import gc
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import aclosing
+from typing import cast
 
 from llm_es.config import Config
 from llm_es.domain.events import Event
-from llm_es.store.codec import UnknownEventError, decode_event
+from llm_es.domain.views import QUARANTINE_KEY, QuarantineView, with_quarantined
+from llm_es.store.quarantine import Quarantine
 from projections.base import Projection, View
 from projections.runner import default_projections
 from replay.errors import UsageError
@@ -63,16 +65,17 @@ def select_projections(config: Config, names: Sequence[str] = ()) -> list[Projec
 class LogFold:
     """View values folded from events in log order; `position` is the last sequence seen."""
 
-    def __init__(self, projections: Sequence[Projection]) -> None:
+    def __init__(self, projections: Sequence[Projection], *, reader: str = "replay") -> None:
         self.projections = list(projections)
         self.values: dict[str, View] = {}
         self.removed: dict[str, int] = {}
         """Keys a later event deleted, with that event's sequence."""
         self.position = 0
         self.events = 0
-        self.skipped = 0
+        self.quarantine = Quarantine(reader)
+        """Events skipped as not admissible, as the plugin's views skip them."""
         self.skips: list[tuple[int, str]] = []
-        """The first few unreadable events: (sequence, why)."""
+        """The first few skipped events: (sequence, why)."""
         self._routes: dict[type[Event], list[Projection]] = {}
 
     def projections_for(self, event_type: type[Event]) -> list[Projection]:
@@ -109,11 +112,11 @@ class LogFold:
         routes = self._routes
         seq = self.position
         folded = 0
-        for seq, _subject, data in batch:
-            try:
-                event = decode_event(data)
-            except UnknownEventError as exc:
-                self.skip(seq, str(exc))
+        admit = self.quarantine.admit_or_reason
+        for seq, subject, data, stored_ns in batch:
+            event = admit(seq, subject, data, stored_ns)
+            if isinstance(event, str):
+                self.skip(seq, event)
                 continue
             # The body of `apply`, inlined: this loop is the rebuild's hot path.
             projections = routes.get(type(event)) or self.projections_for(type(event))
@@ -131,10 +134,18 @@ class LogFold:
         self.position = max(self.position, seq)
         self.events += folded
 
+    @property
+    def skipped(self) -> int:
+        """How many events were quarantined."""
+        return self.quarantine.count
+
     def skip(self, seq: int, why: str) -> None:
-        """Count an event that could not be read (the runner skips it too)."""
+        """Count an event that is not admissible (the runner skips it, and lists it in the
+        views' `QUARANTINE_KEY`, too)."""
         self.position = max(self.position, seq)
-        self.skipped += 1
+        self.quarantine.record(seq, why)
+        current = cast(QuarantineView | None, self.values.get(QUARANTINE_KEY))
+        self.values[QUARANTINE_KEY] = dict(with_quarantined(current, seq, why))
         if len(self.skips) < MAX_SKIPS_KEPT:
             self.skips.append((seq, why))
 

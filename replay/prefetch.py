@@ -10,7 +10,8 @@ child that is ahead of the parent blocks in its send.
 
 Frames are a length (u32) and a body; a body starts with a tag byte:
 
-    B  a batch: the count n (u32), n sequences (i64), n payload sizes (u32),
+    B  a batch: the count n (u32), n sequences (i64), n append times (i64, ns),
+       n payload sizes (u32),
        n subject sizes (u32), the subjects (UTF-8), then the payloads
     E  the end of the selection
     X  the read failed: the reason (UTF-8), raised in the parent as LogUnavailable
@@ -72,13 +73,14 @@ MAX_FRAMES = 10**9
 
 
 def encode_batch(batch: Sequence[RawEvent]) -> bytes:
-    """One `B` frame for a batch of `(seq, subject, data)`."""
-    subjects = [subject.encode() for _, subject, _ in batch]
-    payloads = [data for _, _, data in batch]
+    """One `B` frame for a batch of `(seq, subject, data, stored_ns)`."""
+    subjects = [subject.encode() for _, subject, _, _ in batch]
+    payloads = [data for _, _, data, _ in batch]
     return b"".join(
         [
             _BATCH_HEAD.pack(BATCH, len(batch)),
-            array("q", [seq for seq, _, _ in batch]).tobytes(),
+            array("q", [seq for seq, _, _, _ in batch]).tobytes(),
+            array("q", [stored_ns for _, _, _, stored_ns in batch]).tobytes(),
             array("I", map(len, payloads)).tobytes(),
             array("I", map(len, subjects)).tobytes(),
             *subjects,
@@ -88,11 +90,11 @@ def encode_batch(batch: Sequence[RawEvent]) -> bytes:
 
 
 def decode_batch(frame: bytes) -> list[RawEvent]:
-    """The batch a `B` frame carries, as `(seq, subject, data)` tuples."""
+    """The batch a `B` frame carries, as `(seq, subject, data, stored_ns)` tuples."""
     _, count = _BATCH_HEAD.unpack_from(frame)
     offset = _BATCH_HEAD.size
-    seqs, sizes, subject_sizes = array("q"), array("I"), array("I")
-    for numbers in (seqs, sizes, subject_sizes):
+    seqs, times, sizes, subject_sizes = array("q"), array("q"), array("I"), array("I")
+    for numbers in (seqs, times, sizes, subject_sizes):
         numbers.frombytes(frame[offset : offset + numbers.itemsize * count])
         offset += numbers.itemsize * count
     subject_ends = list(accumulate(subject_sizes, initial=offset))
@@ -104,7 +106,7 @@ def decode_batch(frame: bytes) -> list[RawEvent]:
     else:
         subjects = [frame[start:end].decode() for start, end in pairwise(subject_ends)]
     payloads = [frame[start:end] for start, end in pairwise(payload_ends)]
-    return list(zip(seqs, subjects, payloads, strict=True))
+    return list(zip(seqs, subjects, payloads, times, strict=True))
 
 
 async def read_in_child(

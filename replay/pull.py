@@ -87,7 +87,7 @@ class _PullState:
         if self.finished:
             return
         self.received += 1
-        seq, pending = delivery_position(reply)
+        seq, pending, stored_ns = delivery_position(reply)
         if seq <= self.last_seq:
             return
         self.last_seq = seq
@@ -96,7 +96,7 @@ class _PullState:
             self._finish()
             return
         if not self.types or subject[subject.rfind(".") + 1 :] in self.types:
-            self.current.append((seq, subject, data))
+            self.current.append((seq, subject, data, stored_ns))
         if pending == 0 or (to_seq is not None and seq >= to_seq):
             self._finish()
         elif len(self.current) >= self.batch_size:

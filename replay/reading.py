@@ -2,7 +2,7 @@
 
 The server filters by subject (`llm.ev.<channel>.<user>.<EventType>`), so a
 user's audit never ships other users' events. Events arrive as `(seq,
-subject, stored bytes)` in batches; decoding is the caller's choice, because
+subject, stored bytes, append time in ns)` in batches; decoding is the caller's choice, because
 an audit does not need every field of every event. A bounded read ends at
 the last matching event that existed when it got there (or at `to_seq`),
 read by the pull loop of `replay.pull` (which asks the server for no more
@@ -28,15 +28,16 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from llm_es.domain.tokens import encode_name
-from llm_es.store.follow import Following, OnMessage, follow
+from llm_es.store.follow import Following, OnMessage, StoredMessage, follow
 from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
 from replay.connecting import ConnectRecipe
 from replay.errors import LogUnavailable
 from replay.prefetch import read_in_child
 from replay.pull import pull_batches
 
-RawEvent = tuple[int, str, bytes]
-"""One stored event: stream sequence, subject, the bytes as appended."""
+RawEvent = StoredMessage
+"""One stored event: stream sequence, subject, the bytes as appended, the append time (ns
+since the epoch), which `llm_es.store.quarantine` checks the event against."""
 
 BATCH_SIZE = 1000
 QUEUED_BATCHES = 8
@@ -207,12 +208,12 @@ class EventLog:
         batch: list[RawEvent] = []
         types = selection.types
 
-        async def take(seq: int, pending: int, msg: Msg) -> None:
+        async def take(seq: int, pending: int, stored_ns: int, msg: Msg) -> None:
             nonlocal batch
             past_end = to_seq is not None and seq > to_seq
             subject = msg.subject
             if not past_end and (not types or subject[subject.rfind(".") + 1 :] in types):
-                batch.append((seq, subject, msg.data))
+                batch.append((seq, subject, msg.data, stored_ns))
             if past_end or pending == 0 or len(batch) >= batch_size:
                 ready, batch = batch, []
                 await queue.put((ready, past_end))

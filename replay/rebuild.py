@@ -91,7 +91,7 @@ class RebuildReport:
             f"views: {keys or 'none'}",
         ]
         if self.skipped:
-            lines.append(f"skipped {self.skipped:,} unreadable events (as the plugin does)")
+            lines.append(f"quarantined (skipped, as the plugin does): {self.skipped:,}")
             lines += [f"  seq {s}: {e}" for s, e in self.skips]
         if self.dry_run:
             changes = self.changes or {}

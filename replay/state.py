@@ -26,7 +26,6 @@ from llm_es.domain.views import (
     settings_key,
     usage_key,
 )
-from llm_es.store.codec import UnknownEventError, decode_event
 from projections.base import Projection
 from replay.errors import UsageError
 from replay.fold import LogFold, select_projections
@@ -66,11 +65,10 @@ async def fold_until(
     selection = LogSelection(subject=subject, to_seq=moment.seq)
     async with aclosing(log.read(selection)) as batches:
         async for batch in batches:
-            for seq, _subject, data in batch:
-                try:
-                    event = decode_event(data)
-                except UnknownEventError as exc:
-                    fold.skip(seq, str(exc))
+            for seq, subject, data, stored_ns in batch:
+                event = fold.quarantine.admit_or_reason(seq, subject, data, stored_ns)
+                if isinstance(event, str):
+                    fold.skip(seq, event)
                     continue
                 if moment.at is not None and event.at > moment.at:
                     return fold, last_at, True

@@ -19,7 +19,8 @@ import msgspec
 import orjson
 
 from llm_es.domain.events import Event
-from llm_es.store.codec import UnknownEventError, decode_event, encode_event
+from llm_es.store.codec import encode_event
+from llm_es.store.quarantine import Quarantine
 from replay.output import LineWriter
 from replay.reading import EventLog, LogSelection
 from replay.times import iso_z
@@ -67,6 +68,13 @@ def json_line(seq: int, subject: str, event: Event) -> str:
     ).decode()
 
 
+def quarantined_line(seq: int, subject: str, reason: str, *, as_json: bool) -> str:
+    """What `tail` prints in place of a quarantined event: where it is and why, no content."""
+    if as_json:
+        return orjson.dumps({"seq": seq, "subject": subject, "quarantined": reason}).decode()
+    return f"#{seq} {subject} quarantined: {reason}"
+
+
 async def run_tail(
     log: EventLog,
     selection: LogSelection,
@@ -86,16 +94,17 @@ async def run_tail(
             return 0
         selection = dataclasses.replace(selection, to_seq=end)
     printed = 0
+    quarantine = Quarantine("tail")
     budget = MAX_EVENTS if limit is None else limit
     if budget <= 0:
         return 0
     async with aclosing(log.read(selection, follow=follow)) as batches:
         async for batch in batches:
-            for seq, subject, data in batch:
-                try:
-                    event = decode_event(data)
-                except UnknownEventError as exc:
-                    await writer.line(f"#{seq} {subject} unreadable event: {exc}")
+            for seq, subject, data, stored_ns in batch:
+                event = quarantine.admit_or_reason(seq, subject, data, stored_ns)
+                if isinstance(event, str):
+                    quarantine.record(seq, event)
+                    await writer.line(quarantined_line(seq, subject, event, as_json=as_json))
                     continue
                 if since is not None and event.at < since:
                     continue
@@ -111,15 +120,19 @@ async def run_tail(
     return printed
 
 
-def export_line(seq: int, subject: str, data: bytes) -> str:
-    """An event exactly as stored (its JSON object), with sequence and subject."""
+def export_line(seq: int, subject: str, data: bytes, *, quarantined: str | None = None) -> str:
+    """An event exactly as stored (its JSON object), with sequence and subject (and, for a
+    quarantined one, why)."""
+    line: dict[str, Any] = {"seq": seq, "subject": subject}
+    if quarantined is not None:
+        line["quarantined"] = quarantined
     try:
         orjson.loads(data)
     except orjson.JSONDecodeError:
-        return orjson.dumps(
-            {"seq": seq, "subject": subject, "event": None, "raw": data.decode("utf-8", "replace")}
-        ).decode()
-    return orjson.dumps({"seq": seq, "subject": subject, "event": orjson.Fragment(data)}).decode()
+        line |= {"event": None, "raw": data.decode("utf-8", "replace")}
+    else:
+        line["event"] = orjson.Fragment(data)
+    return orjson.dumps(line).decode()
 
 
 def _stored_at(data: bytes) -> datetime | None:
@@ -138,15 +151,26 @@ async def run_export(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
+    quarantined: bool = False,
 ) -> int:
-    """Write the selected events as JSON lines, up to the log's end now; returns the count."""
+    """Write the selected events as JSON lines, up to the log's end now; returns the count.
+
+    Quarantined events (`llm_es.store.quarantine`) are left out, as every fold leaves
+    them out; with `quarantined`, only they are written, each with its reason.
+    """
     end = await log.end()
     to_seq = end if selection.to_seq is None else min(selection.to_seq, end)
     selection = dataclasses.replace(selection, to_seq=to_seq)
     written = 0
+    quarantine = Quarantine("export")
     async with aclosing(log.read(selection)) as batches:
         async for batch in batches:
-            for seq, subject, data in batch:
+            for seq, subject, data, stored_ns in batch:
+                reason = quarantine.admit_or_reason(seq, subject, data, stored_ns)
+                if isinstance(reason, str) != quarantined:
+                    if isinstance(reason, str):
+                        quarantine.record(seq, reason)
+                    continue
                 if since is not None or until is not None:
                     at = _stored_at(data)
                     # An event whose time cannot be read is kept: export hides nothing.
@@ -154,7 +178,8 @@ async def run_export(
                         (since is not None and at < since) or (until is not None and at >= until)
                     ):
                         continue
-                await writer.line(export_line(seq, subject, data))
+                why = reason if isinstance(reason, str) else None
+                await writer.line(export_line(seq, subject, data, quarantined=why))
                 written += 1
     await writer.flush()
     return written

@@ -25,6 +25,7 @@ from replay.reading import EventLog
 
 SHOWN_CHARS = 300
 MISSING = "(missing)"
+MAX_SEQUENCES_SHOWN = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,8 @@ class VerifyReport:
     equal: int = 0
     pending: int = 0
     skipped: int = 0
+    quarantined: list[int] = field(default_factory=list)
+    """Sequences of the events skipped (the first `MAX_LISTED`), as the plugin skips them."""
     differences: list[Difference] = field(default_factory=list)
 
     @property
@@ -68,6 +71,7 @@ class VerifyReport:
             "equal": self.equal,
             "pending": self.pending,
             "skipped_events": self.skipped,
+            "quarantined": {"count": self.skipped, "sequences": self.quarantined},
             "differing": len(self.differences),
             "differences": [d.as_dict() for d in self.differences],
         }
@@ -96,8 +100,18 @@ class VerifyReport:
                 "views' checkpoint (the plugin has not written them yet)"
             )
         if self.skipped:
-            lines.append(f"{self.skipped:,} unreadable events skipped, as the plugin skips them")
+            lines.append(
+                f"quarantined (skipped, as the plugin skips them): {self.skipped:,}, "
+                f"seq {_sequences(self.quarantined, self.skipped)}"
+            )
+            lines.append("see them: llm-replay export --quarantined")
         return "\n".join(lines)
+
+
+def _sequences(listed: Sequence[int], count: int) -> str:
+    shown = ", ".join(map(str, listed[:MAX_SEQUENCES_SHOWN]))
+    hidden = count - min(len(listed), MAX_SEQUENCES_SHOWN)
+    return shown + (f" and {hidden:,} more (--json lists more)" if hidden > 0 else "")
 
 
 def describe(difference: Difference) -> Iterator[str]:
@@ -152,6 +166,7 @@ async def run_verify(
         fold = await fold_log(log, projections, target, progress=bar)
     report = VerifyReport(bucket=active.bucket, log_end=end, checkpoint=lowest, folded_to=target)
     report.skipped = fold.skipped
+    report.quarantined = sorted(fold.quarantine.sequences)
     compare(report, live, fold.values, fold.removed, checkpoints, projections)
     return report
 

@@ -33,6 +33,18 @@ EventTime = Annotated[
     datetime, Meta(tz=True, description="UTC time set by the writer (ISO 8601, `Z`)")
 ]
 
+MAX_TOKENS_PER_CALL = 100_000_000
+"""Most tokens one provider call, reservation or limit may count: a hundred times the
+longest context window offered today. A stored event past it (or below 0) is refused on
+read, so a forged one cannot wrap a sum or spend a user's budget for years."""
+# The bounds below are checked when an event is read from the log (`msgspec.convert`);
+# a writer builds events from values the service already checked.
+Tokens = Annotated[int, Meta(ge=0, le=MAX_TOKENS_PER_CALL)]
+Count = Annotated[int, Meta(ge=0)]
+Importance = Annotated[int, Meta(ge=1, le=10)]
+Milliseconds = Annotated[float, Meta(ge=0)]
+Cost = Annotated[float, Meta(ge=0)]
+
 
 class Event(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Fields every event carries; subclasses add their data.
@@ -83,8 +95,8 @@ class TurnAdmitted(_TurnEvent, frozen=True, kw_only=True):
     provider: str
     model: str
     message: str
-    reserved_tokens: int
-    max_tokens: int
+    reserved_tokens: Tokens
+    max_tokens: Tokens
     purpose: Annotated[
         str,
         Meta(
@@ -104,7 +116,7 @@ class TurnRejected(_TurnEvent, frozen=True, kw_only=True):
     turn_id: str
     reason: str
     window: str
-    limit: int
+    limit: Count
     detail: str
     provider: Annotated[
         str,
@@ -123,7 +135,7 @@ class TurnCompleted(_TurnEvent, frozen=True, kw_only=True):
     content: str
     provider: str
     model: str
-    latency_ms: float
+    latency_ms: Milliseconds
     finish_reason: str | None
     fallback_from: Annotated[
         tuple[str, ...],
@@ -151,10 +163,10 @@ class TokensSpent(_TurnEvent, frozen=True, kw_only=True):
     purpose: str
     provider: str
     model: str
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: Tokens
+    completion_tokens: Tokens
     estimated: bool
-    cost: float | None = None
+    cost: Cost | None = None
 
 
 class MemoryAdded(Event, frozen=True, kw_only=True):
@@ -166,7 +178,7 @@ class MemoryAdded(Event, frozen=True, kw_only=True):
     user_id: str | None
     content: str
     category: str
-    importance: int
+    importance: Importance
 
     @property
     def user_name(self) -> str | None:
@@ -207,8 +219,8 @@ class ContextSummarized(Event, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "ContextSummarized"
     channel: str
     summary: str
-    through_seq: int
-    message_count: int
+    through_seq: Count
+    message_count: Count
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -78,9 +78,41 @@ def usage_key(user: str) -> str:
     return f"usage.{encode_name(user)}"
 
 
+QUARANTINE_KEY = "quarantine.log"
+"""The log's quarantined events as the views' fold met them (`QuarantineView`)."""
+
+
 def checkpoint_key(projection: str) -> str:
     """Last stream sequence a projection has written."""
     return f"checkpoint.{projection}"
+
+
+class QuarantinedEvent(TypedDict):
+    seq: int
+    reason: str
+
+
+class QuarantineView(TypedDict):
+    """Events every fold skipped (`llm_es.store.quarantine`): how many, the first few."""
+
+    seq: int
+    """The last quarantined sequence."""
+    count: int
+    events: list[QuarantinedEvent]
+    """The first `MAX_LISTED_IN_VIEW` of them, in log order."""
+
+
+MAX_LISTED_IN_VIEW = 100
+
+
+def with_quarantined(view: QuarantineView | None, seq: int, reason: str) -> QuarantineView:
+    """The quarantine view after the event at `seq` was quarantined for `reason`."""
+    if view is None:
+        return {"seq": seq, "count": 1, "events": [{"seq": seq, "reason": reason}]}
+    events = view["events"]
+    if len(events) < MAX_LISTED_IN_VIEW:
+        events = [*events, {"seq": seq, "reason": reason}]
+    return {"seq": seq, "count": view["count"] + 1, "events": events}
 
 
 class ContextMessage(TypedDict):

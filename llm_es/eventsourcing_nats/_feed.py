@@ -38,7 +38,7 @@ class Feed:
         self._credits = asyncio.Semaphore(FEED_CAPACITY)
         self.following: Following | None = None
 
-    async def deliver(self, seq: int, pending: int, msg: Msg) -> None:
+    async def deliver(self, seq: int, pending: int, stored_ns: int, msg: Msg) -> None:
         """Consumer callback (on the loop): queue one message for the reader."""
         await self._credits.acquire()
         item = StreamMessage(

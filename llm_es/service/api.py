@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import nats.errors
@@ -50,7 +50,7 @@ from llm_es.errors import LLMESError, OperationalError, ValidationError
 from llm_es.logs import log_kv
 from llm_es.service.chat import ChatService
 from llm_es.service.decoding import PayloadT, decode_request
-from llm_es.service.health import HealthProbe
+from llm_es.service.health import HealthProbe, ReaderCheck, ViewsStall
 from llm_es.service.requests import (
     ChatRequest,
     CompletionRequest,
@@ -105,14 +105,25 @@ Handler = Callable[[Request], Awaitable[Reply]]
 class LLMServiceAPI:
     """The `rosey.llm.*` endpoints of one instance."""
 
-    def __init__(self, nc: NATS, service: ChatService, store: EventStore, config: Config) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        service: ChatService,
+        store: EventStore,
+        config: Config,
+        *,
+        readers: Mapping[str, ReaderCheck] | None = None,
+        views_position: Callable[[], int] | None = None,
+    ) -> None:
+        """`readers` and `views_position` tell `status` when a reader of the log is down."""
         self._nc = nc
         self._chat = service
         self._config = config
         self._micro: Service | None = None
         self._pool = TaskPool(MAX_IN_FLIGHT)
         self._started = time.monotonic()
-        self._health = HealthProbe(service, store)
+        views = None if views_position is None else ViewsStall(views_position)
+        self._health = HealthProbe(service, store, readers=readers, views=views)
         self._endpoints: dict[str, tuple[Handler, dict[str, Any]]] = {
             "chat": (self._chat_endpoint, CHAT_ERROR),
             "complete": (self._complete_endpoint, COMPLETION_ERROR),

@@ -55,6 +55,7 @@ from llm_es.store.kv import ensure_bucket
 from llm_es.store.lease import KvLease, keep_single_active, open_lease
 from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
+from llm_es.store.quarantine import Quarantine
 from llm_es.tasks import finish_task
 
 logger = logging.getLogger("llm_es.service.event_publisher")
@@ -141,6 +142,18 @@ class EventPublisher:
         self._supervisor: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._leading = False
+        self._crashed = False
+
+    @property
+    def crashed(self) -> bool:
+        """Whether the last attempt to publish died of an unexpected error (and no later
+        one has got going since): `rosey.llm.status` is not healthy meanwhile."""
+        return self._crashed
+
+    @property
+    def quarantine(self) -> Quarantine:
+        """Log events this publisher skipped (`llm_es.store.quarantine`)."""
+        return self._source.quarantine
 
     @property
     def position(self) -> int:
@@ -332,6 +345,7 @@ class EventPublisher:
                 self._source.derive(position, until=None, feed=self._feed)
             ) as steps:
                 async for step in steps:
+                    self._crashed = False
                     if self._stopping.is_set() or not lease.held():
                         return
                     if step is None:
@@ -352,6 +366,7 @@ class EventPublisher:
         except (KeyWrongLastSequenceError, KeyValueError, APIError, nats.errors.Error) as exc:
             log_kv(logger, "event_publisher_failed", level=logging.WARNING, error=repr(exc))
         except Exception:  # e.g. an unreadable stored position: logged in full, lease released
+            self._crashed = True
             logger.exception("event_publisher_crashed instance=%s", self.instance_id)
         finally:
             self._leading = False

@@ -24,9 +24,9 @@ from llm_es.domain.events import Event
 from llm_es.domain.observations import Observation, ObservationFold, fold_window_start
 from llm_es.domain.views import EventFeed
 from llm_es.logs import log_kv
-from llm_es.store.codec import UnknownEventError, decode_event
 from llm_es.store.follow import read_bounded
 from llm_es.store.log import EventStore
+from llm_es.store.quarantine import Quarantine, stored_ns_of
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ class ObservationSource:
         self._js = js
         self._store = store
         self._limits = limits
+        self.quarantine = Quarantine("publisher", prefix=store.prefix)
+        """Log events this publisher skipped (`llm_es.store.quarantine`), as the views do."""
 
     async def derive(
         self, after: int, *, until: int | None, feed: EventFeed | None = None
@@ -194,12 +196,8 @@ class ObservationSource:
                 if message is None:
                     yield None
                     continue
-                seq, _, data = message
-                event: Event | None = None
-                try:
-                    event = decode_event(data)
-                except UnknownEventError as exc:
-                    log_kv(logger, "event_skipped", level=logging.ERROR, seq=seq, error=str(exc))
+                seq, subject, data, stored_ns = message
+                event = self.quarantine.admit(seq, subject, data, stored_ns)
                 step = cursor.fold(fold, seq, event, after)
                 if step is not None:
                     yield step
@@ -231,9 +229,7 @@ class ObservationSource:
             msg = await self._js.get_msg(self._store.stream, seq=seq, direct=True)
         except NotFoundError:
             return None
-        if msg.data is None:
+        if msg.data is None or msg.subject is None:
             return None
-        try:
-            return decode_event(msg.data).at
-        except UnknownEventError:
-            return None
+        event = self.quarantine.admit(seq, msg.subject, msg.data, stored_ns_of(msg.time))
+        return None if event is None else event.at

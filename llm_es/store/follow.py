@@ -1,10 +1,10 @@
 """Following a stream in order: the one ordered push consumer every live reader uses.
 
-`follow` hands each stored message to a callback as `(seq, subject, data)`
-from a start sequence on, skipping what a reset of the ordered consumer
+`follow` hands each stored message to a callback with its sequence, pending count
+and append time, from a start sequence on, skipping what a reset of the ordered consumer
 delivers again, and `read_bounded` turns that into an async generator with a
-bounded hand-off. `delivery_position` reads a delivery's stream sequence off
-its reply subject, which `Msg.metadata` does too, at ten times the cost.
+bounded hand-off. `delivery_position` reads a delivery's stream sequence and
+append time off its reply subject, which `Msg.metadata` does too, at ten times the cost.
 """
 
 from __future__ import annotations
@@ -22,12 +22,17 @@ from nats.js import JetStreamContext, api
 
 from llm_es.errors import OperationalError
 
-OnMessage = Callable[[int, int, Msg], Awaitable[None]]
-"""Takes a stored message: its stream sequence, how many more match now, the message."""
+OnMessage = Callable[[int, int, int, Msg], Awaitable[None]]
+"""Takes a stored message: its stream sequence, how many more match now, its append time
+(ns since the epoch), the message."""
+
+StoredMessage = tuple[int, str, bytes, int]
+"""One stored message: stream sequence, subject, the bytes as appended, the append time
+(ns since the epoch; what `llm_es.store.quarantine` checks an event's time against)."""
 
 
-def delivery_position(reply: str) -> tuple[int, int]:
-    """Stream sequence and pending count from a JetStream delivery's reply subject.
+def delivery_position(reply: str) -> tuple[int, int, int]:
+    """Stream sequence, pending count and append time (ns) from a delivery's reply subject.
 
     What `Msg.metadata` gives, for 0.4 µs a message instead of 4.5 (it builds
     three dataclasses and a datetime): this runs once per event read.
@@ -35,12 +40,12 @@ def delivery_position(reply: str) -> tuple[int, int]:
     if reply.count(".") == 8:
         # `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>`:
         # split off only the tokens wanted.
-        _, seq, _, _, pending = reply.rsplit(".", 4)
-        return int(seq), int(pending)
+        _, seq, _, stored_ns, pending = reply.rsplit(".", 4)
+        return int(seq), int(pending), int(stored_ns)
     # The newer form, with domain and account hash after ACK (and a random token at the end).
     tokens = reply.split(".")
     if len(tokens) >= 11:
-        return int(tokens[7]), int(tokens[10])
+        return int(tokens[7]), int(tokens[10]), int(tokens[9])
     raise OperationalError(f"not a JetStream delivery: {reply!r}")
 
 
@@ -79,11 +84,11 @@ async def follow(
     following = Following(subscription=None, last=after)
 
     async def on_message(msg: Msg) -> None:
-        seq, pending = delivery_position(msg.reply)
+        seq, pending, stored_ns = delivery_position(msg.reply)
         if seq <= following.last:
             return  # delivered again after an ordered-consumer reset
         following.last = seq
-        await take(seq, pending, msg)
+        await take(seq, pending, stored_ns, msg)
 
     config = api.ConsumerConfig()
     if start_time is not None:
@@ -118,17 +123,17 @@ async def read_bounded(
     idle_seconds: float,
     buffer: int,
     heartbeat_seconds: float | None = None,
-) -> AsyncGenerator[tuple[int, str, bytes] | None, None]:
+) -> AsyncGenerator[StoredMessage | None, None]:
     """`follow` as a generator: messages after `after` up to `until` (None: for ever).
 
     Yields None after `idle_seconds` without a message, so a caller can bound
     its wait. At most `buffer` messages wait to be taken: a full hand-off holds
     the subscription's callback.
     """
-    arrived: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue(maxsize=buffer)
+    arrived: asyncio.Queue[StoredMessage] = asyncio.Queue(maxsize=buffer)
 
-    async def take(seq: int, pending: int, msg: Msg) -> None:
-        await arrived.put((seq, msg.subject, msg.data))
+    async def take(seq: int, pending: int, stored_ns: int, msg: Msg) -> None:
+        await arrived.put((seq, msg.subject, msg.data, stored_ns))
 
     following = await follow(
         js, stream, subject, take, after=after, heartbeat_seconds=heartbeat_seconds

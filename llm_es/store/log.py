@@ -23,14 +23,17 @@ from nats.js.errors import APIError, NotFoundError
 
 from llm_es import headers
 from llm_es.domain.events import Event
-from llm_es.domain.tokens import encode_name, encode_optional
+from llm_es.domain.tokens import encode_name
 from llm_es.errors import AppendRefused, IntegrityError, OperationalError, ServerVersionError
 from llm_es.store.acks import OutgoingMessage, actual_last_seq, request_ack, request_atomic_ack
-from llm_es.store.codec import decode_event, encode_event
+from llm_es.store.codec import encode_event
 from llm_es.store.follow import read_bounded
+from llm_es.store.quarantine import Quarantine, stored_ns_of
+from llm_es.store.subjects import SUBJECT_PREFIX, subject_of
+
+__all__ = ["SUBJECT_PREFIX", "EventStore", "RecordedEvent", "subject_of"]
 
 STREAM_NAME = "LLM_EVENTS"
-SUBJECT_PREFIX = "llm.ev"
 DUPLICATE_WINDOW_SECONDS = 120.0
 MIN_SERVER_VERSION = (2, 12)
 READ_BUFFER = 1024
@@ -150,6 +153,8 @@ class EventStore:
         self.stream = stream
         self.prefix = prefix
         self._replicas = replicas
+        self.quarantine = Quarantine("store", prefix=prefix)
+        """Events `read` and `event_at` skipped (`llm_es.store.quarantine`)."""
 
     def stream_config(self) -> api.StreamConfig:
         """The stream's settings (DESIGN.md: file storage, atomic, no delete/purge)."""
@@ -181,9 +186,7 @@ class EventStore:
 
     def subject_for(self, event: Event) -> str:
         """`llm.ev.<channel>.<user>.<EventType>` with encoded tokens."""
-        channel = encode_optional(event.channel_name)
-        user = encode_optional(event.user_name)
-        return f"{self.prefix}.{channel}.{user}.{event.TYPE}"
+        return subject_of(event, self.prefix)
 
     def user_boundary(self, user: str) -> str:
         """Subject filter of everything one user did, across channels."""
@@ -310,14 +313,16 @@ class EventStore:
         return msg.seq or 0
 
     async def event_at(self, seq: int) -> RecordedEvent | None:
-        """The event stored at `seq` (a direct get), or None when there is none."""
+        """The event stored at `seq` (a direct get), or None when there is none or it is
+        quarantined."""
         try:
             msg = await self._js.get_msg(self.stream, seq, direct=True)
         except NotFoundError:
             return None
         if msg.data is None or msg.subject is None:
             return None
-        return RecordedEvent(seq, msg.subject, decode_event(msg.data))
+        event = self.quarantine.admit(seq, msg.subject, msg.data, stored_ns_of(msg.time))
+        return None if event is None else RecordedEvent(seq, msg.subject, event)
 
     async def read(
         self,
@@ -330,7 +335,7 @@ class EventStore:
         """Yield stored events matching the filter, in order, up to `to_seq` or the end.
 
         "The end" is the last matching event when the read starts; events
-        appended meanwhile are not included.
+        appended meanwhile are not included. Quarantined events are skipped.
         """
         subject_filter = subject_filter or f"{self.prefix}.>"
         # The last matching event now bounds the read, so it ends without a timeout.
@@ -352,5 +357,7 @@ class EventStore:
             async for message in messages:
                 if message is None:
                     raise TimeoutError(f"no event of {subject_filter} within {idle_timeout} s")
-                seq, subject, data = message
-                yield RecordedEvent(seq, subject, decode_event(data))
+                seq, subject, data, stored_ns = message
+                event = self.quarantine.admit(seq, subject, data, stored_ns)
+                if event is not None:
+                    yield RecordedEvent(seq, subject, event)

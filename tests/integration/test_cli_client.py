@@ -163,6 +163,7 @@ async def test_status_json_after_a_turn(
         "channel": 0,
         "usage": 1,
         "checkpoint": 4,
+        "quarantine": 0,
     }
     assert report["checkpoints"] == {
         name: {"seq": 3, "lag": 0, "stored": True}

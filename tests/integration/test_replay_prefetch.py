@@ -203,8 +203,8 @@ async def test_the_reader_yields_exactly_the_selected_events(client: NATS, repla
     end = await write_log(client, history(150), garbage_at=200)
     log = EventLog(replay_nc)
     everything = [event for batch in await read_here(log, LogSelection(), 64) for event in batch]
-    assert [seq for seq, _, _ in everything] == list(range(1, end + 1))
-    assert GARBAGE in [data for _, _, data in everything]
+    assert [seq for seq, *_ in everything] == list(range(1, end + 1))
+    assert GARBAGE in [data for _, _, data, _ in everything]
 
     def of_channel_b(seq: int, subject: str) -> bool:
         kind = subject.rsplit(".", 1)[1]
@@ -221,7 +221,7 @@ async def test_the_reader_yields_exactly_the_selected_events(client: NATS, repla
         (LogSelection(from_seq=20, to_seq=19), lambda *_: False),
     ]
     for selection, wanted in cases:
-        expected = [(seq, s, data) for seq, s, data in everything if wanted(seq, s)]
+        expected = [event for event in everything if wanted(event[0], event[1])]
         got = [event for batch in await read_here(log, selection, 64) for event in batch]
         assert got == expected, selection
 
@@ -237,12 +237,12 @@ async def test_a_slow_caller_holds_the_server_back_and_loses_nothing(
     assert end > 2 * PULL_SIZE * PULLS_AHEAD
     read = EventLog(replay_nc).read(LogSelection(), batch_size=50)
     async with asyncio.timeout(READ_WITHIN_SECONDS), aclosing(read) as batches:
-        seqs = [seq for seq, _, _ in await anext(batches)]
+        seqs = [seq for seq, *_ in await anext(batches)]
         await asyncio.sleep(0.5)
         [consumer] = await client.jetstream().consumers_info("LLM_EVENTS")
         assert consumer.delivered is not None
         assert consumer.delivered.consumer_seq <= PULL_SIZE * PULLS_AHEAD
-        seqs += [seq async for batch in batches for seq, _, _ in batch]
+        seqs += [seq async for batch in batches for seq, *_ in batch]
     assert seqs == list(range(1, end + 1))
 
 
@@ -261,9 +261,9 @@ async def test_the_child_yields_the_batches_this_process_reads(
 
     assert there == here
     events = [event for batch in there for event in batch]
-    assert [seq for seq, _, _ in events] == list(range(1, end - 4))
-    assert GARBAGE in [data for _, _, data in events]
-    assert all(isinstance(subject, str) for _, subject, _ in events)
+    assert [seq for seq, *_ in events] == list(range(1, end - 4))
+    assert GARBAGE in [data for _, _, data, _ in events]
+    assert all(isinstance(subject, str) for _, subject, *_ in events)
     assert len(there) > 5
 
     filtered = dataclasses.replace(
@@ -274,7 +274,7 @@ async def test_the_child_yields_the_batches_this_process_reads(
     here = await read_here(log, filtered, 32)
     there = await read_there(recipe, filtered, 32)
     assert there == here
-    assert {subject.rsplit(".", 1)[1] for batch in there for _, subject, _ in batch} == {
+    assert {subject.rsplit(".", 1)[1] for batch in there for _, subject, *_ in batch} == {
         "TurnAdmitted",
         "TokensSpent",
     }
@@ -359,7 +359,7 @@ async def test_closing_the_reader_early_stops_the_child(
         first = await anext(batches)
         [child] = readers()
         assert child.is_alive()
-    assert [seq for seq, _, _ in first] == list(range(1, 51))
+    assert [seq for seq, *_ in first] == list(range(1, 51))
 
     assert readers() == []
     assert child.exitcode == -signal.SIGTERM

@@ -25,16 +25,17 @@ from llm_es.domain.events import (
     TurnFailed,
     TurnRejected,
 )
-from llm_es.domain.views import memory_key, usage_key
+from llm_es.domain.views import QUARANTINE_KEY, memory_key, usage_key
 from llm_es.store.codec import UPCASTERS, encode_event
 from llm_es.store.follow import delivery_position
+from llm_es.store.log import subject_of
 from replay.audit import AuditReport, AuditRow, _Sums
 from replay.audit_output import render
 from replay.errors import UsageError
 from replay.fold import LogFold, select_projections
 from replay.progress import Progress
 from replay.pull import _PullState
-from replay.reading import event_filter
+from replay.reading import RawEvent, event_filter
 from replay.tail import describe_event, export_line, json_line
 from replay.times import parse_moment
 from replay.verify import Difference, VerifyReport, compare, describe
@@ -91,8 +92,12 @@ def turn(
     ]
 
 
-def raw(events: list[Event]) -> list[tuple[int, str, bytes]]:
-    return [(seq, f"llm.ev.x.y.{e.TYPE}", encode_event(e)) for seq, e in enumerate(events, 1)]
+def raw(events: list[Event]) -> list[RawEvent]:
+    """The events as the log stores them: on their own subjects, appended at their `at`."""
+    return [
+        (seq, subject_of(e), encode_event(e), int(e.at.timestamp() * 1e9))
+        for seq, e in enumerate(events, 1)
+    ]
 
 
 # ------------------------------------------------------------------ times
@@ -142,10 +147,10 @@ def test_filters_are_one_server_subject_with_types_checked_by_subject() -> None:
 
 
 def test_delivery_positions_are_read_from_both_reply_forms() -> None:
-    """The v1 and the domain/account (v2) forms of `$JS.ACK` give sequence and pending."""
+    """The v1 and the domain/account (v2) forms of `$JS.ACK` give sequence, pending, time."""
     v1 = "$JS.ACK.LLM_EVENTS.c1.1.42.7.1700000000.5"
     v2 = "$JS.ACK.hub.ACCHASH.LLM_EVENTS.c1.1.42.7.1700000000.5.token"
-    assert delivery_position(v1) == delivery_position(v2) == (42, 5)
+    assert delivery_position(v1) == delivery_position(v2) == (42, 5, 1700000000)
 
 
 async def test_the_pull_state_batches_filters_and_stops_at_the_end() -> None:
@@ -162,13 +167,13 @@ async def test_the_pull_state_batches_filters_and_stops_at_the_end() -> None:
     await deliver(1, "TokensSpent", 4)
     await deliver(2, "TurnAdmitted", 3)
     await deliver(3, "TokensSpent", 2)
-    assert [[seq for seq, _, _ in batch] for batch in state.ready] == [[1, 3]]
+    assert [[seq for seq, _, _, _ in batch] for batch in state.ready] == [[1, 3]]
     timeout = {"Status": "408", "Description": "Request Timeout", "Nats-Pending-Messages": "5"}
     await state.on_msg(Msg(None, subject="_INBOX.x", headers=timeout))
     assert (state.requested, state.received) == (5, 3)
     await deliver(4, "TokensSpent", 0)
     assert state.finished
-    assert [seq for seq, _, _ in state.ready[-1]] == [4]
+    assert [seq for seq, _, _, _ in state.ready[-1]] == [4]
     conflict = _PullState(to_seq=5, types=frozenset(), batch_size=10)
     deleted = {"Status": "409", "Description": "Consumer Deleted"}
     await conflict.on_msg(Msg(None, subject="_INBOX.x", headers=deleted))
@@ -189,8 +194,8 @@ async def test_the_pull_state_stops_at_to_seq_and_gives_back_what_a_408_will_not
     await state.on_msg(Msg(None, subject="llm.ev.a.b.X", reply="$JS.ACK.S.c.1.3.3.0.9", data=b"x"))
     assert state.finished
     assert list(state.ready) == [
-        [(1, "llm.ev.a.b.TurnAdmitted", b"{}"), (2, "llm.ev.a.b.TurnAdmitted", b"{}")],
-        [(3, "llm.ev.a.b.X", b"x")],
+        [(1, "llm.ev.a.b.TurnAdmitted", b"{}", 0), (2, "llm.ev.a.b.TurnAdmitted", b"{}", 0)],
+        [(3, "llm.ev.a.b.X", b"x", 0)],
     ]
 
 
@@ -220,8 +225,8 @@ def test_the_fold_equals_the_projections_applied_in_order() -> None:
     ]
     projections = select_projections(Config())
     fold = LogFold(projections)
-    stored = [(seq if seq < 5 else seq + 1, subject, data) for seq, subject, data in raw(events)]
-    fold.feed([*stored[:4], (5, "llm.ev.x.y.Junk", b"not json"), *stored[4:]])
+    stored = [(seq if seq < 5 else seq + 1, *rest) for seq, *rest in raw(events)]
+    fold.feed([*stored[:4], (5, "llm.ev.x.y.Junk", b"not json", 0), *stored[4:]])
     expected: dict[str, Any] = {}
     for seq, event in enumerate(events, 1):
         seq = seq if seq < 5 else seq + 1
@@ -232,7 +237,9 @@ def test_the_fold_equals_the_projections_applied_in_order() -> None:
                     expected.pop(key, None)
                 else:
                     expected[key] = updated
+    quarantined = fold.values.pop(QUARANTINE_KEY)
     assert fold.values == expected
+    assert quarantined == {"seq": 5, "count": 1, "events": [{"seq": 5, "reason": fold.skips[0][1]}]}
     assert fold.removed == {memory_key("lobby", "abcd1234"): 8}
     assert (fold.position, fold.events, fold.skipped) == (9, 8, 1)
     assert fold.skips[0][0] == 5
@@ -275,20 +282,20 @@ def test_audit_sums_by_group_from_json_and_upcasts_old_versions() -> None:
         *turn("t3", t=86400),
     ]
     sums = _Sums(per_user=False, by="day", since=None, until=None)
-    for seq, _, data in raw(events):
+    for seq, subject, data, stored_ns in raw(events):
         if seq == 2:
             old = orjson.loads(data)
             old["schema"] = 0
             old["tokens"] = [old.pop("prompt_tokens"), old.pop("completion_tokens")]
             data = orjson.dumps(old)
-        sums.feed(seq, data)
-    sums.feed(99, b'{"type": "TokensSpent", "schema": 7}')
+        sums.feed(seq, subject, data, stored_ns)
+    sums.feed(99, "llm.ev._.bob.TokensSpent", b'{"type": "TokensSpent", "schema": 7}', 0)
     rows = {group: row for (_, group), row in sums.rows.items()}
     first, second = rows["2024-05-17"], rows["2024-05-18"]
     assert (first.requests, first.rejected, first.tokens, first.cost) == (1, 1, 15, 0.25)
     assert (first.first_seq, first.last_seq, first.events) == (1, 4, 3)
     assert (second.requests, second.tokens, second.first_seq, second.last_seq) == (1, 15, 5, 6)
-    assert sums.skipped == 1
+    assert (sums.quarantine.count, sums.quarantine.sequences) == (1, [99])
 
 
 def test_audit_counts_the_tokens_of_a_failed_turn_as_the_usage_view_does() -> None:
@@ -317,8 +324,8 @@ def test_audit_counts_the_tokens_of_a_failed_turn_as_the_usage_view_does() -> No
     )
     events: list[Event] = [admitted, cut_short, failed, *turn("t2", t=10)]
     sums = _Sums(per_user=True, by=None, since=None, until=None)
-    for seq, _, data in raw(events):
-        sums.feed(seq, data)
+    for stored in raw(events):
+        sums.feed(*stored)
     (row,) = sums.rows.values()
     assert (row.requests, row.tokens, row.estimated, row.events) == (2, 61, 1, 4)
     fold = LogFold(select_projections(Config(), ["usage"]))
@@ -331,12 +338,12 @@ def test_audit_periods_are_half_open_and_group_service_turns() -> None:
     """`since` is inclusive, `until` exclusive; a turn without a channel groups under `-`."""
     events = [*turn("t1", t=0), *turn("t2", t=100, channel=None)]
     sums = _Sums(per_user=True, by="channel", since=at(0), until=at(100))
-    for seq, _, data in raw(events):
-        sums.feed(seq, data)
+    for stored in raw(events):
+        sums.feed(*stored)
     assert {key: row.events for key, row in sums.rows.items()} == {("alice", "lobby"): 2}
     everything = _Sums(per_user=True, by="channel", since=None, until=None)
-    for seq, _, data in raw(events):
-        everything.feed(seq, data)
+    for stored in raw(events):
+        everything.feed(*stored)
     assert set(everything.rows) == {("alice", "lobby"), ("alice", "-")}
 
 
