@@ -111,7 +111,7 @@ async def channel_state(
         "pending_turns": (
             [{"turn_id": t, **p} for t, p in context["pending"].items()] if context else []
         ),
-        "memories": [dict(m) for m in memories],
+        "memories": [{**m, "content": await log.keyring.open_text(m["content"])} for m in memories],
     }
 
 

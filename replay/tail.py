@@ -3,7 +3,8 @@
 Both read with an ordered consumer filtered by the server on
 `llm.ev.<channel>.<user>.<EventType>`. `tail --json` prints each event as
 today's code reads it (older schema versions upcast); `export` prints each
-event exactly as stored, with its sequence and subject, for external tools:
+event as stored, with its sequence and subject, for external tools (sealed personal text
+opened, or `[erased]` once its key is destroyed: docs/privacy.md):
 
     {"seq": 12, "subject": "llm.ev.lobby.alice.TurnAdmitted", "event": {"type": ...}}
 """
@@ -20,6 +21,8 @@ import orjson
 
 from llm_es.domain.events import Event
 from llm_es.store.codec import UnknownEventError, decode_event, encode_event
+from llm_es.store.keyring import KeyRing
+from llm_es.store.sealing import SEALED_PREFIX
 from replay.output import LineWriter
 from replay.reading import EventLog, LogSelection
 from replay.times import iso_z
@@ -31,6 +34,8 @@ START_TIME_SLACK = timedelta(hours=1)
 """`tail --since`: the server finds the start by its own store time; events are then
 filtered by their `at`, which a writer sets moments before the server stores them."""
 _COMMON_FIELDS = frozenset({"id", "at", "channel", "user", "user_id"})
+SEALED_MARK = b'"' + SEALED_PREFIX.encode()
+"""In the bytes of every stored event with sealed text (a JSON string starting `sealed:1:`)."""
 
 
 def describe_event(seq: int, event: Event) -> str:
@@ -99,6 +104,7 @@ async def run_tail(
                     continue
                 if since is not None and event.at < since:
                     continue
+                event = await log.keyring.open_event(event)
                 await writer.line(
                     json_line(seq, subject, event) if as_json else describe_event(seq, event)
                 )
@@ -111,8 +117,20 @@ async def run_tail(
     return printed
 
 
+async def opened(keyring: KeyRing, data: bytes) -> bytes:
+    """A stored event with its sealed text opened (`[erased]` where the key is destroyed);
+    the bytes as stored when nothing in them is sealed, or they are no event this code reads."""
+    if SEALED_MARK not in data:
+        return data
+    try:
+        event = decode_event(data)
+    except UnknownEventError:
+        return data
+    return encode_event(await keyring.open_event(event))
+
+
 def export_line(seq: int, subject: str, data: bytes) -> str:
-    """An event exactly as stored (its JSON object), with sequence and subject."""
+    """An event as stored (its JSON object; sealed text opened), with sequence and subject."""
     try:
         orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -154,7 +172,7 @@ async def run_export(
                         (since is not None and at < since) or (until is not None and at >= until)
                     ):
                         continue
-                await writer.line(export_line(seq, subject, data))
+                await writer.line(export_line(seq, subject, await opened(log.keyring, data)))
                 written += 1
     await writer.flush()
     return written

@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 SERVICE_USER = "service"
 """Whom a service request without a user is booked to (rate limits and token ledger)."""
 
-
 RETRY_WAIT_GRACE_SECONDS = 5.0
 """How much longer than a turn's deadline a retry waits for the first attempt's end."""
 
@@ -105,6 +104,7 @@ class Turns:
         chain = self.provider_chain(provider_name)
         if persona is not None and persona not in self._config.personas:
             return Outcome.error(replies.unknown_persona(persona, self._config.personas))
+        await self._channels.fetch_memory_keys(channel)  # the prompt opens their text
 
         def build_prompt() -> list[ChatMessage]:
             return self._channels.chat_prompt(
