@@ -20,9 +20,9 @@ import msgspec
 import orjson
 
 from llm_es.domain.events import Event
+from llm_es.domain.personal_data import SEALED_PREFIX
 from llm_es.store.codec import UnknownEventError, decode_event, encode_event
 from llm_es.store.keyring import KeyRing
-from llm_es.store.sealing import SEALED_PREFIX
 from replay.output import LineWriter
 from replay.reading import EventLog, LogSelection
 from replay.times import iso_z

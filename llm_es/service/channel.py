@@ -17,7 +17,7 @@ import msgspec
 from llm_es.config import Config
 from llm_es.domain import replies
 from llm_es.domain.channel import decide_persona_switch, decide_reset
-from llm_es.domain.events import Event, MemoryAdded, MemoryForgotten
+from llm_es.domain.events import Event, MemoryAdded, MemoryForgotten, UserErased
 from llm_es.domain.idempotency import request_event_id, request_memory_id
 from llm_es.domain.memories import (
     DEFAULT_IMPORTANCE,
@@ -29,7 +29,7 @@ from llm_es.domain.memories import (
     recall_query,
 )
 from llm_es.domain.messages import ChatMessage
-from llm_es.domain.personal_data import memory_key_name
+from llm_es.domain.personal_data import erased_key_names, memory_key_name
 from llm_es.domain.prompt import build_chat_prompt
 from llm_es.domain.views import (
     ContextView,
@@ -74,8 +74,13 @@ class Channels:
             self._views.follow(self._folded)
 
     def _folded(self, seq: int, event: Event | None) -> None:
-        if self._keyring is not None and isinstance(event, MemoryForgotten):
+        if self._keyring is None:
+            return
+        if isinstance(event, MemoryForgotten):
             self._keyring.forget_cached(memory_key_name(event.channel, event.memory_id))
+        elif isinstance(event, UserErased):
+            for name in erased_key_names(event):
+                self._keyring.forget_cached(name)
 
     # ---------------------------------------------------------------- reads
 
@@ -87,7 +92,7 @@ class Channels:
 
     def memories_of(self, channel: str) -> list[MemoryView]:
         """The channel's memories with their text opened; those whose key is gone (or not
-        fetched yet: `fetch_memory_keys`) are left out."""
+        fetched yet: `fetch_keys`) are left out."""
         stored = cast(list[MemoryView], self._views.values_under(memories_group(channel)))
         keyring = self._keyring
         if keyring is None:
@@ -99,18 +104,26 @@ class Channels:
                 opened.append({**memory, "content": content})
         return opened
 
-    async def fetch_memory_keys(self, channel: str) -> None:
-        """Fetch the keys of the channel's memories that this instance has not seen yet."""
+    def opened_context(self, channel: str) -> ContextView | None:
+        """The channel's context view with its text opened (`fetch_keys` first); messages
+        and a summary whose key is gone are left out."""
+        context = cast(ContextView | None, self._views.get(context_key(channel)))
+        return context if self._keyring is None else self._keyring.opened_context(context)
+
+    async def fetch_keys(self, channel: str) -> None:
+        """Fetch the keys of the channel's memories and context this instance has not seen."""
         if self._keyring is not None:
             stored = self._views.values_under(memories_group(channel))
-            await self._keyring.fetch_keys(m["content"] for m in stored)
+            context = cast(ContextView | None, self._views.get(context_key(channel)))
+            texts = [m["content"] for m in stored]
+            await self._keyring.fetch_keys([*texts, *self._keyring.context_texts(context)])
 
     def chat_prompt(
         self, *, channel: str, user: str, message: str, persona: str | None
     ) -> list[ChatMessage]:
         """The prompt of a chat turn from the views as they are now (persona: an override)."""
         service = self._config.service
-        context = cast(ContextView | None, self._views.get(context_key(channel)))
+        context = self.opened_context(channel)
         return build_chat_prompt(
             persona_prompt=self._config.personas[persona or self.persona_of(channel)],
             summary=context["summary"] if context else None,
@@ -157,7 +170,7 @@ class Channels:
     ) -> Outcome:
         """Remember a fact; with a `request_id`, a retry answers the first one's memory."""
         await self._recorder.catch_up()
-        await self.fetch_memory_keys(channel)
+        await self.fetch_keys(channel)
         memory_ids = self._memory_ids
         if request_id is not None:
             derived = request_memory_id(channel, user, request_id)
@@ -198,7 +211,7 @@ class Channels:
     ) -> Outcome:
         query = recall_query(query)
         await self._recorder.catch_up()
-        await self.fetch_memory_keys(channel)
+        await self.fetch_keys(channel)
         found, event = decide_recall(
             channel=channel,
             user=user,

@@ -97,7 +97,12 @@ class ChatService:
         )
         self.metrics.count_admission_conflicts(lambda: self.admission.conflicts)
         self.summaries = Summaries(
-            config, recorder, self.turns, clock=self._clock, turn_ids=turn_ids
+            config,
+            recorder,
+            self.turns,
+            clock=self._clock,
+            turn_ids=turn_ids,
+            channels=self.channels,
         )
         self.recovery = Recovery(
             recorder,

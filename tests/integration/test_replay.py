@@ -210,7 +210,8 @@ async def test_rebuild_equals_the_live_views_and_the_plugin_switches_to_it(
         assert await wait_written(client, plugin) == "llm_data_2"
         assert (await run_verify(replay_log, config)).ok
         after = await views_in(client, "llm_data_2")
-        assert after["messages.a.recent"]["messages"][-2]["content"] == "After the switch"
+        said = after["messages.a.recent"]["messages"][-2]["content"]  # sealed, as in the log
+        assert await replay_log.keyring.open_text(said) == "After the switch"
     finally:
         await stop_plugin(plugin, plugin.nc)
 
