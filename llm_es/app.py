@@ -35,8 +35,10 @@ from llm_es.service.event_publisher import EventPublisher
 from llm_es.service.legacy import LegacySurface
 from llm_es.service.log_metrics import LogCounts
 from llm_es.service.metrics_http import MetricsListener
+from llm_es.store.keyring import KeyRing
 from llm_es.store.liveness import InstanceRegistry, new_instance_id
 from llm_es.store.log import EventStore
+from llm_es.store.sealed_log import SealingEventStore
 from projections.runner import build_view_runner
 
 logger = logging.getLogger("llm_es.app")
@@ -82,7 +84,8 @@ class Plugin:
         self.config = config
         self.nc = nc
         self.js = nc.jetstream()
-        self.store = EventStore(nc, self.js)
+        self.keyring = KeyRing(self.js)
+        self.store: EventStore = SealingEventStore(nc, self.js, self.keyring)
         self._factory = view_runner_factory
         self._providers = providers
         self.views: ViewRunner | None = None

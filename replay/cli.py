@@ -1,4 +1,4 @@
-"""The `llm-replay` command: rebuild, verify, state, audit, tail and export the event log.
+"""The `llm-replay` command: rebuild, verify, state, audit, tail, export and erase.
 
 It connects exactly like `llm-es` (`--nats-url`, `--config` with the `nats`
 section for user/password, token, creds and TLS, the `LLM_ES_NATS_*`
@@ -34,6 +34,7 @@ from llm_es.errors import ConfigError
 from replay.audit import GROUPINGS, run_audit
 from replay.audit_output import FORMATS, render
 from replay.connecting import ConnectRecipe, connect
+from replay.erase import run_erase
 from replay.errors import (
     EXIT_DIFFERENCES,
     EXIT_OK,
@@ -149,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--format", choices=FORMATS, default="table", help="default table")
     audit.add_argument("--limit", type=_positive, help="with --all: only the top N users")
     progress_flag(audit)
+
+    erase = commands.add_parser(
+        "erase", help="right to erasure: destroy the keys sealing a user's words"
+    )
+    COMMON_OPTIONS.add_to(erase)
+    erase.add_argument("--user", type=_name, required=True, help="the user to erase")
+    erase.add_argument("--json", action="store_true", help="print the report as JSON")
 
     def selection_flags(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--channel", type=_name, help="only this channel's events")
@@ -300,6 +308,11 @@ async def dispatch(
         else:
             found = await user_state(log, config, args.user, when)
             await out.line(_json(found) if args.json else render_user(found))
+        await out.flush()
+        return EXIT_OK
+    if args.command == "erase":
+        erased = await run_erase(log, args.user)
+        await out.line(_json(erased.as_dict()) if args.json else erased.render())
         await out.flush()
         return EXIT_OK
     if args.command == "audit":

@@ -29,6 +29,7 @@ from nats.js.errors import NotFoundError
 
 from llm_es.domain.tokens import encode_name
 from llm_es.store.follow import Following, OnMessage, StoredMessage, follow
+from llm_es.store.keyring import KeyRing
 from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
 from replay.connecting import ConnectRecipe
 from replay.errors import LogUnavailable
@@ -121,6 +122,8 @@ class EventLog:
         self.stream = stream
         self.recipe = recipe
         """How a child process connects to the same server (None: every read is in-process)."""
+        self.keyring = KeyRing(self.js)
+        """Opens the sealed personal text of events and views (`[erased]` once destroyed)."""
 
     async def end(self) -> int:
         """The log's last sequence; LogUnavailable when there is no log yet."""

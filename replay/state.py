@@ -88,6 +88,7 @@ async def channel_state(
     if not known:
         raise UsageError(f"unknown channel {channel!r}: no event in the log names it")
     values = fold.values
+    opened = log.keyring.open_text  # personal text, `[erased]` once its key is destroyed
     context = cast(ContextView | None, values.get(context_key(channel)))
     settings = cast(SettingsView | None, values.get(settings_key(channel)))
     group = memories_group(channel) + "."
@@ -104,12 +105,21 @@ async def channel_state(
             if settings
             else None
         ),
-        "summary": context["summary"] if context else None,
-        "messages": list(context["messages"]) if context else [],
-        "pending_turns": (
-            [{"turn_id": t, **p} for t, p in context["pending"].items()] if context else []
+        "summary": await opened(context["summary"]) if context and context["summary"] else None,
+        "messages": (
+            [{**m, "content": await opened(m["content"])} for m in context["messages"]]
+            if context
+            else []
         ),
-        "memories": [dict(m) for m in memories],
+        "pending_turns": (
+            [
+                {"turn_id": t, **p, "content": await opened(p["content"])}
+                for t, p in context["pending"].items()
+            ]
+            if context
+            else []
+        ),
+        "memories": [{**m, "content": await opened(m["content"])} for m in memories],
     }
 
 

@@ -3,7 +3,8 @@
 Both read with an ordered consumer filtered by the server on
 `llm.ev.<channel>.<user>.<EventType>`. `tail --json` prints each event as
 today's code reads it (older schema versions upcast); `export` prints each
-event exactly as stored, with its sequence and subject, for external tools:
+event as stored, with its sequence and subject, for external tools (sealed personal text
+opened, or `[erased]` once its key is destroyed: docs/privacy.md):
 
     {"seq": 12, "subject": "llm.ev.lobby.alice.TurnAdmitted", "event": {"type": ...}}
 """
@@ -19,7 +20,9 @@ import msgspec
 import orjson
 
 from llm_es.domain.events import Event
-from llm_es.store.codec import encode_event
+from llm_es.domain.personal_data import SEALED_PREFIX
+from llm_es.store.codec import UnknownEventError, decode_event, encode_event
+from llm_es.store.keyring import KeyRing
 from llm_es.store.quarantine import Quarantine
 from replay.output import LineWriter
 from replay.reading import EventLog, LogSelection
@@ -32,6 +35,8 @@ START_TIME_SLACK = timedelta(hours=1)
 """`tail --since`: the server finds the start by its own store time; events are then
 filtered by their `at`, which a writer sets moments before the server stores them."""
 _COMMON_FIELDS = frozenset({"id", "at", "channel", "user", "user_id"})
+SEALED_MARK = b'"' + SEALED_PREFIX.encode()
+"""In the bytes of every stored event with sealed text (a JSON string starting `sealed:1:`)."""
 
 
 def describe_event(seq: int, event: Event) -> str:
@@ -108,6 +113,7 @@ async def run_tail(
                     continue
                 if since is not None and event.at < since:
                     continue
+                event = await log.keyring.open_event(event)
                 await writer.line(
                     json_line(seq, subject, event) if as_json else describe_event(seq, event)
                 )
@@ -120,9 +126,21 @@ async def run_tail(
     return printed
 
 
+async def opened(keyring: KeyRing, data: bytes) -> bytes:
+    """A stored event with its sealed text opened (`[erased]` where the key is destroyed);
+    the bytes as stored when nothing in them is sealed, or they are no event this code reads."""
+    if SEALED_MARK not in data:
+        return data
+    try:
+        event = decode_event(data)
+    except UnknownEventError:
+        return data
+    return encode_event(await keyring.open_event(event))
+
+
 def export_line(seq: int, subject: str, data: bytes, *, quarantined: str | None = None) -> str:
-    """An event exactly as stored (its JSON object), with sequence and subject (and, for a
-    quarantined one, why)."""
+    """An event as stored (its JSON object; sealed text opened), with sequence and subject
+    (and, for a quarantined one, why)."""
     line: dict[str, Any] = {"seq": seq, "subject": subject}
     if quarantined is not None:
         line["quarantined"] = quarantined
@@ -179,6 +197,8 @@ async def run_export(
                     ):
                         continue
                 why = reason if isinstance(reason, str) else None
+                if why is None:
+                    data = await opened(log.keyring, data)
                 await writer.line(export_line(seq, subject, data, quarantined=why))
                 written += 1
     await writer.flush()

@@ -223,6 +223,28 @@ class ContextSummarized(Event, frozen=True, kw_only=True):
     message_count: Count
 
 
+class UserErased(Event, frozen=True, kw_only=True):
+    """A user was erased (right to erasure): the keys sealing their words were destroyed.
+
+    Appended after the keys are gone (`llm-replay erase --user`): from here on their
+    messages, the answers to them and their facts read `[erased]`; every count and token
+    figure stays. Readers drop their cached keys when they fold it.
+    """
+
+    TYPE: ClassVar[str] = "UserErased"
+    user: str
+    channels: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="Channels the user spoke in: their summaries, which mixed the "
+            "user's words with others', were erased too."
+        ),
+    ]
+    memories: Annotated[
+        int, Meta(description="The user's remembered facts erased (each also forgotten).")
+    ]
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -237,6 +259,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PersonaSwitched,
         ContextReset,
         ContextSummarized,
+        UserErased,
     )
 }
 """Stable type name -> event class; the names are part of the log's format."""

@@ -41,6 +41,7 @@ from llm_es.domain.events import (
     TurnRejected,
 )
 from llm_es.domain.limits import day_of, new_day
+from llm_es.domain.personal_data import text_length
 
 EVENT_SUBJECT_PREFIX = "rosey.event.llm"
 RESPONSE_SUBJECT = f"{EVENT_SUBJECT_PREFIX}.response"
@@ -193,7 +194,7 @@ class ObservationFold:
         info = self._turn(event.turn_id)
         info.provider = event.provider
         info.persona = event.persona or None
-        info.message_length = len(event.message)
+        info.message_length = text_length(event.message)
         if event.user is None:
             return []
         usage = self._usage_of(event.user, event.at)
@@ -237,7 +238,7 @@ class ObservationFold:
             "channel": event.channel or NO_CHANNEL,
             "user": event.user or "",
             "prompt_length": info.message_length,
-            "response_length": len(event.content),
+            "response_length": text_length(event.content),
             "tokens_used": info.tokens_used,
             "provider": event.provider,
             "latency_ms": round(event.latency_ms),
@@ -302,7 +303,7 @@ def _summarized(seq: int, event: ContextSummarized) -> Observation:
     body = {
         "channel": event.channel,
         "message_count": event.message_count,
-        "summary_length": len(event.summary),
+        "summary_length": text_length(event.summary),
     }
     return Observation(seq, SUMMARIZED_SUBJECT, body, _headers(seq, event))
 

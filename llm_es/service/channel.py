@@ -17,7 +17,7 @@ import msgspec
 from llm_es.config import Config
 from llm_es.domain import replies
 from llm_es.domain.channel import decide_persona_switch, decide_reset
-from llm_es.domain.events import MemoryAdded
+from llm_es.domain.events import Event, MemoryAdded, MemoryForgotten, UserErased
 from llm_es.domain.idempotency import request_event_id, request_memory_id
 from llm_es.domain.memories import (
     DEFAULT_IMPORTANCE,
@@ -29,6 +29,7 @@ from llm_es.domain.memories import (
     recall_query,
 )
 from llm_es.domain.messages import ChatMessage
+from llm_es.domain.personal_data import erased_key_names, memory_key_name
 from llm_es.domain.prompt import build_chat_prompt
 from llm_es.domain.views import (
     ContextView,
@@ -41,6 +42,7 @@ from llm_es.domain.views import (
 )
 from llm_es.service.outcome import Outcome
 from llm_es.service.recording import Recorder
+from llm_es.store.keyring import KeyRing
 
 
 def random_memory_id() -> str:
@@ -58,12 +60,27 @@ class Channels:
         *,
         clock: Callable[[], datetime],
         memory_ids: Callable[[], str] = random_memory_id,
+        keyring: KeyRing | None = None,
     ) -> None:
+        """`keyring`: opens the sealed text of memories (None: a log that seals nothing)."""
         self._config = config
         self._recorder = recorder
         self._views = recorder.views
         self._clock = clock
         self._memory_ids = memory_ids
+        self._keyring = keyring
+        if keyring is not None:
+            # A memory forgotten on another instance: its key is gone, drop our copy too.
+            self._views.follow(self._folded)
+
+    def _folded(self, seq: int, event: Event | None) -> None:
+        if self._keyring is None:
+            return
+        if isinstance(event, MemoryForgotten):
+            self._keyring.forget_cached(memory_key_name(event.channel, event.memory_id))
+        elif isinstance(event, UserErased):
+            for name in erased_key_names(event):
+                self._keyring.forget_cached(name)
 
     # ---------------------------------------------------------------- reads
 
@@ -74,14 +91,39 @@ class Channels:
         return persona if persona in self._config.personas else self._config.service.default_persona
 
     def memories_of(self, channel: str) -> list[MemoryView]:
-        return cast(list[MemoryView], self._views.values_under(memories_group(channel)))
+        """The channel's memories with their text opened; those whose key is gone (or not
+        fetched yet: `fetch_keys`) are left out."""
+        stored = cast(list[MemoryView], self._views.values_under(memories_group(channel)))
+        keyring = self._keyring
+        if keyring is None:
+            return stored
+        opened: list[MemoryView] = []
+        for memory in stored:
+            content = keyring.open_cached(memory["content"])
+            if content is not None:
+                opened.append({**memory, "content": content})
+        return opened
+
+    def opened_context(self, channel: str) -> ContextView | None:
+        """The channel's context view with its text opened (`fetch_keys` first); messages
+        and a summary whose key is gone are left out."""
+        context = cast(ContextView | None, self._views.get(context_key(channel)))
+        return context if self._keyring is None else self._keyring.opened_context(context)
+
+    async def fetch_keys(self, channel: str) -> None:
+        """Fetch the keys of the channel's memories and context this instance has not seen."""
+        if self._keyring is not None:
+            stored = self._views.values_under(memories_group(channel))
+            context = cast(ContextView | None, self._views.get(context_key(channel)))
+            texts = [m["content"] for m in stored]
+            await self._keyring.fetch_keys([*texts, *self._keyring.context_texts(context)])
 
     def chat_prompt(
         self, *, channel: str, user: str, message: str, persona: str | None
     ) -> list[ChatMessage]:
         """The prompt of a chat turn from the views as they are now (persona: an override)."""
         service = self._config.service
-        context = cast(ContextView | None, self._views.get(context_key(channel)))
+        context = self.opened_context(channel)
         return build_chat_prompt(
             persona_prompt=self._config.personas[persona or self.persona_of(channel)],
             summary=context["summary"] if context else None,
@@ -128,6 +170,7 @@ class Channels:
     ) -> Outcome:
         """Remember a fact; with a `request_id`, a retry answers the first one's memory."""
         await self._recorder.catch_up()
+        await self.fetch_keys(channel)
         memory_ids = self._memory_ids
         if request_id is not None:
             derived = request_memory_id(channel, user, request_id)
@@ -141,7 +184,7 @@ class Channels:
             content=content,
             category=category,
             importance=importance,
-            existing_ids=[m["id"] for m in self.memories_of(channel)],
+            existing_ids=[m["id"] for m in self._views.values_under(memories_group(channel))],
             new_id=memory_ids,
             now=self._clock(),
             max_length=self._config.service.max_memory_length,
@@ -157,6 +200,8 @@ class Channels:
                 stored = await self._recorder.store.event_at(appended.seq)
                 if stored is not None and isinstance(stored.event, MemoryAdded):
                     event = stored.event
+                    if self._keyring is not None:
+                        event = cast(MemoryAdded, await self._keyring.open_event(event))
         return Outcome.ok(
             replies.remembered(event.content, event.memory_id), memory_id=event.memory_id
         )
@@ -166,6 +211,7 @@ class Channels:
     ) -> Outcome:
         query = recall_query(query)
         await self._recorder.catch_up()
+        await self.fetch_keys(channel)
         found, event = decide_recall(
             channel=channel,
             user=user,
@@ -192,6 +238,10 @@ class Channels:
         )
         if event is None:
             return Outcome.error(replies.memory_not_found(normalized))
+        if self._keyring is not None:
+            # The key goes first: once it is purged the fact is erased everywhere, and a
+            # failed append leaves a memory reading `[erased]` whose forget can be retried.
+            await self._keyring.destroy(memory_key_name(channel, normalized))
         await self._recorder.record(event)
         return Outcome.ok(replies.forgot(normalized), memory_id=normalized)
 

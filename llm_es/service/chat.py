@@ -39,8 +39,10 @@ from llm_es.service.recording import RecordedViews, Recorder
 from llm_es.service.recovery import IsAlive, Recovery
 from llm_es.service.summaries import Summaries
 from llm_es.service.turns import SERVICE_USER, Turns, new_turn_id
+from llm_es.store.keyring import KeyRing
 from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
+from llm_es.store.sealed_log import SealingEventStore
 
 __all__ = ["SERVICE_USER", "ChatService", "ChunkSink", "Outcome"]
 
@@ -60,8 +62,13 @@ class ChatService:
         turn_ids: Callable[[], str] = new_turn_id,
         memory_ids: Callable[[], str] = random_memory_id,
         metrics: PluginMetrics | None = None,
+        keyring: KeyRing | None = None,
     ) -> None:
-        """`metrics`: where the turn path's timings go (a registry of its own when None)."""
+        """`metrics`: where the turn path's timings go (a registry of its own when None);
+        `keyring`: opens the personal text a sealing store sealed (None: the store's own, if
+        it seals)."""
+        if keyring is None and isinstance(store, SealingEventStore):
+            keyring = store.keyring
         self._config = config
         self._views = views
         self._clock = clock or utc_now
@@ -74,7 +81,9 @@ class ChatService:
             retries=config.service.admit_retries,
             clock=self._clock,
         )
-        self.channels = Channels(config, recorder, clock=self._clock, memory_ids=memory_ids)
+        self.channels = Channels(
+            config, recorder, clock=self._clock, memory_ids=memory_ids, keyring=keyring
+        )
         self.turns = Turns(
             config,
             recorder,
@@ -88,7 +97,12 @@ class ChatService:
         )
         self.metrics.count_admission_conflicts(lambda: self.admission.conflicts)
         self.summaries = Summaries(
-            config, recorder, self.turns, clock=self._clock, turn_ids=turn_ids
+            config,
+            recorder,
+            self.turns,
+            clock=self._clock,
+            turn_ids=turn_ids,
+            channels=self.channels,
         )
         self.recovery = Recovery(
             recorder,

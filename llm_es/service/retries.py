@@ -22,6 +22,7 @@ from llm_es.domain.events import (
 from llm_es.logs import log_kv
 from llm_es.service.outcome import Outcome
 from llm_es.service.recording import Recorder
+from llm_es.store.sealed_log import SealingEventStore
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ async def _turn_events(recorder: Recorder, user: str, turn_id: str, after: int) 
     async for recorded in store.read(store.user_boundary(user), from_seq=after + 1):
         if getattr(recorded.event, "turn_id", None) == turn_id:
             found.append(recorded.event)
+    if isinstance(store, SealingEventStore):  # the answer is sealed under the user's key
+        found = [await store.keyring.open_event(e) for e in found]
     return found
 
 

@@ -25,6 +25,7 @@ from llm_es.domain.summarizer import (
 from llm_es.domain.views import ContextView, context_key
 from llm_es.errors import IntegrityError, ProviderError
 from llm_es.logs import log_kv
+from llm_es.service.channel import Channels
 from llm_es.service.fallback import ask_providers
 from llm_es.service.ledger import spend_of
 from llm_es.service.outcome import Outcome
@@ -45,8 +46,11 @@ class Summaries:
         *,
         clock: Callable[[], datetime],
         turn_ids: Callable[[], str] = new_turn_id,
+        channels: Channels | None = None,
     ) -> None:
+        """`channels`: the channels' contexts with their text opened (None: as stored)."""
         self._config = config
+        self._channels = channels
         self._recorder = recorder
         self._views = recorder.views
         self._turns = turns
@@ -83,9 +87,14 @@ class Summaries:
     def _plan(self, channel: str) -> SummaryPlan | None:
         """The summary the channel's history calls for now, if any."""
         service = self._config.service
+        context = (
+            self._channels.opened_context(channel)
+            if self._channels is not None
+            else cast(ContextView | None, self._views.get(context_key(channel)))
+        )
         return plan_summary(
             channel,
-            cast(ContextView | None, self._views.get(context_key(channel))),
+            context,
             keep_recent=service.max_context_messages,
             threshold=service.summarize_after_messages,
             max_words=service.summary_max_words,
@@ -107,6 +116,8 @@ class Summaries:
         both fold the same messages. The provider call's tokens are recorded
         either way: they were spent.
         """
+        if self._channels is not None:
+            await self._channels.fetch_keys(channel)
         plan = self._plan(channel)
         if plan is None:
             return False

@@ -106,6 +106,7 @@ class Turns:
         chain = self.provider_chain(provider_name)
         if persona is not None and persona not in self._config.personas:
             return Outcome.error(replies.unknown_persona(persona, self._config.personas))
+        await self._channels.fetch_keys(channel)  # the prompt opens the channel's text
 
         def build_prompt() -> list[ChatMessage]:
             return self._channels.chat_prompt(

@@ -46,7 +46,9 @@ async def test_remember_replies_with_id_and_stores_the_memory(plugin: Plugin, cl
     assert answer["result"]["memory_id"] == memory_id
     stored = await stored_view(client, memory_key("lobby", memory_id))
     assert stored is not None
-    assert stored["content"] == "The server room is on floor 3"
+    # The view holds the fact sealed under the memory's own key (docs/privacy.md).
+    assert stored["content"].startswith(f"sealed:1:memory.lobby.{memory_id}:")
+    assert await plugin.keyring.open_text(stored["content"]) == "The server room is on floor 3"
     assert stored["channel"] == "lobby"
     assert stored["user_id"] == "alice"
     second = await remember(client, "The printer is on floor 2")
@@ -312,12 +314,13 @@ async def test_forgotten_memories_leave_the_prompt(
 
 
 async def test_memory_events_carry_their_data(plugin: Plugin, client: NATS) -> None:
-    """MemoryAdded, MemoryRecalled and MemoryForgotten record who, where, what and which ids."""
+    """MemoryAdded, MemoryRecalled and MemoryForgotten record who, where, what and which ids;
+    the forgotten fact's text opens as `[erased]`, the other one's as remembered."""
     first = await remember(client, "Carol owns the billing service", channel="ops", user="carol")
     second = await remember(client, "Billing alerts go to #pager", channel="ops", user="dave")
     await command(client, "recall billing service", channel="ops", user="erin")
     await command(client, f"forget {first}", channel="ops", user="frank")
-    events = [e for _, e in await log_events(client)]
+    events = [await plugin.keyring.open_event(e) for _, e in await log_events(client)]
     assert [e.TYPE for e in events] == [
         "MemoryAdded",
         "MemoryAdded",
@@ -331,10 +334,11 @@ async def test_memory_events_carry_their_data(plugin: Plugin, client: NATS) -> N
         first,
         "ops",
         "carol",
-        "Carol owns the billing service",
+        "[erased]",
     )
     assert (added.category, added.importance) == ("fact", 3)
     assert (added_second.memory_id, added_second.user_id) == (second, "dave")
+    assert added_second.content == "Billing alerts go to #pager"
     assert isinstance(recalled, MemoryRecalled)
     assert (recalled.channel, recalled.user, recalled.query) == ("ops", "erin", "billing service")
     assert recalled.memory_ids == (first, second)

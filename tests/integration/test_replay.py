@@ -210,7 +210,8 @@ async def test_rebuild_equals_the_live_views_and_the_plugin_switches_to_it(
         assert await wait_written(client, plugin) == "llm_data_2"
         assert (await run_verify(replay_log, config)).ok
         after = await views_in(client, "llm_data_2")
-        assert after["messages.a.recent"]["messages"][-2]["content"] == "After the switch"
+        said = after["messages.a.recent"]["messages"][-2]["content"]  # sealed, as in the log
+        assert await replay_log.keyring.open_text(said) == "After the switch"
     finally:
         await stop_plugin(plugin, plugin.nc)
 
@@ -237,14 +238,15 @@ async def test_verify_reports_a_tampered_view_until_a_rebuild_fixes_it(
     found = {d.key: d for d in report.differences}
     assert set(found) == {memory, usage_key("bob"), memory_key("a", "deadbeef")}
     assert found[memory].live["content"] == "Bob likes COBOL"
-    assert found[memory].rebuilt["content"] == "Bob likes Rust"
+    # Views hold personal text sealed: a difference shows it so, never in the clear.
+    assert await replay_log.keyring.open_text(found[memory].rebuilt["content"]) == "Bob likes Rust"
     assert found[usage_key("bob")].live is None
     assert found[usage_key("bob")].rebuilt["total_requests"] == 1
     assert found[memory_key("a", "deadbeef")].rebuilt is None
     text = report.render()
     assert "views differ from the log: 3 of" in text
     assert 'content: live "Bob likes COBOL"' in text
-    assert 'rebuilt "Bob likes Rust"' in text
+    assert 'rebuilt "sealed:1:memory.a.' in text
 
     await run_rebuild(replay_log, config)
     assert (await run_verify(replay_log, config)).ok
@@ -323,20 +325,17 @@ async def test_rebuild_while_the_plugin_takes_traffic_loses_nothing(
 async def test_state_at_a_sequence_or_time_is_the_exact_past_state(
     start: PluginStarter, client: NATS, fake_llm: FakeLLMServer, replay_log: EventLog
 ) -> None:
-    """A memory forgotten later is there before; the persona and usage are as they were."""
+    """A memory forgotten later is there before (its text `[erased]`: the forget destroyed
+    its key); the persona and usage are as they were."""
     config = history_config(fake_llm)
     await start(config)
     await mixed_history(client)
     events = await log_events(client)
-    added = next(
-        (s, e)
-        for s, e in events
-        if isinstance(e, MemoryAdded) and e.content == "Alice likes Python"
-    )
+    added = next((s, e) for s, e in events if isinstance(e, MemoryAdded))
     forgotten_seq = next(s for s, e in events if isinstance(e, MemoryForgotten))
 
     before = await channel_state(replay_log, config, "a", Moment(seq=forgotten_seq - 1))
-    assert [m["content"] for m in before["memories"]] == ["Alice likes Python", "Bob likes Rust"]
+    assert [m["content"] for m in before["memories"]] == ["[erased]", "Bob likes Rust"]
     assert before["persona"] == "technical"
     assert before["as_of"]["seq"] < forgotten_seq
     now = await channel_state(replay_log, config, "a", Moment())

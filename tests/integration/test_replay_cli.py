@@ -19,7 +19,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
-from llm_es.domain.events import TokensSpent, TurnAdmitted, TurnCompleted
+from llm_es.domain.events import MemoryAdded, TokensSpent, TurnAdmitted, TurnCompleted
 from llm_es.domain.views import usage_key
 from llm_es.embedded import EmbeddedNatsServer
 from llm_es.store.codec import decode_event
@@ -120,7 +120,8 @@ async def test_verify_exits_1_with_a_diff_naming_key_live_and_rebuilt(
 async def test_state_prints_a_channel_and_a_user(
     plugin: Plugin, client: NATS, nats_server: EmbeddedNatsServer
 ) -> None:
-    """`state --channel` shows context and memories; `state --user --json` usage and limits."""
+    """`state --channel` shows context and memories (a forgotten one, as of before its
+    forget, reads `[erased]`: its key is gone); `state --user --json` usage and limits."""
     await history(client)
     channel = await replay("state", "--channel", "a", url=nats_server.url)
     assert channel.returncode == 0, channel.stderr
@@ -130,7 +131,9 @@ async def test_state_prints_a_channel_and_a_user(
     events = await log_events(client)
     added = next(s for s, e in events if e.TYPE == "MemoryAdded")
     then = await replay("state", "--channel", "a", "--seq", str(added), url=nats_server.url)
-    assert "Alice likes tea" in then.stdout
+    assert "memories: 1" in then.stdout
+    assert "[fact, importance 3] [erased]" in then.stdout
+    assert "Alice likes tea" not in then.stdout
     user = await replay("state", "--user", "alice", "--json", url=nats_server.url)
     assert user.returncode == 0, user.stderr
     assert user.json()["usage"]["total_requests"] == 2
@@ -247,7 +250,8 @@ async def test_tail_from_a_sequence_prints_readable_lines(
 async def test_export_round_trips_the_log(
     plugin: Plugin, client: NATS, nats_server: EmbeddedNatsServer, tmp_path: pathlib.Path
 ) -> None:
-    """Every exported line decodes to the stored event, with its sequence and subject."""
+    """Every exported line decodes to the stored event, with its sequence and subject, its
+    sealed text opened: the forgotten fact reads `[erased]`."""
     await history(client)
     out = tmp_path / "log.jsonl"
     result = await replay("export", "--format", "jsonl", "--output", str(out), url=nats_server.url)
@@ -255,7 +259,9 @@ async def test_export_round_trips_the_log(
     lines = [orjson.loads(line) for line in out.read_text().splitlines()]
     stored = await log_events(client)
     assert [line["seq"] for line in lines] == [seq for seq, _ in stored]
-    assert [decode_event(orjson.dumps(line["event"])) for line in lines] == [e for _, e in stored]
+    exported = [decode_event(orjson.dumps(line["event"])) for line in lines]
+    assert exported == [await plugin.keyring.open_event(e) for _, e in stored]
+    assert [e.content for e in exported if isinstance(e, MemoryAdded)] == ["[erased]"]
     assert all(line["subject"].endswith("." + line["event"]["type"]) for line in lines)
     only_spent = await replay(
         "export", "--type", "TokensSpent", "--user", "bob", url=nats_server.url

@@ -153,7 +153,7 @@ async def traffic(
 async def folded_from_scratch(client: NATS, config: Config) -> dict[str, View]:
     """Every view value folded from sequence 1 in memory, the way a rebuild would."""
     fold = LogFold(default_projections(config))
-    for seq, event in await log_events(client):
+    for seq, event in await log_events(client, sealed=True):  # views hold text sealed
         fold.apply(event, seq)
     return fold.values
 
@@ -249,7 +249,8 @@ async def test_a_stopped_writer_hands_over_and_nothing_is_lost(
     await traffic(client, 4, "after")
     await assert_bucket_is_the_whole_log(client, second, fake_llm)
     stored = await bucket_snapshot(client)
-    assert "after chat 3" in [m["content"] for m in stored[context_key("ch0")]["messages"]]
+    said = [m["content"] for m in stored[context_key("ch0")]["messages"]]  # sealed in KV
+    assert "after chat 3" in [await second.keyring.open_text(m) for m in said]
 
 
 async def test_a_dead_writer_is_replaced_after_the_lease_ttl(

@@ -28,6 +28,7 @@ from llm_es.config import (
 from llm_es.domain.events import Event
 from llm_es.local_access import ACCESS_FILE
 from llm_es.store.codec import decode_event
+from llm_es.store.keyring import KeyRing
 from llm_es.store.kv import read_bucket
 from llm_es.store.log import STREAM_NAME
 from projections.runner import build_view_runner
@@ -87,9 +88,13 @@ async def raw_request(client: NATS, subject: str, data: bytes) -> dict[str, Any]
     return answer
 
 
-async def log_events(client: NATS, subject: str = "llm.ev.>") -> list[tuple[int, Event]]:
-    """Every event in the log (in order) read with a fresh ordered consumer."""
+async def log_events(
+    client: NATS, subject: str = "llm.ev.>", *, sealed: bool = False
+) -> list[tuple[int, Event]]:
+    """Every event in the log (in order) read with a fresh ordered consumer, its personal
+    text opened as readers show it (`[erased]` once destroyed); `sealed`: as stored."""
     js = client.jetstream()
+    keyring = KeyRing(js)
     info = await js.stream_info(STREAM_NAME)
     last = info.state.last_seq
     found: list[tuple[int, Event]] = []
@@ -100,7 +105,10 @@ async def log_events(client: NATS, subject: str = "llm.ev.>") -> list[tuple[int,
         for _ in range(last):
             msg = await sub.next_msg(timeout=5)
             meta = msg.metadata
-            found.append((meta.sequence.stream, decode_event(msg.data)))
+            event = decode_event(msg.data)
+            found.append(
+                (meta.sequence.stream, event if sealed else await keyring.open_event(event))
+            )
             if meta.num_pending == 0:
                 break
     finally:

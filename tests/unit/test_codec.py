@@ -25,6 +25,7 @@ from llm_es.domain.events import (
     TurnCompleted,
     TurnFailed,
     TurnRejected,
+    UserErased,
 )
 from llm_es.store.codec import UPCASTERS, UnknownEventError, decode_event, encode_event
 
@@ -124,6 +125,7 @@ SAMPLES: list[Event] = [
         through_seq=17,
         message_count=8,
     ),
+    UserErased(at=AT, user="alice", channels=("general", "#ops"), memories=2),
 ]
 
 

@@ -1,0 +1,223 @@
+"""The keys that seal personal data: a KV bucket every instance reads, cached in memory.
+
+Bucket `llm_keys` (history 1) holds one random AES-256 key per subject, named by
+`llm_es.domain.personal_data` (`memory.<channel>.<id>`, ...). A key is created the
+first time text is sealed under its name (`kv.create`: of two instances racing, one
+creates, the other reads it) and destroyed with `kv.purge`, whose rollup drops every
+revision, so the bucket's stream keeps no copy. A key that is missing, or one that
+no longer opens a value (destroyed, then made again under the same name), means the
+text is erased: readers show `ERASED`, never fail.
+
+Keys are cached in memory, and opened texts too (a prompt ranks every memory of the
+channel on each turn: AES-GCM plus base64 cost ~3 us a value, a dict lookup 40 ns).
+Destroying a key here drops both caches; another instance drops its own when its
+views fold the event that records the destruction (`forget_cached`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from llm_es.domain.events import Event
+from llm_es.domain.personal_data import ERASED, sealing_plan
+from llm_es.domain.views import ContextMessage, ContextView
+from llm_es.store.kv import ensure_bucket
+from llm_es.store.sealing import SealBroken, new_key, open_sealed, seal, sealed_key
+
+KEYS_BUCKET = "llm_keys"
+OPENED_CACHED = 65_536
+"""Opened texts kept in memory (a channel's memories, recent messages); beyond, the oldest go."""
+
+
+def keys_bucket_config(bucket: str = KEYS_BUCKET) -> api.KeyValueConfig:
+    """The key bucket's settings: one revision a key, so a purge leaves nothing behind."""
+    return api.KeyValueConfig(
+        bucket=bucket,
+        history=1,
+        storage=api.StorageType.FILE,
+        direct=True,
+        description="llm-es: keys sealing personal data in LLM_EVENTS (destroyed = erased)",
+    )
+
+
+class KeyRing:
+    """Seal events before they are stored; open sealed text; destroy keys to erase it."""
+
+    def __init__(self, js: JetStreamContext, *, bucket: str = KEYS_BUCKET) -> None:
+        self._js = js
+        self._bucket_name = bucket
+        self._kv: KeyValue | None = None
+        self._keys: dict[str, bytes] = {}
+        self._opened: dict[str, str] = {}
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await ensure_bucket(self._js, keys_bucket_config(self._bucket_name))
+        return self._kv
+
+    async def _fetch(self, name: str) -> bytes | None:
+        try:
+            # A reader does not make the bucket: without one, no text was ever sealed.
+            kv = self._kv or await self._js.key_value(self._bucket_name)
+            entry = await kv.get(name)
+        except (BucketNotFoundError, KeyNotFoundError):  # KeyDeletedError too: purged
+            return None
+        return entry.value or None
+
+    async def _sealing_key(self, name: str) -> bytes:
+        key = self._keys.get(name)
+        if key is not None:
+            return key
+        key = await self._fetch(name)
+        if key is None:
+            fresh = new_key()
+            try:
+                await (await self._bucket()).create(name, fresh)
+                key = fresh
+            except KeyWrongLastSequenceError:  # another writer made it first
+                key = await self._fetch(name)
+                if key is None:
+                    raise
+        self._keys[name] = key
+        return key
+
+    async def _opening_key(self, name: str, *, again: bool = False) -> bytes | None:
+        if not again and name in self._keys:
+            return self._keys[name]
+        key = await self._fetch(name)
+        if key is None:
+            self._keys.pop(name, None)
+        else:
+            self._keys[name] = key
+        return key
+
+    # ---------------------------------------------------------------- writing
+
+    async def seal_text(self, key_name: str, text: str) -> str:
+        """`text` sealed under the key `key_name` (made now if it does not exist)."""
+        return seal(await self._sealing_key(key_name), key_name, text)
+
+    async def seal_event(self, event: Event) -> Event:
+        """`event` with its personal text sealed (`sealing_plan`); the same event when none."""
+        plan = sealing_plan(event)
+        if plan is None:
+            return event
+        key_name, fields = plan
+        changes: dict[str, Any] = {}
+        for field in fields:
+            text = getattr(event, field)
+            if isinstance(text, str) and sealed_key(text) is None:
+                changes[field] = await self.seal_text(key_name, text)
+        return msgspec.structs.replace(event, **changes) if changes else event
+
+    # ---------------------------------------------------------------- reading
+
+    def open_cached(self, text: str) -> str | None:
+        """`text` opened from the caches alone (`ERASED` once known to be); None when its
+        key was not fetched yet."""
+        name = sealed_key(text)
+        if name is None:
+            return text
+        opened = self._opened.get(text)
+        if opened is not None:
+            return opened
+        key = self._keys.get(name)
+        if key is None:
+            return None
+        try:
+            opened = open_sealed(key, text)
+        except SealBroken:
+            return None
+        self._remember(text, opened)
+        return opened
+
+    def opened_context(self, context: ContextView | None) -> ContextView | None:
+        """A channel's context with its text opened from the caches (`fetch_keys` first):
+        messages that do not open (erased, or their key not fetched) are left out, and so
+        is a summary that does not."""
+        if context is None:
+            return None
+        messages: list[ContextMessage] = []
+        for message in context["messages"]:
+            content = self.open_cached(message["content"])
+            if content is not None and content != ERASED:
+                messages.append({**message, "content": content})
+        summary = context["summary"]
+        if summary is not None:
+            summary = self.open_cached(summary)
+            summary = None if summary == ERASED else summary
+        return {**context, "messages": messages, "summary": summary}
+
+    @staticmethod
+    def context_texts(context: ContextView | None) -> list[str]:
+        """The sealed texts of a context the prompt may open (for `fetch_keys`)."""
+        if context is None:
+            return []
+        texts = [m["content"] for m in context["messages"]]
+        return texts if context["summary"] is None else [*texts, context["summary"]]
+
+    async def open_text(self, text: str) -> str:
+        """The plain text of `text` (as it is when not sealed); `ERASED` when its key is gone."""
+        cached = self.open_cached(text)
+        if cached is not None:
+            return cached
+        name = sealed_key(text)
+        assert name is not None  # open_cached returns plain text as it is
+        # A cached key that fails may be an old one, replaced since: ask the bucket once.
+        key = await self._opening_key(name, again=name in self._keys)
+        if key is None:
+            # Not cached: a replica behind its leader may not have the key yet.
+            return ERASED
+        try:
+            opened = open_sealed(key, text)
+        except SealBroken:
+            opened = ERASED  # the key it was sealed with is gone for good
+        self._remember(text, opened)
+        return opened
+
+    async def fetch_keys(self, texts: Iterable[str]) -> None:
+        """Fetch the keys of these sealed texts not cached yet (so `open_cached` can open them)."""
+        texts = list(texts)
+        for name in {sealed_key(t) for t in texts} - {None} - self._keys.keys():
+            assert name is not None
+            await self._opening_key(name)
+        # Values sealed under a key destroyed and made again (a user erased who came back)
+        # are known erased from here on, so `open_cached` stops asking for them.
+        for text in texts:
+            if self.open_cached(text) is None and sealed_key(text) in self._keys:
+                self._remember(text, ERASED)
+
+    async def open_event(self, event: Event) -> Event:
+        """`event` with its sealed text opened (`ERASED` where the key is gone)."""
+        plan = sealing_plan(event)
+        if plan is None:
+            return event
+        changes: dict[str, Any] = {}
+        for field in plan[1]:
+            text = getattr(event, field)
+            if isinstance(text, str):
+                changes[field] = await self.open_text(text)
+        return msgspec.structs.replace(event, **changes) if changes else event
+
+    def _remember(self, sealed: str, opened: str) -> None:
+        if len(self._opened) >= OPENED_CACHED:
+            del self._opened[next(iter(self._opened))]
+        self._opened[sealed] = opened
+
+    # ---------------------------------------------------------------- erasing
+
+    async def destroy(self, key_name: str) -> None:
+        """Erase every text sealed under `key_name`: purge the key (all its revisions)."""
+        await (await self._bucket()).purge(key_name)
+        self.forget_cached(key_name)
+
+    def forget_cached(self, key_name: str) -> None:
+        """Drop a key from memory (another instance destroyed it); opened texts go too."""
+        self._keys.pop(key_name, None)
+        self._opened.clear()
