@@ -11,7 +11,7 @@ publisher and a rebuild refuse the same events, and the views stay a pure
 function of the log.
 
 An event that fails is quarantined: `Quarantine` skips it, counts it, keeps its
-sequence and logs one WARNING with the sequence and the reason (never the
+sequence and logs one ERROR with the sequence and the reason (never the
 event's content).
 """
 
@@ -132,7 +132,7 @@ class Quarantine:
         log_kv(
             logger,
             "event_quarantined",
-            level=logging.WARNING,
+            level=logging.ERROR,
             reader=self.reader,
             seq=seq,
             reason=reason[:MAX_REASON_CHARS],

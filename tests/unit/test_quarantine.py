@@ -128,7 +128,7 @@ def test_a_summary_cannot_cover_events_after_itself() -> None:
 def test_a_quarantine_counts_each_sequence_once_and_logs_no_content(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """One WARNING per sequence with the reason; the event's text never appears."""
+    """One ERROR per sequence with the reason; the event's text never appears."""
     quarantine = Quarantine("views")
     event = spent(model="SECRET-MODEL-TEXT")
     data = stored(event, prompt_tokens=-5)
@@ -136,7 +136,7 @@ def test_a_quarantine_counts_each_sequence_once_and_logs_no_content(
         assert quarantine.admit(4, subject_of(event), data, NOW_NS) is None
     assert (quarantine.count, quarantine.sequences) == (1, [4])
     (record,) = [r for r in caplog.records if "event_quarantined" in r.getMessage()]
-    assert record.levelname == "WARNING"
+    assert record.levelname == "ERROR"
     assert "seq=4" in record.getMessage()
     assert "SECRET" not in caplog.text
 
