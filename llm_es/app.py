@@ -82,7 +82,7 @@ class Plugin:
         self.config = config
         self.nc = nc
         self.js = nc.jetstream()
-        self.store = EventStore(nc, self.js)
+        self.store = EventStore(nc, self.js, replicas=config.nats.replicas)
         self._factory = view_runner_factory
         self._providers = providers
         self.views: ViewRunner | None = None
@@ -141,7 +141,10 @@ class Plugin:
             metrics=self.metrics,
         )
         self._registry = InstanceRegistry(
-            self.js, self.service.instance_id, self.config.service.instance_ttl_seconds
+            self.js,
+            self.service.instance_id,
+            self.config.service.instance_ttl_seconds,
+            replicas=self.config.nats.replicas,
         )
         await self._registry.start()
         await self.service.close_abandoned_turns(self._registry.is_alive)

@@ -35,7 +35,8 @@ from llm_es.domain.views import checkpoint_key
 from llm_es.service.api import ADMISSION_STATS_ENDPOINT, SERVICE_NAME
 from llm_es.service.commands import COMMAND_SUBJECT
 from llm_es.store.kv import live_views_bucket
-from llm_es.store.log import MIN_SERVER_VERSION, STREAM_NAME, SUBJECT_PREFIX
+from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
+from llm_es.store.stream_settings import MIN_SERVER_VERSION
 
 # The views `projections` writes (llm_es may not import it to ask).
 PROJECTIONS = ("context", "memories", "settings", "usage")

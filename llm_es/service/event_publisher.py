@@ -74,7 +74,7 @@ REPUBLISH_IDLE_LIMIT = 50
 # ---------------------------------------------------------------- position
 
 
-async def ensure_position_bucket(js: JetStreamContext) -> KeyValue:
+async def ensure_position_bucket(js: JetStreamContext, *, replicas: int = 1) -> KeyValue:
     """The bucket holding the publisher's position (no TTL: it must outlive every instance)."""
     return await ensure_bucket(
         js,
@@ -84,6 +84,7 @@ async def ensure_position_bucket(js: JetStreamContext) -> KeyValue:
             storage=api.StorageType.FILE,
             direct=True,
             description="llm-es: last log sequence published on rosey.event.llm.*",
+            replicas=replicas,
         ),
     )
 
@@ -157,9 +158,12 @@ class EventPublisher:
 
     async def start(self) -> None:
         """Open the buckets and start competing for the lease (returns at once)."""
-        self._lease = await open_lease(self._js, LEASE_KEY, self.instance_id, self._lease_ttl)
+        replicas = self._config.nats.replicas
+        self._lease = await open_lease(
+            self._js, LEASE_KEY, self.instance_id, self._lease_ttl, replicas=replicas
+        )
         ttl = self._lease.ttl_seconds
-        self._positions = await ensure_position_bucket(self._js)
+        self._positions = await ensure_position_bucket(self._js, replicas=replicas)
         # Taken now, not when the lease is first won: everything appended once the plugin
         # serves (it starts the publisher before its command subjects) is published.
         self._first_position = 0 if self._from_beginning else await self._store.last_seq()
@@ -180,7 +184,9 @@ class EventPublisher:
 
     async def stored_position(self) -> int:
         """The position in KV: where the next holder will continue (0 when none)."""
-        kv = self._positions or await ensure_position_bucket(self._js)
+        kv = self._positions or await ensure_position_bucket(
+            self._js, replicas=self._config.nats.replicas
+        )
         try:
             entry = await kv.get(POSITION_KEY)
         except KeyNotFoundError:

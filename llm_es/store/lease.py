@@ -38,7 +38,9 @@ LEASE_VALID_FRACTION = 0.75
 before the server can have expired the lease and let another instance take it."""
 
 
-async def ensure_lease_bucket(js: JetStreamContext, ttl_seconds: float) -> KeyValue:
+async def ensure_lease_bucket(
+    js: JetStreamContext, ttl_seconds: float, *, replicas: int = 1
+) -> KeyValue:
     """The leases bucket (created with `max_age = ttl_seconds` on first use)."""
     return await ensure_bucket(
         js,
@@ -49,13 +51,17 @@ async def ensure_lease_bucket(js: JetStreamContext, ttl_seconds: float) -> KeyVa
             storage=api.StorageType.FILE,
             direct=True,
             description="llm-es leases: single active workers across instances",
+            replicas=replicas,
         ),
     )
 
 
-async def open_lease(js: JetStreamContext, key: str, holder: str, ttl_seconds: float) -> KvLease:
-    """A lease on `key` for `holder`, with the TTL of the leases bucket (created if needed)."""
-    leases = await ensure_lease_bucket(js, ttl_seconds)
+async def open_lease(
+    js: JetStreamContext, key: str, holder: str, ttl_seconds: float, *, replicas: int = 1
+) -> KvLease:
+    """A lease on `key` for `holder`, with the TTL of the leases bucket (created if needed,
+    at `replicas` copies)."""
+    leases = await ensure_lease_bucket(js, ttl_seconds, replicas=replicas)
     ttl = (await leases.status()).ttl
     if not ttl:
         raise OperationalError(
