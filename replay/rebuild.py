@@ -31,6 +31,8 @@ from nats.js.errors import KeyValueError, NotFoundError
 
 from llm_es.config import Config
 from llm_es.domain.views import ACTIVE_VIEWS_KEY, BUCKET, ActiveViews, checkpoint_key
+from llm_es.errors import OperationalError
+from llm_es.store.stream_settings import wait_for_leader
 from projections.base import View
 from projections.runner import ensure_meta_bucket, views_bucket_config
 from replay.buckets import active_views, key_kinds, load_bucket, normalized
@@ -224,6 +226,7 @@ async def _write_generation(
         # Left by a rebuild that stopped before switching: never live, safe to drop.
         await _drop(js, bucket)
         await js.create_key_value(views_bucket_config(bucket, replicas=replicas))
+        await wait_for_leader(js, f"KV_{bucket}")
         await publish_values(js, bucket, ((k, orjson.dumps(v)) for k, v in values.items()))
         await publish_values(
             js,
@@ -233,7 +236,7 @@ async def _write_generation(
                 for name, seq in checkpoints.items()
             ),
         )
-    except (nats.errors.Error, KeyValueError, TimeoutError) as exc:
+    except (nats.errors.Error, KeyValueError, TimeoutError, OperationalError) as exc:
         raise LogUnavailable(f"cannot write the views bucket {bucket}: {exc!r}") from exc
 
 

@@ -26,6 +26,7 @@ from nats.js.kv import KeyValue
 from llm_es.domain.views import ACTIVE_VIEWS_KEY, BUCKET, META_BUCKET, parse_active_views
 from llm_es.errors import OperationalError
 from llm_es.headers import KV_OPERATION
+from llm_es.store.stream_settings import wait_for_leader
 
 
 async def ensure_bucket(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
@@ -48,7 +49,7 @@ async def ensure_bucket(js: JetStreamContext, config: api.KeyValueConfig) -> Key
 
 async def _create_bucket(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
     try:
-        return await js.create_key_value(config)
+        kv = await js.create_key_value(config)
     except APIError as exc:
         try:
             kv = await js.key_value(config.bucket)
@@ -57,7 +58,9 @@ async def _create_bucket(js: JetStreamContext, config: api.KeyValueConfig) -> Ke
             raise OperationalError(
                 f"cannot create KV bucket {config.bucket}: {exc.description}"
             ) from None
-    await _fit_replicas(js, config)
+        await _fit_replicas(js, config)
+    if config.replicas > 1:
+        await wait_for_leader(js, f"KV_{config.bucket}")
     return kv
 
 

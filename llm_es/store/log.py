@@ -32,6 +32,7 @@ from llm_es.store.stream_settings import (
     event_log_config,
     fitted_stream_config,
     require_server_version,
+    wait_for_leader,
 )
 
 STREAM_NAME = "LLM_EVENTS"
@@ -190,6 +191,7 @@ class EventStore:
                 await self._js.add_stream(config)
             except APIError as exc:
                 raise OperationalError(f"cannot create stream {self.stream}: {exc}") from exc
+            await wait_for_leader(self._js, self.stream)
             return
         fitted = fitted_stream_config(info.config, config)
         if fitted == info.config:

@@ -3,12 +3,13 @@ how it fits an existing stream up (never down), which server versions can run it
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from nats.aio.client import Client as NATS
-from nats.js import api
+from nats.js import JetStreamContext, api
 
-from llm_es.errors import ServerVersionError
+from llm_es.errors import OperationalError, ServerVersionError
 
 DUPLICATE_WINDOW_SECONDS = 120.0
 MIN_SERVER_VERSION = (2, 12)
@@ -80,3 +81,29 @@ def fitted_stream_config(current: api.StreamConfig, wanted: api.StreamConfig) ->
         deny_delete=True,
         deny_purge=True,
     )
+
+
+LEADER_WAIT_SECONDS = 10.0
+LEADER_POLL_SECONDS = 0.05
+
+
+async def wait_for_leader(js: JetStreamContext, stream: str) -> None:
+    """Return once a replicated stream just created has a leader (bounded).
+
+    On a cluster the create is answered before the stream's own group has
+    elected its leader; until then a read or append meets "no responders"
+    (seen as 1 start in 9 on a fresh 3-node cluster). A single server's
+    stream has no group and returns at once.
+    """
+    try:
+        async with asyncio.timeout(LEADER_WAIT_SECONDS):
+            while True:
+                cluster = (await js.stream_info(stream)).cluster
+                if cluster is None or cluster.leader:
+                    return
+                await asyncio.sleep(LEADER_POLL_SECONDS)
+    except TimeoutError:
+        raise OperationalError(
+            f"stream {stream} has no leader {LEADER_WAIT_SECONDS:.0f}s after it was created"
+            " (are enough cluster nodes up for its replicas?)"
+        ) from None
