@@ -8,6 +8,7 @@
     ├── StoreError               event log failures (PEP 249 names)
     │   ├── IntegrityError       a conditional append lost the race
     │   └── OperationalError     the log could not be reached or written
+    │       └── OutcomeUnknown   events sent, not confirmed in time: stored or not
     └── ProviderError            a provider call failed (.provider, .status, .usage)
         ├── ProviderUnavailable  could not connect, or the connection dropped
         ├── ProviderTimeout      no answer within the configured timeout
@@ -81,6 +82,14 @@ class IntegrityError(StoreError):
 
 class OperationalError(StoreError):
     """The event log could not be reached or refused a write for another reason."""
+
+
+class OutcomeUnknown(OperationalError):
+    """Events were sent but the log did not confirm them in time (the server away).
+
+    They may yet be stored: nats-py sends what it buffered once it reconnects,
+    and the stream dedupes by event id, so appending them again is safe.
+    """
 
 
 @dataclass(frozen=True, slots=True)

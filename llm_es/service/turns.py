@@ -11,6 +11,7 @@ is answered from the log (`retries.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -24,7 +25,7 @@ from llm_es.domain.idempotency import request_turn_id, with_turn_ids
 from llm_es.domain.limits import TurnRequest, estimate_tokens
 from llm_es.domain.messages import ChatMessage
 from llm_es.domain.prompt import prompt_length
-from llm_es.errors import PartialUsage, ProviderError, ProviderTimeout
+from llm_es.errors import OutcomeUnknown, PartialUsage, ProviderError, ProviderTimeout
 from llm_es.logs import log_kv
 from llm_es.metrics import PluginMetrics
 from llm_es.providers.base import LLMProvider
@@ -41,7 +42,8 @@ from llm_es.service.fallback import (
 from llm_es.service.ledger import Booking, owed_spends, spend_of, tokens_of
 from llm_es.service.outcome import Outcome
 from llm_es.service.recording import Recorder
-from llm_es.service.retries import retried_turn_outcome
+from llm_es.service.retries import outcome_unknown, retried_turn_outcome
+from llm_es.service.turn_timing import observe_turn, timing_first_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ SERVICE_USER = "service"
 
 RETRY_WAIT_GRACE_SECONDS = 5.0
 """How much longer than a turn's deadline a retry waits for the first attempt's end."""
+END_CONFIRM_MIN_SECONDS = 5.0
+"""Least time the log is given to confirm a turn's end (else what is left of its deadline)."""
 
 
 def new_turn_id() -> str:
@@ -236,34 +240,11 @@ class Turns:
                 prompt,
                 started=started,
                 temperature=temperature,
-                on_chunk=self._timing_first_chunk(on_chunk, started),
+                on_chunk=timing_first_chunk(on_chunk, started, self._metrics),
+                with_request_id=retried,
             )
         finally:
             self.in_flight.discard(request.turn_id)
-
-    def _timing_first_chunk(self, on_chunk: ChunkSink | None, started: float) -> ChunkSink | None:
-        """`on_chunk`, observing the time to the first piece passed on."""
-        if on_chunk is None:
-            return None
-        first_chunk = self._metrics.first_chunk_seconds
-        waiting = True
-
-        async def passed_on(piece: str) -> None:
-            nonlocal waiting
-            if waiting:
-                waiting = False
-                first_chunk.observe(time.perf_counter() - started)
-            await on_chunk(piece)
-
-        return passed_on
-
-    def _observe_turn(self, started: float, provider_seconds: float) -> None:
-        """An admitted turn's latency: in all, at the providers, and the plugin's own."""
-        metrics = self._metrics
-        total = time.perf_counter() - started
-        metrics.turn_total.observe(total)
-        metrics.turn_provider.observe(provider_seconds)
-        metrics.turn_own.observe(max(0.0, total - provider_seconds))
 
     async def _answer(
         self,
@@ -275,15 +256,23 @@ class Turns:
         started: float,
         temperature: float | None,
         on_chunk: ChunkSink | None,
+        with_request_id: bool,
     ) -> Outcome:
-        """Ask the providers for an admitted turn and record how it ended."""
+        """Ask the providers for an admitted turn and record how it ended. An end the log
+        cannot confirm (nats-server away) is appended again until it can, up to the turn's
+        deadline; past that the answer says the outcome is not known, never a failure."""
         asked = time.perf_counter()
+        deadline = turn_deadline_seconds(self._config)
+
+        def confirm_within() -> float:
+            return max(END_CONFIRM_MIN_SECONDS, deadline - (time.perf_counter() - asked))
+
         progress = StreamProgress()
         failure: ProviderError | None = None
         try:
             # Past the deadline other instances may close this turn as abandoned,
             # so it must not end any later than that here.
-            async with asyncio.timeout(turn_deadline_seconds(self._config)):
+            async with asyncio.timeout(deadline):
                 provider, result, passed_over = await ask_providers(
                     chain,
                     prompt,
@@ -311,8 +300,10 @@ class Turns:
             self._metrics.provider_seconds.labels(failure.provider, "failed").observe(
                 provider_seconds
             )
-            outcome = await self._fail(request, failure, prompt, progress.charged)
-            self._observe_turn(started, provider_seconds)
+            outcome = await self._fail(
+                request, failure, prompt, progress.charged, confirm_within=confirm_within()
+            )
+            observe_turn(self._metrics, started, provider_seconds)
             return outcome
         self._metrics.provider_seconds.labels(provider.name, "ok").observe(provider_seconds)
         latency_ms = round(provider_seconds * 1000, 3)
@@ -329,25 +320,28 @@ class Turns:
             prompt_chars=prompt_length(prompt),
         )
         owed = owed_spends(Booking.of(request), progress.charged, prompt, self._providers, now)
-        await self._recorder.record(
-            *with_turn_ids(
-                request.turn_id,
-                [*owed, spent],
-                TurnCompleted(
-                    at=now,
-                    turn_id=request.turn_id,
-                    channel=request.channel,
-                    user=request.user,
-                    content=result.content,
-                    provider=provider.name,
-                    model=result.model,
-                    latency_ms=latency_ms,
-                    finish_reason=result.finish_reason,
-                    fallback_from=passed_over,
-                ),
-            )
+        end = TurnCompleted(
+            at=now,
+            turn_id=request.turn_id,
+            channel=request.channel,
+            user=request.user,
+            content=result.content,
+            provider=provider.name,
+            model=result.model,
+            latency_ms=latency_ms,
+            finish_reason=result.finish_reason,
+            fallback_from=passed_over,
         )
-        self._observe_turn(started, provider_seconds)
+        try:
+            await self._recorder.record(
+                *with_turn_ids(request.turn_id, [*owed, spent], end),
+                confirm_within=confirm_within(),
+            )
+        except OutcomeUnknown as exc:
+            log_kv(logger, "turn_outcome_unknown", level=logging.WARNING, error=str(exc))
+            text = outcome_unknown(request.turn_id, with_request_id=with_request_id)
+            return Outcome.error(text, turn_id=request.turn_id, provider=provider.name)
+        observe_turn(self._metrics, started, provider_seconds)
         tokens_used = tokens_of([*owed, spent])
         log_kv(
             logger,
@@ -375,6 +369,8 @@ class Turns:
         exc: ProviderError,
         prompt: Sequence[ChatMessage],
         charged: Sequence[ProviderError],
+        *,
+        confirm_within: float,
     ) -> Outcome:
         """Record the failure; first what every provider that had taken the prompt is owed."""
         error_type = failure_type(exc)
@@ -388,7 +384,11 @@ class Turns:
             error=str(exc),
         )
         owed = owed_spends(Booking.of(request), [*charged, exc], prompt, self._providers, now)
-        await self._recorder.record(*with_turn_ids(request.turn_id, owed, failed))
+        # Not confirmed in time, the turn failed all the same: its answer stays the failure.
+        with contextlib.suppress(OutcomeUnknown):
+            await self._recorder.record(
+                *with_turn_ids(request.turn_id, owed, failed), confirm_within=confirm_within
+            )
         log_kv(
             logger,
             "turn_failed",
