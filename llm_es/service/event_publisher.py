@@ -52,7 +52,7 @@ from llm_es.logs import log_kv
 from llm_es.metrics import PluginMetrics
 from llm_es.service.observation_source import ObservationSource
 from llm_es.store.kv import ensure_bucket
-from llm_es.store.lease import KvLease, keep_single_active, open_lease
+from llm_es.store.lease import KvLease, holder_of, keep_single_active, open_lease
 from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
 from llm_es.tasks import finish_task
@@ -67,6 +67,8 @@ DEFAULT_LEASE_TTL_SECONDS = 10.0
 POSITION_SAVE_EVENTS = 256
 POSITION_SAVE_SECONDS = 1.0
 STOP_GRACE_SECONDS = 10.0
+LEAD_RETRY_SECONDS = 0.5
+LEAD_ATTEMPTS = 1000  # a bound; the lease's expiry ends the retries first
 REPUBLISH_IDLE_LIMIT = 50
 """Idle polls in a row after which a republish gives up (the events it expects never came)."""
 
@@ -296,6 +298,9 @@ class EventPublisher:
             )
         else:
             position = _position_of(entry.value)
+            if holder_of(entry.value) == self.instance_id:
+                # Nobody wrote it since this instance did: what it published since counts.
+                position = max(position, self._published)
             self._position_revision = await self._positions.update(
                 POSITION_KEY, self._position_value(position), last=entry.revision
             )
@@ -311,12 +316,18 @@ class EventPublisher:
     async def _save_position(self) -> None:
         assert self._positions is not None
         target = self._published
+        value = self._position_value(target)
         try:
-            self._position_revision = await self._positions.update(
-                POSITION_KEY, self._position_value(target), last=self._position_revision
+            revision = await self._positions.update(
+                POSITION_KEY, value, last=self._position_revision
             )
         except KeyWrongLastSequenceError as exc:
-            raise _FenceLost from exc
+            # A save sent while nats-server was away may be stored unseen: still ours then.
+            entry = await self._positions.get(POSITION_KEY)
+            if holder_of(entry.value) != self.instance_id:
+                raise _FenceLost from exc
+            revision = await self._positions.update(POSITION_KEY, value, last=entry.revision)
+        self._position_revision = revision
         self._saved = target
         self._last_save = time.monotonic()
 
@@ -327,40 +338,52 @@ class EventPublisher:
         )
 
     async def _lead(self) -> None:
-        """Publish from the stored position while the lease is ours."""
+        """Publish from the stored position while the lease is ours; after a failed KV
+        or NATS call (a nats-server restart) claim the position again and go on, without
+        handing the lease back."""
         assert self._lease is not None
         lease = self._lease
         try:
-            position = await self._claim_position()
-            self._leading = True
-            log_kv(logger, "event_publisher_leading", instance=self.instance_id, position=position)
-            async with contextlib.aclosing(
-                self._source.derive(position, until=None, feed=self._feed)
-            ) as steps:
-                async for step in steps:
-                    if self._stopping.is_set() or not lease.held():
-                        return
-                    if step is None:
-                        if self._published > self._saved:
-                            await self._save_position()
-                        continue
-                    if step.replayed:
-                        continue
-                    for observation in step.observations:
-                        await self._publish(observation)
-                    self._published = step.seq
-                    if self._save_due():
-                        await self._save_position()
+            for attempt in range(LEAD_ATTEMPTS):
+                if attempt:
+                    await asyncio.sleep(LEAD_RETRY_SECONDS)
+                if self._stopping.is_set() or not lease.held():
+                    return
+                try:
+                    await self._publish_while_held(lease)
+                    return
+                except nats.errors.Error as exc:  # KV and JetStream errors included
+                    log_kv(logger, "event_publisher_failed", level=logging.WARNING, error=repr(exc))
         except _FenceLost:
             log_kv(
                 logger, "event_publisher_deposed", level=logging.WARNING, instance=self.instance_id
             )
-        except (KeyWrongLastSequenceError, KeyValueError, APIError, nats.errors.Error) as exc:
-            log_kv(logger, "event_publisher_failed", level=logging.WARNING, error=repr(exc))
         except Exception:  # e.g. an unreadable stored position: logged in full, lease released
             logger.exception("event_publisher_crashed instance=%s", self.instance_id)
         finally:
             self._leading = False
+
+    async def _publish_while_held(self, lease: KvLease) -> None:
+        position = await self._claim_position()
+        self._leading = True
+        log_kv(logger, "event_publisher_leading", instance=self.instance_id, position=position)
+        async with contextlib.aclosing(
+            self._source.derive(position, until=None, feed=self._feed)
+        ) as steps:
+            async for step in steps:
+                if self._stopping.is_set() or not lease.held():
+                    return
+                if step is None:
+                    if self._published > self._saved:
+                        await self._save_position()
+                    continue
+                if step.replayed:
+                    continue
+                for observation in step.observations:
+                    await self._publish(observation)
+                self._published = step.seq
+                if self._save_due():
+                    await self._save_position()
 
 
 def _position_of(raw: bytes | None) -> int:

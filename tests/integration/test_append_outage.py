@@ -9,57 +9,24 @@ not known yet, never "append to LLM_EVENTS failed".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import pathlib
-from collections.abc import AsyncIterator
 from typing import Any
 
-import nats
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
-from llm_es.app import Plugin
-from llm_es.config import Config
 from llm_es.domain.events import TurnCompleted, TurnFailed
-from llm_es.embedded import EmbeddedNatsServer
-from llm_es.store.connection import connect
-from projections.runner import build_view_runner
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import log_events, make_config
+from tests.support.reconnecting import Running, running_plugin
 
 OUTAGE_SECONDS = 7.0
 """Longer than the old path took to give up (1 s unconfirmed + a 5 s ack timeout)."""
 LONG_OUTAGE_SECONDS = 9.0
 """Longer than a 2 s deadline's end may wait to be confirmed (1 s + at least 5 s)."""
 REPLY_TIMEOUT = 30.0
-
-
-@dataclasses.dataclass
-class Running:
-    server: EmbeddedNatsServer
-    plugin: Plugin
-    client: NATS
-
-
-@contextlib.asynccontextmanager
-async def running_plugin(data_dir: pathlib.Path, config: Config) -> AsyncIterator[Running]:
-    """nats-server, a plugin connected the way `llm-es serve` connects (reconnecting
-    without limit), and a client that reconnects too."""
-    server = EmbeddedNatsServer(data_dir, port=0)
-    await server.start()
-    plugin_nc = await connect(config.nats, server.url, "llm-es-outage-test")
-    plugin = Plugin(config, plugin_nc, view_runner_factory=build_view_runner)
-    client = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
-    try:
-        await plugin.start()
-        yield Running(server, plugin, client)
-    finally:
-        await plugin.stop()
-        await plugin_nc.close()
-        await client.close()
-        await server.stop()
 
 
 async def chat(client: NATS, request_id: str) -> tuple[dict[str, Any], str | None]:
