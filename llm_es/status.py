@@ -156,13 +156,14 @@ async def views_status(js: JetStreamContext, last_seq: int) -> tuple[Report, Rep
         return {**views, "exists": None, "error": _describe(exc)}, checkpoints
     try:
         keys = await count_keys(kv)
+        replicas = (await kv.status()).stream_info.config.num_replicas
         for name in PROJECTIONS:
             seq = await _checkpoint(kv, name)
             if seq is not None:
                 checkpoints[name] = {"seq": seq, "lag": last_seq - seq, "stored": True}
     except READ_ERRORS as exc:
         return {**views, "exists": True, "error": _describe(exc)}, checkpoints
-    return {**views, "exists": True, "keys": keys}, checkpoints
+    return {**views, "exists": True, "keys": keys, "replicas": replicas}, checkpoints
 
 
 async def count_keys(kv: KeyValue) -> dict[str, int]:
@@ -313,6 +314,7 @@ def _text_lines(report: Report) -> list[tuple[str, str]]:
         lines.append(("stream", f"{stream['name']}: {stream.get('note') or stream.get('error')}"))
     if views.get("keys") is not None:
         lines.append(("bucket", views["bucket"]))
+        lines.append(("bucket replicas", str(views["replicas"])))
         lines += [(f"keys {kind}", str(count)) for kind, count in views["keys"].items()]
     else:
         lines.append(("bucket", f"{views['bucket']}: {views.get('note') or views.get('error')}"))
