@@ -84,8 +84,10 @@ class Plugin:
         self.config = config
         self.nc = nc
         self.js = nc.jetstream()
-        self.keyring = KeyRing(self.js)
-        self.store: EventStore = SealingEventStore(nc, self.js, self.keyring)
+        self.keyring = KeyRing(self.js, replicas=config.nats.replicas)
+        self.store: EventStore = SealingEventStore(
+            nc, self.js, self.keyring, replicas=config.nats.replicas
+        )
         self._factory = view_runner_factory
         self._providers = providers
         self.views: ViewRunner | None = None
@@ -144,7 +146,10 @@ class Plugin:
             metrics=self.metrics,
         )
         self._registry = InstanceRegistry(
-            self.js, self.service.instance_id, self.config.service.instance_ttl_seconds
+            self.js,
+            self.service.instance_id,
+            self.config.service.instance_ttl_seconds,
+            replicas=self.config.nats.replicas,
         )
         await self._registry.start()
         await self.service.close_abandoned_turns(self._registry.is_alive)

@@ -8,6 +8,7 @@
     ├── StoreError               event log failures (PEP 249 names)
     │   ├── IntegrityError       a conditional append lost the race
     │   └── OperationalError     the log could not be reached or written
+    │       └── OutcomeUnknown   events sent, not confirmed in time: stored or not
     └── ProviderError            a provider call failed (.provider, .status, .usage)
         ├── ProviderUnavailable  could not connect, or the connection dropped
         │   └── ProviderBusy     every connection of this instance's pool stayed taken
@@ -88,6 +89,14 @@ class AppendRefused(OperationalError):
     """The stream answered and refused the append (an operator's limit such as
     `max_msg_size` or a full stream with discard-new): retrying the same events fails
     the same way."""
+
+
+class OutcomeUnknown(OperationalError):
+    """Events were sent but the log did not confirm them in time (the server away).
+
+    They may yet be stored: nats-py sends what it buffered once it reconnects,
+    and the stream dedupes by event id, so appending them again is safe.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,8 @@ from llm_es.domain.views import BUCKET, QUARANTINE_KEY, checkpoint_key
 from llm_es.service.api import ADMISSION_STATS_ENDPOINT, SERVICE_NAME
 from llm_es.service.commands import COMMAND_SUBJECT
 from llm_es.store.kv import live_views_bucket
-from llm_es.store.log import MIN_SERVER_VERSION, STREAM_NAME, SUBJECT_PREFIX
+from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
+from llm_es.store.stream_settings import MIN_SERVER_VERSION
 
 # The views `projections` writes (llm_es may not import it to ask).
 PROJECTIONS = ("context", "memories", "settings", "usage")
@@ -166,13 +167,14 @@ async def views_status(js: JetStreamContext, last_seq: int) -> tuple[Report, Rep
         return {**views, "exists": None, "error": _describe(exc)}, checkpoints
     try:
         keys = await count_keys(kv)
+        replicas = (await kv.status()).stream_info.config.num_replicas
         for name in PROJECTIONS:
             seq = await _checkpoint(kv, name)
             if seq is not None:
                 checkpoints[name] = {"seq": seq, "lag": last_seq - seq, "stored": True}
     except READ_ERRORS as exc:
         return {**views, "exists": True, "error": _describe(exc)}, checkpoints
-    return {**views, "exists": True, "keys": keys}, checkpoints
+    return {**views, "exists": True, "keys": keys, "replicas": replicas}, checkpoints
 
 
 async def count_keys(kv: KeyValue) -> dict[str, int]:
@@ -350,6 +352,7 @@ def _text_lines(report: Report) -> list[tuple[str, str]]:
         lines.append(("stream", f"{stream['name']}: {stream.get('note') or stream.get('error')}"))
     if views.get("keys") is not None:
         lines.append(("bucket", views["bucket"]))
+        lines.append(("bucket replicas", str(views["replicas"])))
         lines += [(f"keys {kind}", str(count)) for kind, count in views["keys"].items()]
     else:
         lines.append(("bucket", f"{views['bucket']}: {views.get('note') or views.get('error')}"))

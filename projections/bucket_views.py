@@ -146,8 +146,9 @@ class BucketViews(MemoryViews):
         start = min(self._checkpoints.values(), default=0)
         self._applied = self._persisted = self._written = start
         if self._instance_id is not None:
+            key, holder = views_lease_key(self._bucket_name), self._instance_id
             self._lease = await open_lease(
-                self._js, views_lease_key(self._bucket_name), self._instance_id, self._lease_ttl
+                self._js, key, holder, self._lease_ttl, replicas=self._store.replicas
             )
             try:  # at once: an instance alone writes from its first event
                 await self._try_lease()
@@ -211,7 +212,8 @@ class BucketViews(MemoryViews):
         return self._bucket_name
 
     async def _ensure_bucket(self) -> KeyValue:
-        return await ensure_bucket(self._js, views_bucket_config(self._bucket_name))
+        config = views_bucket_config(self._bucket_name, replicas=self._store.replicas)
+        return await ensure_bucket(self._js, config)
 
     async def _load_bucket(self) -> None:
         async with asyncio.timeout(LOAD_TIMEOUT_SECONDS):

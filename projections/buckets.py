@@ -20,7 +20,7 @@ from llm_es.domain.views import (
 from llm_es.store.kv import ensure_bucket
 
 
-def views_bucket_config(bucket: str) -> api.KeyValueConfig:
+def views_bucket_config(bucket: str, *, replicas: int = 1) -> api.KeyValueConfig:
     """Settings of a views bucket (the live one and every blue/green generation)."""
     return api.KeyValueConfig(
         bucket=bucket,
@@ -28,11 +28,12 @@ def views_bucket_config(bucket: str) -> api.KeyValueConfig:
         storage=api.StorageType.FILE,
         direct=True,
         description="llm-es views, folded from the LLM_EVENTS log",
+        replicas=replicas,
     )
 
 
-async def ensure_meta_bucket(js: JetStreamContext) -> KeyValue:
-    """The pointer bucket, created on first use."""
+async def ensure_meta_bucket(js: JetStreamContext, *, replicas: int = 1) -> KeyValue:
+    """The pointer bucket, created on first use (replicas raised to `replicas`)."""
     return await ensure_bucket(
         js,
         api.KeyValueConfig(
@@ -41,13 +42,14 @@ async def ensure_meta_bucket(js: JetStreamContext) -> KeyValue:
             storage=api.StorageType.FILE,
             direct=True,
             description="llm-es: which views bucket is live (blue/green)",
+            replicas=replicas,
         ),
     )
 
 
-async def read_active_views(js: JetStreamContext) -> ActiveViews:
+async def read_active_views(js: JetStreamContext, *, replicas: int = 1) -> ActiveViews:
     """The live views bucket as the pointer names it now (`llm_data` when there is none)."""
-    kv = await ensure_meta_bucket(js)
+    kv = await ensure_meta_bucket(js, replicas=replicas)
     try:
         entry = await kv.get(ACTIVE_VIEWS_KEY)
     except (KeyNotFoundError, KeyDeletedError):

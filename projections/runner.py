@@ -125,7 +125,8 @@ class ViewRunner:
 
     With `bucket` given, the views stay in that bucket and the pointer is ignored.
     With `instance_id` given, only the holder of each bucket's lease writes it
-    (see `BucketViews`); without it this runner writes unconditionally.
+    (see `BucketViews`); without it this runner writes unconditionally. Its
+    buckets keep as many replicas as the log (`store.replicas`, `nats.replicas`).
     """
 
     def __init__(
@@ -238,7 +239,7 @@ class ViewRunner:
         """Start on the live bucket, then watch the blue/green pointer."""
         bucket = self._fixed_bucket
         if bucket is None:
-            bucket = (await read_active_views(self._js)).bucket
+            bucket = (await read_active_views(self._js, replicas=self._store.replicas)).bucket
         self._active = self._bucket_views(bucket)
         await self._active.start()
         if self._fixed_bucket is None:

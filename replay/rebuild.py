@@ -27,10 +27,12 @@ from typing import Any
 import nats.errors
 import orjson
 from nats.js import JetStreamContext
-from nats.js.errors import KeyValueError
+from nats.js.errors import KeyValueError, NotFoundError
 
 from llm_es.config import Config
 from llm_es.domain.views import ACTIVE_VIEWS_KEY, BUCKET, ActiveViews, checkpoint_key
+from llm_es.errors import OperationalError
+from llm_es.store.stream_settings import wait_for_leader
 from projections.base import View
 from projections.runner import ensure_meta_bucket, views_bucket_config
 from replay.buckets import active_views, key_kinds, load_bucket, normalized
@@ -177,10 +179,11 @@ async def run_rebuild(
         report.seconds["total"] = round(time.perf_counter() - started, 3)
         return report
 
-    await _write_generation(js, report.bucket, active, values, checkpoints)
+    replicas = await _generation_replicas(js, active, config.nats.replicas)
+    await _write_generation(js, report.bucket, active, values, checkpoints, replicas=replicas)
     written_at = time.perf_counter()
     report.seconds["write"] = round(written_at - folded_at, 3)
-    await _switch(js, active, report)
+    await _switch(js, active, report, replicas=config.nats.replicas)
     report.switched = True
     report.deleted = await _delete_old_generation(js, active)
     report.seconds["switch"] = round(time.perf_counter() - written_at, 3)
@@ -213,6 +216,8 @@ async def _write_generation(
     active: ActiveViews,
     values: Mapping[str, View],
     checkpoints: Mapping[str, int],
+    *,
+    replicas: int,
 ) -> None:
     """Create `bucket` afresh and write the views, then the checkpoints that cover them."""
     if bucket == active.bucket:
@@ -220,7 +225,8 @@ async def _write_generation(
     try:
         # Left by a rebuild that stopped before switching: never live, safe to drop.
         await _drop(js, bucket)
-        await js.create_key_value(views_bucket_config(bucket))
+        await js.create_key_value(views_bucket_config(bucket, replicas=replicas))
+        await wait_for_leader(js, f"KV_{bucket}")
         await publish_values(js, bucket, ((k, orjson.dumps(v)) for k, v in values.items()))
         await publish_values(
             js,
@@ -230,7 +236,7 @@ async def _write_generation(
                 for name, seq in checkpoints.items()
             ),
         )
-    except (nats.errors.Error, KeyValueError, TimeoutError) as exc:
+    except (nats.errors.Error, KeyValueError, TimeoutError, OperationalError) as exc:
         raise LogUnavailable(f"cannot write the views bucket {bucket}: {exc!r}") from exc
 
 
@@ -254,7 +260,21 @@ async def _settle(pending: list[asyncio.Future[Any]]) -> None:
         await asyncio.gather(*pending)
 
 
-async def _switch(js: JetStreamContext, active: ActiveViews, report: RebuildReport) -> None:
+async def _generation_replicas(js: JetStreamContext, active: ActiveViews, wanted: int) -> int:
+    """Replicas of the new generation: `nats.replicas`, or the live bucket's when an
+    operator raised those higher (a rebuild never quietly lowers them)."""
+    try:
+        live = await js.stream_info(f"KV_{active.bucket}")
+    except NotFoundError:
+        return wanted
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise LogUnavailable(f"cannot read the views bucket {active.bucket}: {exc!r}") from exc
+    return max(wanted, live.config.num_replicas or 1)
+
+
+async def _switch(
+    js: JetStreamContext, active: ActiveViews, report: RebuildReport, *, replicas: int
+) -> None:
     """Move the pointer to the new bucket, only if nobody moved it since the rebuild began."""
     pointer = orjson.dumps(
         {
@@ -266,7 +286,7 @@ async def _switch(js: JetStreamContext, active: ActiveViews, report: RebuildRepo
         }
     )
     try:
-        meta = await ensure_meta_bucket(js)
+        meta = await ensure_meta_bucket(js, replicas=replicas)
         if active.revision == 0:
             await meta.create(ACTIVE_VIEWS_KEY, pointer)
         else:

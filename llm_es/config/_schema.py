@@ -303,6 +303,16 @@ class NatsConfig:
             " (docs/security.md)."
         ),
     ] = None
+    replicas: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=5,
+            description="Copies JetStream keeps of the log `LLM_EVENTS` and of every KV bucket"
+            " llm-es creates (views, meta, leases, instances, publisher); 3 on a 3-node"
+            " cluster, 1 on a single server. Raised at start on what exists, never lowered.",
+        ),
+    ] = 1
 
     __repr__ = _safe_repr
 

@@ -24,7 +24,7 @@ from llm_es.eventsourcing_nats._loop import EventLoopThread
 from llm_es.eventsourcing_nats._settings import JetStreamSettings
 from llm_es.logs import log_kv
 from llm_es.store.connection import INITIAL_CONNECT_SECONDS, connect_options
-from llm_es.store.log import event_log_config, require_server_version
+from llm_es.store.stream_settings import event_log_config, require_server_version
 
 if TYPE_CHECKING:
     from llm_es.eventsourcing_nats._feed import Feed

@@ -30,12 +30,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import UTC, datetime
 
 import nats.errors
-import orjson
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.errors import (
     APIError,
     KeyNotFoundError,
@@ -45,14 +43,19 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from llm_es.config import Config
-from llm_es.domain.observations import EVENT_SUBJECT_PREFIX, Observation, iso_utc
+from llm_es.domain.observations import EVENT_SUBJECT_PREFIX, Observation
 from llm_es.domain.views import EventFeed
 from llm_es.errors import OperationalError
 from llm_es.logs import log_kv
 from llm_es.metrics import PluginMetrics
 from llm_es.service.observation_source import ObservationSource
-from llm_es.store.kv import ensure_bucket
-from llm_es.store.lease import KvLease, keep_single_active, open_lease
+from llm_es.service.publisher_position import (
+    POSITION_KEY,
+    ensure_position_bucket,
+    position_of,
+    position_value,
+)
+from llm_es.store.lease import KvLease, holder_of, keep_single_active, open_lease
 from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
 from llm_es.store.quarantine import Quarantine
@@ -61,32 +64,15 @@ from llm_es.tasks import finish_task
 logger = logging.getLogger("llm_es.service.event_publisher")
 
 LEASE_KEY = "event-publisher"
-POSITION_BUCKET = "llm_publisher"
-POSITION_KEY = "position"
 
 DEFAULT_LEASE_TTL_SECONDS = 10.0
 POSITION_SAVE_EVENTS = 256
 POSITION_SAVE_SECONDS = 1.0
 STOP_GRACE_SECONDS = 10.0
+LEAD_RETRY_SECONDS = 0.5
+LEAD_ATTEMPTS = 1000  # a bound; the lease's expiry ends the retries first
 REPUBLISH_IDLE_LIMIT = 50
 """Idle polls in a row after which a republish gives up (the events it expects never came)."""
-
-
-# ---------------------------------------------------------------- position
-
-
-async def ensure_position_bucket(js: JetStreamContext) -> KeyValue:
-    """The bucket holding the publisher's position (no TTL: it must outlive every instance)."""
-    return await ensure_bucket(
-        js,
-        api.KeyValueConfig(
-            bucket=POSITION_BUCKET,
-            history=1,
-            storage=api.StorageType.FILE,
-            direct=True,
-            description="llm-es: last log sequence published on rosey.event.llm.*",
-        ),
-    )
 
 
 # ---------------------------------------------------------------- publisher
@@ -170,9 +156,12 @@ class EventPublisher:
 
     async def start(self) -> None:
         """Open the buckets and start competing for the lease (returns at once)."""
-        self._lease = await open_lease(self._js, LEASE_KEY, self.instance_id, self._lease_ttl)
+        replicas = self._config.nats.replicas
+        self._lease = await open_lease(
+            self._js, LEASE_KEY, self.instance_id, self._lease_ttl, replicas=replicas
+        )
         ttl = self._lease.ttl_seconds
-        self._positions = await ensure_position_bucket(self._js)
+        self._positions = await ensure_position_bucket(self._js, replicas=replicas)
         # Taken now, not when the lease is first won: everything appended once the plugin
         # serves (it starts the publisher before its command subjects) is published.
         self._first_position = 0 if self._from_beginning else await self._store.last_seq()
@@ -193,12 +182,14 @@ class EventPublisher:
 
     async def stored_position(self) -> int:
         """The position in KV: where the next holder will continue (0 when none)."""
-        kv = self._positions or await ensure_position_bucket(self._js)
+        kv = self._positions or await ensure_position_bucket(
+            self._js, replicas=self._config.nats.replicas
+        )
         try:
             entry = await kv.get(POSITION_KEY)
         except KeyNotFoundError:
             return 0
-        return _position_of(entry.value)
+        return position_of(entry.value)
 
     async def republish(self, from_seq: int, to_seq: int | None = None) -> int:
         """Publish again the events derived from log sequences `from_seq`..`to_seq`.
@@ -302,7 +293,10 @@ class EventPublisher:
                 POSITION_KEY, self._position_value(position)
             )
         else:
-            position = _position_of(entry.value)
+            position = position_of(entry.value)
+            if holder_of(entry.value) == self.instance_id:
+                # Nobody wrote it since this instance did: what it published since counts.
+                position = max(position, self._published)
             self._position_revision = await self._positions.update(
                 POSITION_KEY, self._position_value(position), last=entry.revision
             )
@@ -311,19 +305,23 @@ class EventPublisher:
         return position
 
     def _position_value(self, seq: int) -> bytes:
-        return orjson.dumps(
-            {"seq": seq, "holder": self.instance_id, "saved_at": iso_utc(datetime.now(UTC))}
-        )
+        return position_value(seq, self.instance_id)
 
     async def _save_position(self) -> None:
         assert self._positions is not None
         target = self._published
+        value = self._position_value(target)
         try:
-            self._position_revision = await self._positions.update(
-                POSITION_KEY, self._position_value(target), last=self._position_revision
+            revision = await self._positions.update(
+                POSITION_KEY, value, last=self._position_revision
             )
         except KeyWrongLastSequenceError as exc:
-            raise _FenceLost from exc
+            # A save sent while nats-server was away may be stored unseen: still ours then.
+            entry = await self._positions.get(POSITION_KEY)
+            if holder_of(entry.value) != self.instance_id:
+                raise _FenceLost from exc
+            revision = await self._positions.update(POSITION_KEY, value, last=entry.revision)
+        self._position_revision = revision
         self._saved = target
         self._last_save = time.monotonic()
 
@@ -334,51 +332,51 @@ class EventPublisher:
         )
 
     async def _lead(self) -> None:
-        """Publish from the stored position while the lease is ours."""
+        """Publish from the stored position while the lease is ours; after a failed KV
+        or NATS call (a nats-server restart) claim the position again and go on, without
+        handing the lease back."""
         assert self._lease is not None
         lease = self._lease
         try:
-            position = await self._claim_position()
-            self._leading = True
-            log_kv(logger, "event_publisher_leading", instance=self.instance_id, position=position)
-            async with contextlib.aclosing(
-                self._source.derive(position, until=None, feed=self._feed)
-            ) as steps:
-                async for step in steps:
-                    self._crashed = False
-                    if self._stopping.is_set() or not lease.held():
-                        return
-                    if step is None:
-                        if self._published > self._saved:
-                            await self._save_position()
-                        continue
-                    if step.replayed:
-                        continue
-                    for observation in step.observations:
-                        await self._publish(observation)
-                    self._published = step.seq
-                    if self._save_due():
-                        await self._save_position()
+            for attempt in range(LEAD_ATTEMPTS):
+                if attempt:
+                    await asyncio.sleep(LEAD_RETRY_SECONDS)
+                if self._stopping.is_set() or not lease.held():
+                    return
+                try:
+                    await self._publish_while_held(lease)
+                    return
+                except nats.errors.Error as exc:  # KV and JetStream errors included
+                    log_kv(logger, "event_publisher_failed", level=logging.WARNING, error=repr(exc))
         except _FenceLost:
             log_kv(
                 logger, "event_publisher_deposed", level=logging.WARNING, instance=self.instance_id
             )
-        except (KeyWrongLastSequenceError, KeyValueError, APIError, nats.errors.Error) as exc:
-            log_kv(logger, "event_publisher_failed", level=logging.WARNING, error=repr(exc))
         except Exception:  # e.g. an unreadable stored position: logged in full, lease released
             self._crashed = True
             logger.exception("event_publisher_crashed instance=%s", self.instance_id)
         finally:
             self._leading = False
 
-
-def _position_of(raw: bytes | None) -> int:
-    """The sequence in a stored position value; an unreadable value stops the publisher."""
-    try:
-        value = orjson.loads(raw or b"")
-        seq = value["seq"]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise OperationalError(f"unreadable event publisher position: {exc}") from None
-    if type(seq) is not int or seq < 0:
-        raise OperationalError(f"unreadable event publisher position: seq {seq!r}")
-    return seq
+    async def _publish_while_held(self, lease: KvLease) -> None:
+        position = await self._claim_position()
+        self._leading = True
+        log_kv(logger, "event_publisher_leading", instance=self.instance_id, position=position)
+        async with contextlib.aclosing(
+            self._source.derive(position, until=None, feed=self._feed)
+        ) as steps:
+            async for step in steps:
+                self._crashed = False
+                if self._stopping.is_set() or not lease.held():
+                    return
+                if step is None:
+                    if self._published > self._saved:
+                        await self._save_position()
+                    continue
+                if step.replayed:
+                    continue
+                for observation in step.observations:
+                    await self._publish(observation)
+                self._published = step.seq
+                if self._save_due():
+                    await self._save_position()

@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from llm_es.domain.events import Event, TurnCompleted, TurnFailed
 from llm_es.domain.views import EventFeed, ViewReader
+from llm_es.errors import OperationalError, OutcomeUnknown
 from llm_es.metrics import PluginMetrics
 from llm_es.store.log import EventStore
 
 VIEW_WAIT_SECONDS = 10.0
+CONFIRM_RETRY_PAUSE_SECONDS = 0.5
+"""Between appends again of events the log has not confirmed (no responders comes back
+at once; a timeout after 5 s): a reconnect's buffered sends may confirm them meanwhile."""
+CONFIRM_MAX_ATTEMPTS = 1000
 CONFIRM_SECONDS = 1.0
 """How long `record` waits for the fold to show its events before it appends them again
 with acks: a message lost on the way (a reconnect) or refused by the stream would
@@ -76,8 +81,14 @@ class Recorder:
         if not waiting:
             self._ends.pop(turn_id, None)
 
-    async def record(self, *events: Event) -> None:
-        """Append events (in order) and wait until the views include them."""
+    async def record(self, *events: Event, confirm_within: float | None = None) -> None:
+        """Append events (in order) and wait until the views include them.
+
+        With `confirm_within`, events the log does not confirm (nats-server away:
+        an append timed out, no stream answered) are appended again with the same
+        ids until it does, for at most that many seconds; then `OutcomeUnknown`,
+        as they may still be stored. Without it the first failure is raised.
+        """
         self._follow()
         loop = asyncio.get_running_loop()
         folded = [loop.create_future() for _ in events]
@@ -98,11 +109,37 @@ class Recorder:
                 pass
             # Not seen: append again with acks; the ones already stored come back
             # as duplicates with their sequences, the others are stored now.
-            await self.wait_for(max(await self.store.append_all(events)))
+            if confirm_within is None:
+                await self.wait_for(max(await self.store.append_all(events)))
+            else:
+                await self._confirm(events, folded, confirm_within)
             self.append_seconds.observe(time.perf_counter() - sent)
         finally:
             for event in events:
                 awaited.pop(event.id, None)
+
+    async def _confirm(
+        self, events: Sequence[Event], folded: Sequence[asyncio.Future[int]], within: float
+    ) -> None:
+        """Append again until the views include the events, for at most `within` seconds."""
+        try:
+            async with asyncio.timeout(within):
+                for _ in range(CONFIRM_MAX_ATTEMPTS):
+                    try:
+                        await self.wait_for(max(await self.store.append_all(events)))
+                        return
+                    except OperationalError:
+                        pass  # the server is away; what was sent may arrive on reconnect
+                    last = folded[-1]
+                    await asyncio.wait([last], timeout=CONFIRM_RETRY_PAUSE_SECONDS)
+                    if last.done():  # folded in log order: the others are in too
+                        return
+        except TimeoutError:
+            pass
+        raise OutcomeUnknown(
+            f"{len(events)} event(s) sent to {self.store.stream}, not confirmed within"
+            f" {within:.0f}s"
+        )
 
     def _folded(self, seq: int, event: Event | None) -> None:
         if event is None:

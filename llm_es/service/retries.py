@@ -38,6 +38,17 @@ def still_running(turn_id: str) -> str:
     )
 
 
+def outcome_unknown(turn_id: str, *, with_request_id: bool) -> str:
+    """The answer to a turn that ended while the log could not confirm its end in time."""
+    text = (
+        f"This request (turn {turn_id}) was answered, but the event log could not confirm"
+        " it in time (NATS unavailable); its outcome is not known yet."
+    )
+    if with_request_id:
+        return f"{text} Retry with the same request_id to get it."
+    return f"{text} If it was recorded, it is in the channel's history once NATS is back."
+
+
 async def retried_turn_outcome(
     recorder: Recorder, *, turn_id: str, user: str, decided_at: int, wait_seconds: float
 ) -> Outcome:

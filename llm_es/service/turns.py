@@ -20,12 +20,12 @@ from datetime import datetime
 
 from llm_es.config import Config
 from llm_es.domain import replies
-from llm_es.domain.events import TurnAdmitted, TurnCompleted, TurnFailed
+from llm_es.domain.events import TurnAdmitted, TurnCompleted
 from llm_es.domain.idempotency import request_turn_id, with_turn_ids
 from llm_es.domain.limits import TurnRequest, estimate_tokens
 from llm_es.domain.messages import ChatMessage
 from llm_es.domain.prompt import prompt_length
-from llm_es.errors import PartialUsage, ProviderError, ProviderTimeout
+from llm_es.errors import OutcomeUnknown, PartialUsage, ProviderError, ProviderTimeout
 from llm_es.logs import log_kv
 from llm_es.metrics import PluginMetrics
 from llm_es.providers.base import LLMProvider
@@ -35,14 +35,18 @@ from llm_es.service.fallback import (
     ChunkSink,
     StreamProgress,
     ask_providers,
-    failure_type,
     provider_chain,
     turn_deadline_seconds,
 )
 from llm_es.service.ledger import Booking, owed_spends, spend_of, tokens_of
 from llm_es.service.outcome import Outcome
 from llm_es.service.recording import Recorder
-from llm_es.service.retries import RETRY_WAIT_GRACE_SECONDS, retried_turn_outcome
+from llm_es.service.retries import (
+    RETRY_WAIT_GRACE_SECONDS,
+    outcome_unknown,
+    retried_turn_outcome,
+)
+from llm_es.service.turn_end import record_failure, refused_busy
 from llm_es.service.turn_slots import TurnSlots
 from llm_es.service.turn_timing import observe_turn, timing_first_chunk
 
@@ -50,6 +54,10 @@ logger = logging.getLogger(__name__)
 
 SERVICE_USER = "service"
 """Whom a service request without a user is booked to (rate limits and token ledger)."""
+
+
+END_CONFIRM_MIN_SECONDS = 5.0
+"""Least time the log is given to confirm a turn's end (else what is left of its deadline)."""
 
 
 def new_turn_id() -> str:
@@ -209,7 +217,7 @@ class Turns:
         try:
             with self.slots.take(request.channel or request.user) as free:
                 if not free:
-                    return self._busy(request)
+                    return refused_busy(request, self.slots.limit or 0)
                 decision = await self._admission.admit_turn(
                     request, estimate_tokens(prompt_length(prompt)), max_tokens, retried=retried
                 )
@@ -242,16 +250,10 @@ class Turns:
                     started=started,
                     temperature=temperature,
                     on_chunk=timing_first_chunk(self._metrics, on_chunk, started),
+                    with_request_id=retried,
                 )
         finally:
             self.in_flight -= Counter((request.turn_id,))  # in place; drops it at zero
-
-    def _busy(self, request: TurnRequest) -> Outcome:
-        """The refusal of a turn over its channel's share of provider calls (nothing appended)."""
-        limit = self.slots.limit or 0
-        log_kv(logger, "turn_refused_busy", channel=request.channel, user=request.user, limit=limit)
-        text = replies.channel_busy(limit) if request.channel else replies.user_busy(limit)
-        return Outcome.error(text, turn_id=request.turn_id, reason="busy")
 
     async def _answer(
         self,
@@ -263,15 +265,23 @@ class Turns:
         started: float,
         temperature: float | None,
         on_chunk: ChunkSink | None,
+        with_request_id: bool,
     ) -> Outcome:
-        """Ask the providers for an admitted turn and record how it ended."""
+        """Ask the providers for an admitted turn and record how it ended. An end the log
+        cannot confirm (nats-server away) is appended again until it can, up to the turn's
+        deadline; past that the answer says the outcome is not known, never a failure."""
         asked = time.perf_counter()
+        deadline = turn_deadline_seconds(self._config)
+
+        def confirm_within() -> float:
+            return max(END_CONFIRM_MIN_SECONDS, deadline - (time.perf_counter() - asked))
+
         progress = StreamProgress()
         failure: ProviderError | None = None
         try:
             # Past the deadline other instances may close this turn as abandoned,
             # so it must not end any later than that here.
-            async with asyncio.timeout(turn_deadline_seconds(self._config)):
+            async with asyncio.timeout(deadline):
                 provider, result, passed_over = await ask_providers(
                     chain,
                     prompt,
@@ -299,7 +309,12 @@ class Turns:
             self._metrics.provider_seconds.labels(failure.provider, "failed").observe(
                 provider_seconds
             )
-            outcome = await self._fail(request, failure, prompt, progress.charged)
+            now = self._clock()
+            charged = [*progress.charged, failure]
+            owed = owed_spends(Booking.of(request), charged, prompt, self._providers, now)
+            outcome = await record_failure(
+                self._recorder, request, failure, owed, now, confirm_within=confirm_within()
+            )
             observe_turn(self._metrics, started, provider_seconds)
             return outcome
         self._metrics.provider_seconds.labels(provider.name, "ok").observe(provider_seconds)
@@ -317,24 +332,27 @@ class Turns:
             prompt_chars=prompt_length(prompt),
         )
         owed = owed_spends(Booking.of(request), progress.charged, prompt, self._providers, now)
-        await self._recorder.record(
-            *with_turn_ids(
-                request.turn_id,
-                [*owed, spent],
-                TurnCompleted(
-                    at=now,
-                    turn_id=request.turn_id,
-                    channel=request.channel,
-                    user=request.user,
-                    content=result.content,
-                    provider=provider.name,
-                    model=result.model,
-                    latency_ms=latency_ms,
-                    finish_reason=result.finish_reason,
-                    fallback_from=passed_over,
-                ),
-            )
+        end = TurnCompleted(
+            at=now,
+            turn_id=request.turn_id,
+            channel=request.channel,
+            user=request.user,
+            content=result.content,
+            provider=provider.name,
+            model=result.model,
+            latency_ms=latency_ms,
+            finish_reason=result.finish_reason,
+            fallback_from=passed_over,
         )
+        try:
+            await self._recorder.record(
+                *with_turn_ids(request.turn_id, [*owed, spent], end),
+                confirm_within=confirm_within(),
+            )
+        except OutcomeUnknown as exc:
+            log_kv(logger, "turn_outcome_unknown", level=logging.WARNING, error=str(exc))
+            text = outcome_unknown(request.turn_id, with_request_id=with_request_id)
+            return Outcome.error(text, turn_id=request.turn_id, provider=provider.name)
         observe_turn(self._metrics, started, provider_seconds)
         tokens_used = tokens_of([*owed, spent])
         log_kv(
@@ -356,33 +374,3 @@ class Turns:
             provider=provider.name,
             model=result.model,
         )
-
-    async def _fail(
-        self,
-        request: TurnRequest,
-        exc: ProviderError,
-        prompt: Sequence[ChatMessage],
-        charged: Sequence[ProviderError],
-    ) -> Outcome:
-        """Record the failure; first what every provider that had taken the prompt is owed."""
-        error_type = failure_type(exc)
-        now = self._clock()
-        failed = TurnFailed(
-            at=now,
-            turn_id=request.turn_id,
-            channel=request.channel,
-            user=request.user,
-            error_type=error_type,
-            error=str(exc),
-        )
-        owed = owed_spends(Booking.of(request), [*charged, exc], prompt, self._providers, now)
-        await self._recorder.record(*with_turn_ids(request.turn_id, owed, failed))
-        log_kv(
-            logger,
-            "turn_failed",
-            channel=request.channel,
-            user=request.user,
-            error_type=error_type,
-            tokens=tokens_of(owed),
-        )
-        return Outcome.error(str(exc), turn_id=request.turn_id, provider=exc.provider)

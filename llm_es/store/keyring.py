@@ -35,9 +35,10 @@ OPENED_CACHED = 65_536
 """Opened texts kept in memory (a channel's memories, recent messages); beyond, the oldest go."""
 
 
-def keys_bucket_config(bucket: str = KEYS_BUCKET) -> api.KeyValueConfig:
+def keys_bucket_config(bucket: str = KEYS_BUCKET, *, replicas: int = 1) -> api.KeyValueConfig:
     """The key bucket's settings: one revision a key, so a purge leaves nothing behind."""
     return api.KeyValueConfig(
+        replicas=replicas,
         bucket=bucket,
         history=1,
         storage=api.StorageType.FILE,
@@ -49,16 +50,21 @@ def keys_bucket_config(bucket: str = KEYS_BUCKET) -> api.KeyValueConfig:
 class KeyRing:
     """Seal events before they are stored; open sealed text; destroy keys to erase it."""
 
-    def __init__(self, js: JetStreamContext, *, bucket: str = KEYS_BUCKET) -> None:
+    def __init__(
+        self, js: JetStreamContext, *, bucket: str = KEYS_BUCKET, replicas: int = 1
+    ) -> None:
         self._js = js
         self._bucket_name = bucket
+        self._replicas = replicas
         self._kv: KeyValue | None = None
         self._keys: dict[str, bytes] = {}
         self._opened: dict[str, str] = {}
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
-            self._kv = await ensure_bucket(self._js, keys_bucket_config(self._bucket_name))
+            self._kv = await ensure_bucket(
+                self._js, keys_bucket_config(self._bucket_name, replicas=self._replicas)
+            )
         return self._kv
 
     async def _fetch(self, name: str) -> bytes | None:

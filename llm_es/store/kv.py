@@ -10,6 +10,7 @@ and ends on the message whose own `num_pending` is 0.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -23,23 +24,67 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from llm_es.domain.views import ACTIVE_VIEWS_KEY, BUCKET, META_BUCKET, parse_active_views
+from llm_es.errors import OperationalError
 from llm_es.headers import KV_OPERATION
+from llm_es.store.stream_settings import wait_for_leader
 
 
 async def ensure_bucket(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
     """The bucket `config.bucket`, created with `config` if it does not exist yet.
 
+    An existing bucket keeps its settings, but its replicas are raised to
+    `config.replicas` (never lowered: an operator's R5 stays R5), so a config
+    moved to `nats.replicas: 3` fits up what an R1 start created.
+
     Several instances start at once: when another one creates the bucket between
     our lookup and our create, the create fails and the lookup is tried again.
     """
     try:
-        return await js.key_value(config.bucket)
+        kv = await js.key_value(config.bucket)
     except BucketNotFoundError:
-        pass
+        return await _create_bucket(js, config)
+    await _fit_replicas(js, config)
+    return kv
+
+
+async def _create_bucket(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
     try:
-        return await js.create_key_value(config)
-    except APIError:
-        return await js.key_value(config.bucket)
+        kv = await js.create_key_value(config)
+    except APIError as exc:
+        try:
+            kv = await js.key_value(config.bucket)
+        except BucketNotFoundError:
+            # Not a lost race: the server refused the bucket (replicas > 1 on a single server).
+            raise OperationalError(
+                f"cannot create KV bucket {config.bucket}: {exc.description}"
+            ) from None
+        await _fit_replicas(js, config)
+    if config.replicas > 1:
+        await wait_for_leader(js, f"KV_{config.bucket}")
+    return kv
+
+
+def raised_replicas(current: api.StreamConfig, replicas: int) -> api.StreamConfig | None:
+    """`current` with its replicas raised to `replicas`; None when it already has as many."""
+    if (current.num_replicas or 1) >= replicas:
+        return None
+    return dataclasses.replace(current, num_replicas=replicas)
+
+
+async def _fit_replicas(js: JetStreamContext, config: api.KeyValueConfig) -> None:
+    if config.replicas <= 1:
+        return  # nothing to raise: spares a stream info per bucket on a single server
+    stream = f"KV_{config.bucket}"
+    fitted = raised_replicas((await js.stream_info(stream)).config, config.replicas)
+    if fitted is None:
+        return
+    try:
+        await js.update_stream(fitted)
+    except APIError as exc:
+        raise OperationalError(
+            f"cannot raise KV bucket {config.bucket} to {config.replicas} replicas:"
+            f" {exc.description}"
+        ) from exc
 
 
 async def read_bucket(js: JetStreamContext, bucket: str) -> dict[str, bytes]:

@@ -38,7 +38,9 @@ LEASE_VALID_FRACTION = 0.75
 before the server can have expired the lease and let another instance take it."""
 
 
-async def ensure_lease_bucket(js: JetStreamContext, ttl_seconds: float) -> KeyValue:
+async def ensure_lease_bucket(
+    js: JetStreamContext, ttl_seconds: float, *, replicas: int = 1
+) -> KeyValue:
     """The leases bucket (created with `max_age = ttl_seconds` on first use)."""
     return await ensure_bucket(
         js,
@@ -49,13 +51,17 @@ async def ensure_lease_bucket(js: JetStreamContext, ttl_seconds: float) -> KeyVa
             storage=api.StorageType.FILE,
             direct=True,
             description="llm-es leases: single active workers across instances",
+            replicas=replicas,
         ),
     )
 
 
-async def open_lease(js: JetStreamContext, key: str, holder: str, ttl_seconds: float) -> KvLease:
-    """A lease on `key` for `holder`, with the TTL of the leases bucket (created if needed)."""
-    leases = await ensure_lease_bucket(js, ttl_seconds)
+async def open_lease(
+    js: JetStreamContext, key: str, holder: str, ttl_seconds: float, *, replicas: int = 1
+) -> KvLease:
+    """A lease on `key` for `holder`, with the TTL of the leases bucket (created if needed,
+    at `replicas` copies)."""
+    leases = await ensure_lease_bucket(js, ttl_seconds, replicas=replicas)
     ttl = (await leases.status()).ttl
     if not ttl:
         raise OperationalError(
@@ -94,10 +100,15 @@ class KvLease:
         return orjson.dumps({"holder": self.holder, "renewed_at": renewed_at})
 
     async def acquire(self) -> bool:
+        """Take the lease if nobody holds it, or if its value names this holder."""
         sent = time.monotonic()
         try:
             self._revision = await self._kv.create(self._key, self._value())
-        except (KeyWrongLastSequenceError, KeyValueError, APIError, nats.errors.Error):
+        except KeyWrongLastSequenceError:
+            self._revision = await self._retake_own()
+        except (KeyValueError, APIError, nats.errors.Error):
+            return False
+        if self._revision is None:
             return False
         self._valid_until = sent + self.ttl_seconds * LEASE_VALID_FRACTION
         return True
@@ -110,12 +121,26 @@ class KvLease:
         try:
             self._revision = await self._kv.update(self._key, self._value(), last=self._revision)
         except KeyWrongLastSequenceError:
-            self._revision = None
-            return False
+            self._revision = await self._retake_own()
+            if self._revision is None:
+                return False
         except (KeyValueError, APIError, nats.errors.Error):
             return self.held()  # unreachable for now: still ours until the deadline
         self._valid_until = sent + self.ttl_seconds * LEASE_VALID_FRACTION
         return True
+
+    async def _retake_own(self) -> int | None:
+        """The lease rewritten at its stored revision when its value names this holder, else
+        None. A renewal sent while nats-server was away is stored once nats-py reconnects,
+        unseen by the holder, whose revision is then stale: without this it would count the
+        lease lost and stand by until the lease it still holds expires (the TTL, 15 s)."""
+        try:
+            entry = await self._kv.get(self._key)
+            if holder_of(entry.value) != self.holder:
+                return None
+            return await self._kv.update(self._key, self._value(), last=entry.revision)
+        except (KeyValueError, APIError, nats.errors.Error):
+            return None
 
     async def release(self) -> None:
         revision, self._revision = self._revision, None
@@ -130,12 +155,17 @@ class KvLease:
             entry = await self._kv.get(self._key)
         except (KeyValueError, APIError, nats.errors.Error):
             return None
-        try:
-            value = orjson.loads(entry.value or b"")
-        except orjson.JSONDecodeError:
-            return None
-        holder = value.get("holder") if isinstance(value, dict) else None
-        return holder if isinstance(holder, str) else None
+        return holder_of(entry.value)
+
+
+def holder_of(raw: bytes | None) -> str | None:
+    """The `holder` a lease (or a value written by a lease holder) names; None if unreadable."""
+    try:
+        value = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return None
+    holder = value.get("holder") if isinstance(value, dict) else None
+    return holder if isinstance(holder, str) else None
 
 
 RENEWALS_PER_TTL = 4

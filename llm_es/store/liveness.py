@@ -37,8 +37,11 @@ def new_instance_id() -> str:
 class InstanceRegistry:
     """Heartbeats for this instance and liveness checks of the others."""
 
-    def __init__(self, js: JetStreamContext, instance_id: str, ttl_seconds: float) -> None:
+    def __init__(
+        self, js: JetStreamContext, instance_id: str, ttl_seconds: float, *, replicas: int = 1
+    ) -> None:
         self._js = js
+        self._replicas = replicas
         self.instance_id = instance_id
         self._ttl = ttl_seconds
         self._kv: KeyValue | None = None
@@ -56,6 +59,7 @@ class InstanceRegistry:
                 storage=api.StorageType.FILE,
                 direct=True,
                 description="llm-es instance heartbeats (who may still own a turn)",
+                replicas=self._replicas,
             ),
         )
         await self._beat()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,18 +23,22 @@ from nats.js.errors import APIError, NotFoundError
 from llm_es import headers
 from llm_es.domain.events import Event
 from llm_es.domain.tokens import encode_name
-from llm_es.errors import AppendRefused, IntegrityError, OperationalError, ServerVersionError
+from llm_es.errors import AppendRefused, IntegrityError, OperationalError
 from llm_es.store.acks import OutgoingMessage, actual_last_seq, request_ack, request_atomic_ack
 from llm_es.store.codec import encode_event
 from llm_es.store.follow import read_bounded
 from llm_es.store.quarantine import Quarantine, stored_ns_of
+from llm_es.store.stream_settings import (
+    event_log_config,
+    fitted_stream_config,
+    require_server_version,
+    wait_for_leader,
+)
 from llm_es.store.subjects import SUBJECT_PREFIX, subject_of
 
 __all__ = ["SUBJECT_PREFIX", "EventStore", "RecordedEvent", "subject_of"]
 
 STREAM_NAME = "LLM_EVENTS"
-DUPLICATE_WINDOW_SECONDS = 120.0
-MIN_SERVER_VERSION = (2, 12)
 READ_BUFFER = 1024
 """Events `read` lets wait before its consumer is held back."""
 
@@ -54,74 +57,6 @@ class LogSize:
     last_seq: int
     messages: int
     bytes: int
-
-
-def check_server_version(version: str, *, jetstream: bool) -> None:
-    """Refuse a nats-server that cannot run the log (atomic batches need 2.12)."""
-    try:
-        major, minor = (int(part) for part in version.lstrip("v").split(".")[:2])
-    except ValueError:
-        raise ServerVersionError(f"cannot read the nats-server version {version!r}") from None
-    if (major, minor) < MIN_SERVER_VERSION:
-        wanted = ".".join(map(str, MIN_SERVER_VERSION))
-        raise ServerVersionError(
-            f"nats-server {version} is too old: llm-es needs {wanted} or newer "
-            "(atomic batch publish, subject-filtered expected sequences)"
-        )
-    if not jetstream:
-        raise ServerVersionError("nats-server has JetStream disabled: start it with -js")
-
-
-def require_server_version(nc: NATS) -> None:
-    """Check the connected server (see `check_server_version`)."""
-    info: dict[str, object] = getattr(nc, "_server_info", {})
-    check_server_version(str(info.get("version", "0.0.0")), jetstream=bool(info.get("jetstream")))
-
-
-def event_log_config(
-    name: str,
-    prefix: str,
-    *,
-    replicas: int = 1,
-    storage: api.StorageType = api.StorageType.FILE,
-) -> api.StreamConfig:
-    """Settings of a stream used as an event log: `<prefix>.>`, atomic batches, direct
-    gets, no delete or purge, limits retention, the duplicate window for `Nats-Msg-Id`."""
-    return api.StreamConfig(
-        name=name,
-        subjects=[f"{prefix}.>"],
-        storage=storage,
-        retention=api.RetentionPolicy.LIMITS,
-        num_replicas=replicas,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        allow_direct=True,
-        allow_atomic=True,
-        deny_delete=True,
-        deny_purge=True,
-        discard=api.DiscardPolicy.OLD,
-    )
-
-
-def fitted_stream_config(current: api.StreamConfig, wanted: api.StreamConfig) -> api.StreamConfig:
-    """An existing stream's settings with what the log needs raised, and nothing else changed.
-
-    An operator's choices stay (limits such as `max_age` and `max_bytes`, more
-    replicas, a longer duplicate window, more subjects); the log's own subjects,
-    atomic batches, direct gets and no delete/purge are added, and replicas and the
-    duplicate window only go up.
-    """
-    subjects = list(current.subjects or [])
-    subjects += [s for s in wanted.subjects or [] if s not in subjects]
-    return dataclasses.replace(
-        current,
-        subjects=subjects,
-        num_replicas=max(current.num_replicas or 1, wanted.num_replicas or 1),
-        duplicate_window=max(current.duplicate_window or 0, wanted.duplicate_window or 0),
-        allow_direct=True,
-        allow_atomic=True,
-        deny_delete=True,
-        deny_purge=True,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +91,11 @@ class EventStore:
         self.quarantine = Quarantine("store", prefix=prefix)
         """Events `read` and `event_at` skipped (`llm_es.store.quarantine`)."""
 
+    @property
+    def replicas(self) -> int:
+        """Copies the log is kept at (`nats.replicas`); llm-es keeps its KV buckets at as many."""
+        return self._replicas
+
     def stream_config(self) -> api.StreamConfig:
         """The stream's settings (DESIGN.md: file storage, atomic, no delete/purge)."""
         return event_log_config(self.stream, self.prefix, replicas=self._replicas)
@@ -175,6 +115,7 @@ class EventStore:
                 await self._js.add_stream(config)
             except APIError as exc:
                 raise OperationalError(f"cannot create stream {self.stream}: {exc}") from exc
+            await wait_for_leader(self._js, self.stream)
             return
         fitted = fitted_stream_config(info.config, config)
         if fitted == info.config:

@@ -155,6 +155,7 @@ async def test_status_json_after_a_turn(
     assert stream["event_types"] == {"TokensSpent": 1, "TurnAdmitted": 1, "TurnCompleted": 1}
     assert stream["event_types_partial"] is False
     assert (stream["storage"], stream["allow_atomic"]) == ("file", True)
+    assert (stream["replicas"], report["views"]["replicas"]) == (1, 1)
     assert stream["duplicate_window_seconds"] > 0
     assert report["views"]["exists"] is True
     assert report["views"]["keys"] == {

@@ -25,7 +25,7 @@ from llm_es.domain.events import (
 )
 from llm_es.domain.views import QUARANTINE_KEY, usage_key
 from llm_es.embedded import EmbeddedNatsServer
-from llm_es.service.event_publisher import POSITION_BUCKET, POSITION_KEY
+from llm_es.service.publisher_position import POSITION_BUCKET, POSITION_KEY
 from llm_es.store.codec import encode_event
 from llm_es.store.log import STREAM_NAME, subject_of
 from tests.integration.conftest import PluginStarter

@@ -147,6 +147,7 @@ def test_every_key_can_be_set() -> None:
             "tls_ca": "/ca.pem",
             "tls_cert": "/c.pem",
             "tls_key": "/k.pem",
+            "replicas": 3,
         },
     }
     config = parse(raw)
@@ -170,6 +171,7 @@ def test_every_key_can_be_set() -> None:
     assert config.nats.servers == ("nats://a:4222", "tls://b:4222")
     assert config.nats.token == Secret("tok")
     assert config.nats.tls_key == "/k.pem"
+    assert config.nats.replicas == 3
 
 
 def test_null_rate_limit_means_no_limit() -> None:
@@ -394,6 +396,18 @@ INVALID = [
         "nats.url",
         "expected NATS server URL(s)",
         id="nats-url-empty-entry",
+    ),
+    pytest.param(
+        {"nats": {"replicas": 0}},
+        "nats.replicas",
+        "must be between 1 and 5, got 0",
+        id="nats-replicas-zero",
+    ),
+    pytest.param(
+        {"nats": {"replicas": 6}},
+        "nats.replicas",
+        "must be between 1 and 5, got 6",
+        id="nats-replicas-too-many",
     ),
     pytest.param(
         {"nats": {"user": "bot"}},

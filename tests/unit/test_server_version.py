@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llm_es.errors import ServerVersionError
-from llm_es.store.log import check_server_version
+from llm_es.store.stream_settings import check_server_version
 
 
 @pytest.mark.parametrize("version", ["2.12.0", "2.15.1", "v2.12.3", "3.0.0", "2.20.0-beta"])
