@@ -58,6 +58,11 @@ def memory_not_found(memory_id: str) -> str:
     return f"Memory not found: {memory_id}"
 
 
+def answer_not_stored(reason: str) -> str:
+    """The model answered, but the event log refused to store the answer (its limits)."""
+    return f"The answer could not be stored in the event log ({reason}); ask an operator."
+
+
 def channel_busy(limit: int) -> str:
     """A turn refused because its channel already runs `limit` turns here."""
     return f"This channel already has {limit} replies in progress; try again when one has finished."

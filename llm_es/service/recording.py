@@ -22,7 +22,7 @@ from typing import Protocol
 
 from llm_es.domain.events import Event, TurnCompleted, TurnFailed
 from llm_es.domain.views import EventFeed, ViewReader
-from llm_es.errors import OperationalError, OutcomeUnknown
+from llm_es.errors import AppendRefused, OperationalError, OutcomeUnknown
 from llm_es.metrics import PluginMetrics
 from llm_es.store.log import EventStore
 
@@ -128,6 +128,8 @@ class Recorder:
                     try:
                         await self.wait_for(max(await self.store.append_all(events)))
                         return
+                    except AppendRefused:
+                        raise  # the log answered no: appending again gets the same answer
                     except OperationalError:
                         pass  # the server is away; what was sent may arrive on reconnect
                     last = folded[-1]

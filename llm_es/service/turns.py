@@ -25,7 +25,13 @@ from llm_es.domain.idempotency import request_turn_id, with_turn_ids
 from llm_es.domain.limits import TurnRequest, estimate_tokens
 from llm_es.domain.messages import ChatMessage
 from llm_es.domain.prompt import prompt_length
-from llm_es.errors import OutcomeUnknown, PartialUsage, ProviderError, ProviderTimeout
+from llm_es.errors import (
+    AppendRefused,
+    OutcomeUnknown,
+    PartialUsage,
+    ProviderError,
+    ProviderTimeout,
+)
 from llm_es.logs import log_kv
 from llm_es.metrics import PluginMetrics
 from llm_es.providers.base import LLMProvider
@@ -46,7 +52,7 @@ from llm_es.service.retries import (
     outcome_unknown,
     retried_turn_outcome,
 )
-from llm_es.service.turn_end import record_failure, refused_busy
+from llm_es.service.turn_end import record_failure, record_unstored, refused_busy
 from llm_es.service.turn_slots import TurnSlots
 from llm_es.service.turn_timing import observe_turn, timing_first_chunk
 
@@ -347,6 +353,16 @@ class Turns:
         try:
             await self._recorder.record(
                 *with_turn_ids(request.turn_id, [*owed, spent], end),
+                confirm_within=confirm_within(),
+            )
+        except AppendRefused as refused:
+            return await record_unstored(
+                self._recorder,
+                request,
+                [*owed, spent],
+                refused,
+                now,
+                provider.name,
                 confirm_within=confirm_within(),
             )
         except OutcomeUnknown as exc:

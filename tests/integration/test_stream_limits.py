@@ -13,11 +13,11 @@ from nats.js import api
 
 from llm_es.app import Plugin
 from llm_es.config import RateLimitsConfig
-from llm_es.domain.events import TurnAdmitted, TurnCompleted, TurnFailed
+from llm_es.domain.events import TokensSpent, TurnAdmitted, TurnCompleted, TurnFailed
 from llm_es.domain.views import usage_key
 from llm_es.store.log import STREAM_NAME
 from tests.integration.conftest import PluginStarter
-from tests.support.fake_llm import DEFAULT_REPLY
+from tests.support.fake_llm import DEFAULT_REPLY, FakeLLMServer
 from tests.support.harness import command, log_events
 
 LIMITS = RateLimitsConfig(
@@ -67,6 +67,30 @@ async def test_an_event_over_the_streams_message_size_is_a_clear_error(
     answered = await command(client, "hi", user="ann")
     assert answered["success"] is True, answered
     assert answered["result"]["message"] == DEFAULT_REPLY
+
+
+async def test_an_answer_over_the_streams_message_size_closes_the_turn_and_books_it(
+    start: PluginStarter,
+    client: NATS,
+    fake_llm: FakeLLMServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A model answer too large for max_msg_size: the caller is told it could not be
+    stored, the turn ends TurnFailed(not_stored) with the provider's tokens booked, and
+    the user holds no reservation."""
+    plugin = await start(rate_limits=LIMITS)
+    await limit_stream(client, max_msg_size=MAX_EVENT_BYTES)
+    fake_llm.reply = "y" * (MAX_EVENT_BYTES * 2)
+    refused = await command(client, "tell me everything", user="cid")
+    assert refused["success"] is False
+    assert refused["error"].startswith("The answer could not be stored in the event log")
+    assert "message size exceeds maximum allowed" in refused["error"]
+    assert warnings_naming(caplog, "turn_not_stored")
+    events = [event for _, event in await log_events(client)]
+    failed = [e for e in events if isinstance(e, TurnFailed)]
+    assert [e.error_type for e in failed] == ["not_stored"]
+    assert [e.turn_id for e in events if isinstance(e, TokensSpent)] == [failed[0].turn_id]
+    await assert_every_admitted_turn_ended(client, plugin, "cid")
 
 
 async def test_a_full_stream_that_discards_new_events_refuses_clearly(
