@@ -28,6 +28,7 @@ WIDTH = 760
 PANEL_HEIGHT = 240
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 150, 34, 34
 FONT = 'font-family="sans-serif" font-size="11"'
+TITLE_FONT = 'font-family="sans-serif" font-size="13"'
 
 
 def nice_ceiling(value: float) -> float:
@@ -55,7 +56,7 @@ def _frame(title: str, top: float, days: Sequence[str], ceiling: float, unit: st
     plot_height = PANEL_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
     bottom = top + MARGIN_TOP + plot_height
     parts = [
-        f'<text x="{MARGIN_LEFT}" y="{top + 18}" {FONT} font-size="13" font-weight="bold">'
+        f'<text x="{MARGIN_LEFT}" y="{top + 18}" {TITLE_FONT} font-weight="bold">'
         f"{escape(title)}</text>"
     ]
     for tick in range(5):

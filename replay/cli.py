@@ -30,6 +30,7 @@ from llm_es import __version__
 from llm_es.cli_options import CommonOptions, start_logging
 from llm_es.config import Config, load_config_sync
 from llm_es.domain.events import EVENT_TYPES
+from llm_es.domain.usage_days import USAGE_GROUPINGS, UsageDays
 from llm_es.errors import ConfigError
 from replay.audit import GROUPINGS, run_audit
 from replay.audit_output import FORMATS, render
@@ -43,6 +44,7 @@ from replay.errors import (
     UsageError,
 )
 from replay.output import LineWriter
+from replay.plot import check_plot_path, write_plot
 from replay.progress import Progress
 from replay.reading import EventLog, event_filter
 from replay.rebuild import run_rebuild
@@ -148,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--format", choices=FORMATS, default="table", help="default table")
     audit.add_argument("--limit", type=_positive, help="with --all: only the top N users")
+    audit.add_argument(
+        "--plot",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="also draw tokens and requests per day (the dashboard's chart) into FILE.svg or"
+        " FILE.png: the --since/--until days, else the last 30",
+    )
+    audit.add_argument(
+        "--plot-by",
+        choices=USAGE_GROUPINGS,
+        default="provider",
+        help="stack the plot's bars by provider (default) or model",
+    )
     progress_flag(audit)
 
     def selection_flags(sub: argparse.ArgumentParser) -> None:
@@ -298,6 +313,10 @@ async def dispatch(
         await out.flush()
         return EXIT_OK
     if args.command == "audit":
+        days = None
+        if args.plot is not None:
+            check_plot_path(args.plot)
+            days = UsageDays()
         with progress("audit", 0) as bar:
             audited = await run_audit(
                 log,
@@ -307,7 +326,13 @@ async def dispatch(
                 until=times["until"],
                 limit=args.limit,
                 progress=bar,
+                days=days,
             )
+        if days is not None:
+            shown = await write_plot(
+                args.plot, days, by=args.plot_by, since=times["since"], until=times["until"]
+            )
+            print(f"plot: {args.plot} ({shown[0]} to {shown[-1]})", file=sys.stderr)
         await out.line(render(audited, args.format))
         await out.flush()
         return EXIT_OK

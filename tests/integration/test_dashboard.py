@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import pathlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from llm_es.app import Plugin
 from llm_es.config import HttpConfig, RateLimitsConfig
 from llm_es.domain.events import TurnCompleted, TurnFailed, TurnRejected
 from llm_es.embedded import EmbeddedNatsServer
+from replay.plot import PNG_NEEDS
 from tests.integration.conftest import PluginStarter
 from tests.support.cli import console_script, run_script
 from tests.support.fake_llm import FakeLLMServer
@@ -90,10 +92,12 @@ async def test_dashboard_json_equals_the_audit_after_a_scripted_workload(
     client: NATS,
     fake_llm: FakeLLMServer,
     nats_server: EmbeddedNatsServer,
+    tmp_path: pathlib.Path,
 ) -> None:
     """Usage per day by provider and by model, the top users today and this month, errors
     by type and completed turns per day equal `llm-replay audit` and the log, for events
-    folded from history (before the instance started) and live alike."""
+    folded from history (before the instance started) and live alike; `audit --plot`
+    writes the very SVG the page shows."""
     await start(rate_limits=LIMITS)
     await workload(client, fake_llm, users=("ann", "bob", "cyd"))
     plugin, base = await listening(start, fake_llm)
@@ -153,6 +157,13 @@ async def test_dashboard_json_equals_the_audit_after_a_scripted_workload(
     assert latency["turns"][-1] == completed
     assert latency["p50_ms"][-1] is not None
     assert latency["p99_ms"][-1] >= latency["p50_ms"][-1]
+
+    # The report's plot is the page's chart: the same figures drawn by the same code.
+    for by in ("provider", "model"):
+        svg_path = tmp_path / f"usage-{by}.svg"
+        await audit(nats_server.url, "--plot", str(svg_path), "--plot-by", by)
+        page_svg = (await get_json(base, f"/api/usage?by={by}"))["svg"]
+        assert svg_path.read_text() == page_svg
 
     lag = await get_json(base, "/api/lag")
     assert lag["log_end"] == len(events)
@@ -217,3 +228,33 @@ async def test_live_tail_streams_new_events_filtered_by_user(
     assert {line["user"] for line in seen} == {"tailed"}
     assert "secret" not in orjson.dumps(seen).decode()
     assert seen[2]["latency_ms"] > 0
+
+
+async def test_audit_plot_writes_png_or_says_what_it_needs(
+    plugin: Plugin, client: NATS, nats_server: EmbeddedNatsServer, tmp_path: pathlib.Path
+) -> None:
+    """`--plot FILE.png` writes a PNG (CairoSVG and cairo present) or exits 2 saying what
+    PNG needs; another suffix exits 2 before reading anything."""
+    assert (await command(client, "hello"))["success"] is True
+    png = tmp_path / "usage.png"
+    args = ("--nats-url", nats_server.url, "audit", "--all", "--no-progress")
+    result = await run_script(console_script("llm-replay"), *args, "--plot", str(png))
+    if cairo_works():
+        assert result.returncode == 0, result.stderr
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert result.stderr.startswith(f"plot: {png} (")
+    else:
+        assert (result.returncode, result.stderr) == (2, f"llm-replay: {PNG_NEEDS}\n")
+    wrong = await run_script(console_script("llm-replay"), *args, "--plot", "usage.pdf")
+    assert (wrong.returncode, wrong.stderr) == (
+        2,
+        "llm-replay: --plot usage.pdf: the file name must end in .svg or .png\n",
+    )
+
+
+def cairo_works() -> bool:
+    try:
+        import cairosvg  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
