@@ -76,7 +76,8 @@ def _frame(title: str, top: float, days: Sequence[str], ceiling: float, unit: st
     slot = plot_width / max(len(days), 1)
     every = max(1, math.ceil(len(days) / 8))
     for index, day in enumerate(days):
-        if index % every == 0 or index == len(days) - 1:
+        last = index == len(days) - 1
+        if last or (index % every == 0 and len(days) - 1 - index >= every / 2):
             x = MARGIN_LEFT + slot * (index + 0.5)
             parts.append(
                 f'<text x="{x:.1f}" y="{bottom + 16:.1f}" {FONT} text-anchor="middle">'
