@@ -232,16 +232,32 @@ def llm_es_command() -> list[str]:
 
 
 SCRAPE_SECONDS = 1.0
-"""Between two scrapes of /metrics with --http (Prometheus' default is 15 s: this is harsher)."""
+"""Between two scrapes of /metrics with --http (Prometheus' default is 15 s: this is harsher),
+and between two reads of the dashboard's JSON (its page refreshes every 10 s)."""
+DASHBOARD_PATHS = ("/api/usage", "/api/users", "/api/errors", "/api/latency", "/api/lag")
 
 
 async def scrape_metrics(listen: str) -> None:
-    """GET /metrics every SCRAPE_SECONDS until cancelled (the run's end)."""
+    """Until cancelled (the run's end): GET /metrics and the dashboard's JSON every
+    SCRAPE_SECONDS, with one live tail (/api/tail) open all along, as an open page has."""
     async with httpx.AsyncClient(base_url=f"http://{listen}", timeout=5.0) as client:
-        while True:
+
+        async def tail() -> None:
             with contextlib.suppress(httpx.HTTPError):
-                (await client.get("/metrics")).raise_for_status()
-            await asyncio.sleep(SCRAPE_SECONDS)
+                async with client.stream("GET", "/api/tail", timeout=None) as stream:
+                    async for _ in stream.aiter_lines():
+                        pass
+
+        tailing = asyncio.create_task(tail(), name="tail")
+        try:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    for path in ("/metrics", *DASHBOARD_PATHS):
+                        (await client.get(path)).raise_for_status()
+                await asyncio.sleep(SCRAPE_SECONDS)
+        finally:
+            tailing.cancel()
+            await asyncio.gather(tailing, return_exceptions=True)
 
 
 def plugin_config(llm_url: str) -> dict[str, Any]:
@@ -1195,8 +1211,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--http",
         metavar="HOST:PORT",
-        help="the plugin serves /metrics here, scraped every second for the whole run (A/B"
-        " against the default: no listener)",
+        help="the plugin serves /metrics and the dashboard here, both read every second and"
+        " a live tail open for the whole run (A/B against the default: no listener)",
     )
     parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs, data)")
     parser.add_argument(

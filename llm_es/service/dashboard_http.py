@@ -106,10 +106,16 @@ async def stream_tail(
                     writer.write(b": keep-alive\n\n")
                     await writer.drain()
                     continue
-                if line is None:
-                    return
-                writer.write(b"data: " + orjson.dumps(line) + b"\n\n")
+                # What else is waiting goes in the same write: one send for a burst.
+                batch = [line]
+                while batch[-1] is not None and not lines.empty():
+                    batch.append(lines.get_nowait())
+                writer.write(
+                    b"".join(b"data: " + orjson.dumps(each) + b"\n\n" for each in batch if each)
+                )
                 await writer.drain()
+                if batch[-1] is None:
+                    return
     except TooManyWatchers as exc:
         body = f"{exc}\n".encode()
         writer.write(

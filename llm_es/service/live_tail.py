@@ -2,7 +2,7 @@
 
 Lines name an event's type, time, channel, user and a few figures (provider,
 tokens, error type, latency), never a message's text. The last
-`RECENT_LINES` are kept for a page that opens; each watcher has a bounded queue
+`RECENT_LINES` events are kept for a page that opens; each watcher has a bounded queue
 and one that falls behind is dropped (its page reconnects and starts again).
 """
 
@@ -108,7 +108,8 @@ class LiveTail:
     """Recent lines and the watchers of new ones."""
 
     def __init__(self) -> None:
-        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_LINES)
+        self.recent: deque[tuple[int, Event]] = deque(maxlen=RECENT_LINES)
+        """The last events, made lines only when a page asks (most of the time none watches)."""
         self._watchers: set[_Watcher] = set()
 
     @property
@@ -117,10 +118,11 @@ class LiveTail:
 
     def publish(self, seq: int, event: Event) -> None:
         """One folded event (synchronous: it runs inside the fold)."""
-        line = tail_line(seq, event)
-        self.recent.append(line)
-        for watcher in self._watchers:
-            watcher.offer(line)
+        self.recent.append((seq, event))
+        if self._watchers:
+            line = tail_line(seq, event)
+            for watcher in self._watchers:
+                watcher.offer(line)
 
     @contextlib.contextmanager
     def watch(self, wanted: TailFilter) -> Iterator[asyncio.Queue[dict[str, Any] | None]]:
@@ -128,8 +130,8 @@ class LiveTail:
         if len(self._watchers) >= MAX_WATCHERS:
             raise TooManyWatchers(f"{MAX_WATCHERS} live tails are open already")
         watcher = _Watcher(wanted)
-        for line in list(self.recent)[-WATCHER_QUEUE // 2 :]:
-            watcher.offer(line)
+        for seq, event in list(self.recent)[-WATCHER_QUEUE // 2 :]:
+            watcher.offer(tail_line(seq, event))
         self._watchers.add(watcher)
         try:
             yield watcher.queue
