@@ -74,7 +74,9 @@ class MetricsListener:
                 " (set http.listen or --http to another HOST:PORT, or http.listen to null)"
             ) from None
         host, port = self.address
-        log_kv(logger, "metrics_listening", url=f"http://{host}:{port}{METRICS_PATH}")
+        shown = f"[{host}]" if ":" in host else host
+        extra = {} if self._dashboard is None else {"dashboard": f"http://{shown}:{port}/"}
+        log_kv(logger, "metrics_listening", url=f"http://{shown}:{port}{METRICS_PATH}", **extra)
 
     async def stop(self) -> None:
         if self._dashboard is not None:
