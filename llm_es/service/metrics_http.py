@@ -75,8 +75,11 @@ class MetricsListener:
             ) from None
         host, port = self.address
         shown = f"[{host}]" if ":" in host else host
-        extra = {} if self._dashboard is None else {"dashboard": f"http://{shown}:{port}/"}
-        log_kv(logger, "metrics_listening", url=f"http://{shown}:{port}{METRICS_PATH}", **extra)
+        url = f"http://{shown}:{port}{METRICS_PATH}"
+        if self._dashboard is None:
+            log_kv(logger, "metrics_listening", url=url)
+        else:
+            log_kv(logger, "metrics_listening", url=url, dashboard=f"http://{shown}:{port}/")
 
     async def stop(self) -> None:
         if self._dashboard is not None:
