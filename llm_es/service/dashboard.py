@@ -2,7 +2,9 @@
 
 `Dashboard.follow` takes every event the views fold from then on (in process,
 no read of its own) and reads the older ones once, in the background, from
-the log (one consumer per charted type, filtered by the server). Both go
+the log (one consumer per charted type, filtered by the server). On the turn
+path an event is only set aside; the fold runs every `FOLD_SECONDS` and before
+any answer, so answers are exact and turns do not wait for it. Both go
 through `UsageDays`, the fold `llm-replay audit` uses, so the JSON here
 equals the audit's numbers. Answers are built on the loop from memory; the
 views' lag needs one stream-info request.
@@ -35,6 +37,10 @@ KEEP_DAYS = 62
 """Days kept in memory: the 30 charted and the whole of this month, with room to spare."""
 CHART_DAYS = 30
 TOP_USERS = 10
+FOLD_SECONDS = 1.0
+"""How often the events set aside are folded when no one asks."""
+MAX_PENDING = 10_000
+"""Events set aside past which they are folded at once (memory stays bounded)."""
 LAG_SECONDS = 2.0
 """Longest `/api/lag` waits for the log's size."""
 
@@ -60,32 +66,50 @@ class Dashboard:
         self.tail = LiveTail()
         self.loaded_up_to: int | None = None
         """The log position the history read covers once done (None: still reading)."""
+        self._pending: list[tuple[int, Event]] = []
         self._stop: Callable[[], None] | None = None
         self._history: asyncio.Task[None] | None = None
+        self._folder: asyncio.Task[None] | None = None
 
     def follow(self, feed: EventFeed) -> None:
         """Fold every event from now on, and read the log up to here in the background."""
         self.days.forget_before(self._today())
         position, self._stop = feed.follow(self._fold)
         self._history = asyncio.create_task(self._read_history(position), name="dashboard-history")
+        self._folder = asyncio.create_task(self._fold_now_and_then(), name="dashboard-fold")
 
     async def stop(self) -> None:
         self.tail.close()
         if self._stop is not None:
             self._stop()
             self._stop = None
-        if self._history is not None:
-            self._history.cancel()
-            await asyncio.gather(self._history, return_exceptions=True)
-            self._history = None
+        for task in (self._history, self._folder):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._history = self._folder = None
 
     def _fold(self, seq: int, event: Event | None) -> None:
-        """One folded event (synchronous and cheap: it runs inside the views' fold)."""
+        """One event the views fold: set aside (this runs inside the views' fold)."""
         if event is None:
             return
         if event.TYPE in CHARTED_TYPES:
-            self.days.count(seq, audit_body(event))
+            self._pending.append((seq, event))
+            if len(self._pending) >= MAX_PENDING:
+                self.fold_pending()
         self.tail.publish(seq, event)
+
+    def fold_pending(self) -> None:
+        """Fold the events set aside into the per-day sums."""
+        pending, self._pending = self._pending, []
+        count = self.days.count
+        for seq, event in pending:
+            count(seq, audit_body(event))
+
+    async def _fold_now_and_then(self) -> None:
+        while True:
+            await asyncio.sleep(FOLD_SECONDS)
+            self.fold_pending()
 
     async def _read_history(self, position: int) -> None:
         async def read(type_name: str) -> None:
@@ -102,6 +126,7 @@ class Dashboard:
         log_kv(logger, "dashboard_history_read", position=position, events=self.days.events)
 
     def _chart_days(self, query: dict[str, str]) -> list[str]:
+        self.fold_pending()
         text = query.get("days", str(CHART_DAYS))
         if not text.isdigit() or not 1 <= int(text) <= CHART_DAYS:
             raise BadQuery(f"days: a whole number from 1 to {CHART_DAYS}, not {text!r}")
@@ -125,6 +150,7 @@ class Dashboard:
         limit_text = query.get("limit", str(TOP_USERS))
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= 100:
             raise BadQuery(f"limit: a whole number from 1 to 100, not {limit_text!r}")
+        self.fold_pending()
         today = self._today()
         self.days.forget_before(today)
         month = day_range(today, today.day)

@@ -19,7 +19,7 @@ import orjson
 
 from llm_es.service.dashboard import BadQuery, Dashboard
 from llm_es.service.dashboard_page import render_page
-from llm_es.service.live_tail import TailFilter, TooManyWatchers
+from llm_es.service.live_tail import TailFilter, TooManyWatchers, tail_line
 
 TAIL_PATH = "/api/tail"
 KEEPALIVE_SECONDS = 15.0
@@ -111,7 +111,11 @@ async def stream_tail(
                 while batch[-1] is not None and not lines.empty():
                     batch.append(lines.get_nowait())
                 writer.write(
-                    b"".join(b"data: " + orjson.dumps(each) + b"\n\n" for each in batch if each)
+                    b"".join(
+                        b"data: " + orjson.dumps(tail_line(*each)) + b"\n\n"
+                        for each in batch
+                        if each
+                    )
                 )
                 await writer.drain()
                 if batch[-1] is None:

@@ -1,9 +1,10 @@
-"""The dashboard's live tail: each folded event as a short line, handed to its watchers.
+"""The dashboard's live tail: each folded event handed to its watchers, then a short line.
 
 Lines name an event's type, time, channel, user and a few figures (provider,
-tokens, error type, latency), never a message's text. The last
-`RECENT_LINES` events are kept for a page that opens; each watcher has a bounded queue
-and one that falls behind is dropped (its page reconnects and starts again).
+tokens, error type, latency), never a message's text; the page's connection
+makes them, so the fold only hands events on. The last `RECENT_LINES` events
+are kept for a page that opens; each watcher has a bounded queue and one that
+falls behind is dropped (its page reconnects and starts again).
 """
 
 from __future__ import annotations
@@ -80,36 +81,39 @@ class TailFilter:
     user: str | None = None
     type: str | None = None
 
-    def matches(self, line: dict[str, Any]) -> bool:
+    def matches(self, event: Event) -> bool:
         return (
-            (self.channel is None or line["channel"] == self.channel)
-            and (self.user is None or line["user"] == self.user)
-            and (self.type is None or line["type"] == self.type)
+            (self.channel is None or event.channel_name == self.channel)
+            and (self.user is None or event.user_name == self.user)
+            and (self.type is None or self.type == event.TYPE)
         )
+
+
+Entry = tuple[int, Event]
+"""A log sequence and its event: made a line (`tail_line`) by the page's connection."""
 
 
 class _Watcher:
     def __init__(self, wanted: TailFilter) -> None:
         self.wanted = wanted
-        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(WATCHER_QUEUE + 1)
+        self.queue: asyncio.Queue[Entry | None] = asyncio.Queue(WATCHER_QUEUE + 1)
         self.open = True
 
-    def offer(self, line: dict[str, Any] | None) -> None:
+    def offer(self, entry: Entry | None) -> None:
         if not self.open:
             return
-        if line is None or self.queue.qsize() >= WATCHER_QUEUE:
+        if entry is None or self.queue.qsize() >= WATCHER_QUEUE:
             self.open = False
             self.queue.put_nowait(None)  # the one slot kept for the end
-        elif self.wanted.matches(line):
-            self.queue.put_nowait(line)
+        elif self.wanted.matches(entry[1]):
+            self.queue.put_nowait(entry)
 
 
 class LiveTail:
     """Recent lines and the watchers of new ones."""
 
     def __init__(self) -> None:
-        self.recent: deque[tuple[int, Event]] = deque(maxlen=RECENT_LINES)
-        """The last events, made lines only when a page asks (most of the time none watches)."""
+        self.recent: deque[Entry] = deque(maxlen=RECENT_LINES)
         self._watchers: set[_Watcher] = set()
 
     @property
@@ -117,21 +121,20 @@ class LiveTail:
         return len(self._watchers)
 
     def publish(self, seq: int, event: Event) -> None:
-        """One folded event (synchronous: it runs inside the fold)."""
-        self.recent.append((seq, event))
-        if self._watchers:
-            line = tail_line(seq, event)
-            for watcher in self._watchers:
-                watcher.offer(line)
+        """One folded event (synchronous: it runs inside the fold, so it only hands it on)."""
+        entry = (seq, event)
+        self.recent.append(entry)
+        for watcher in self._watchers:
+            watcher.offer(entry)
 
     @contextlib.contextmanager
-    def watch(self, wanted: TailFilter) -> Iterator[asyncio.Queue[dict[str, Any] | None]]:
-        """A queue of the matching recent lines, then each new one; None ends it."""
+    def watch(self, wanted: TailFilter) -> Iterator[asyncio.Queue[Entry | None]]:
+        """A queue of the matching recent events, then each new one; None ends it."""
         if len(self._watchers) >= MAX_WATCHERS:
             raise TooManyWatchers(f"{MAX_WATCHERS} live tails are open already")
         watcher = _Watcher(wanted)
-        for seq, event in list(self.recent)[-WATCHER_QUEUE // 2 :]:
-            watcher.offer(tail_line(seq, event))
+        for entry in list(self.recent)[-WATCHER_QUEUE // 2 :]:
+            watcher.offer(entry)
         self._watchers.add(watcher)
         try:
             yield watcher.queue
