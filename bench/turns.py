@@ -233,15 +233,41 @@ def llm_es_command() -> list[str]:
 
 SCRAPE_SECONDS = 1.0
 """Between two scrapes of /metrics with --http (Prometheus' default is 15 s: this is harsher)."""
+PAGE_REFRESH_SECONDS = 10.0
+"""Between two reads of the dashboard's JSON with --watch-dashboard (its page's pace)."""
+DASHBOARD_PATHS = ("/api/usage", "/api/users", "/api/errors", "/api/latency", "/api/lag")
 
 
-async def scrape_metrics(listen: str) -> None:
-    """GET /metrics every SCRAPE_SECONDS until cancelled (the run's end)."""
+async def http_reader(listen: str, watch_dashboard: bool, max_seconds: float) -> None:
+    """The listener's reader, in its own process: GET /metrics every SCRAPE_SECONDS; with
+    `watch_dashboard`, also what an open dashboard page does (its JSON every
+    PAGE_REFRESH_SECONDS, one live tail open all along, every line read)."""
     async with httpx.AsyncClient(base_url=f"http://{listen}", timeout=5.0) as client:
-        while True:
+
+        async def tail() -> None:
             with contextlib.suppress(httpx.HTTPError):
-                (await client.get("/metrics")).raise_for_status()
-            await asyncio.sleep(SCRAPE_SECONDS)
+                async with client.stream("GET", "/api/tail", timeout=None) as stream:
+                    async for _ in stream.aiter_lines():
+                        pass
+
+        async def page() -> None:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    for path in DASHBOARD_PATHS:
+                        (await client.get(path)).raise_for_status()
+                await asyncio.sleep(PAGE_REFRESH_SECONDS)
+
+        async def scrape() -> None:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    (await client.get("/metrics")).raise_for_status()
+                await asyncio.sleep(SCRAPE_SECONDS)
+
+        jobs = [scrape(), *((tail(), page()) if watch_dashboard else ())]
+        print("READY", flush=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max_seconds):
+                await asyncio.gather(*jobs)
 
 
 def plugin_config(llm_url: str) -> dict[str, Any]:
@@ -899,6 +925,8 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
             "chunk_delay_ms": None if args.llm_url else args.chunk_delay_ms,
             "llm": args.llm_url or "bench/fake_ollama.py (subprocess, zero delay)",
             "plugin_service_settings": dict(args.service_settings),
+            "http": args.http,
+            "watch_dashboard": args.watch_dashboard,
         },
     }
     server = EmbeddedNatsServer(workdir / "nats", port=0)
@@ -973,8 +1001,12 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
         if passthrough is not None:
             pids["passthrough"] = passthrough.pid
         if args.http:
-            scraper = asyncio.create_task(scrape_metrics(args.http), name="scrape")
-            stack.callback(scraper.cancel)
+            argv = [sys.executable, str(SCRIPT), "--http-reader", args.http]
+            if args.watch_dashboard:
+                argv.append("--watch-dashboard")
+            reader = Child("http-reader", argv, workdir / "http_reader.log")
+            stack.push_async_callback(reader.stop)
+            await reader.start(ready_prefix="READY", env=env)
         operations = Operations(nc, http)
         await operations.inbox.start()
         cells = cells_for(args.concurrency, args.one_user_concurrency, stream=args.stream)
@@ -1195,9 +1227,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--http",
         metavar="HOST:PORT",
-        help="the plugin serves /metrics here, scraped every second for the whole run (A/B"
-        " against the default: no listener)",
+        help="the plugin listens here (/metrics and the dashboard); a child process scrapes"
+        " /metrics every second for the whole run (A/B against the default: no listener)",
     )
+    parser.add_argument(
+        "--watch-dashboard",
+        action="store_true",
+        help="with --http: the child also does what an open dashboard page does (its JSON"
+        " every 10 s, a live tail open)",
+    )
+    parser.add_argument("--http-reader", metavar="HOST:PORT", help=argparse.SUPPRESS)
     parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs, data)")
     parser.add_argument(
         "--max-seconds", type=float, default=1800.0, help="hard limit for the whole run (1800)"
@@ -1226,6 +1265,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.echo_responder:
         asyncio.run(echo_responder(args.echo_responder, args.max_seconds))
+        return 0
+    if args.http_reader:
+        asyncio.run(http_reader(args.http_reader, args.watch_dashboard, args.max_seconds))
         return 0
     if args.passthrough_responder:
         asyncio.run(passthrough_responder(*args.passthrough_responder, args.max_seconds))

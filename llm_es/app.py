@@ -4,9 +4,10 @@ The composition root (with `llm_es.cli`): the one place that may import every
 part, the `projections` read side included. `Plugin.start` ensures the stream,
 starts the read side, waits until the views include the whole log, closes
 turns a crash left open, and only then subscribes the command subjects.
-With `http.listen` set it first opens the `/metrics` listener (a port taken
-stops the start before anything else runs); its metrics live in a registry of
-this plugin's own (`PluginMetrics`).
+With `http.listen` set it first opens the HTTP listener, `/metrics` and the
+dashboard (a port taken stops the start before anything else runs); its
+metrics live in a registry of this plugin's own (`PluginMetrics`), the
+dashboard's figures in its own fold of the log (`Dashboard`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from llm_es.providers.base import LLMProvider
 from llm_es.service.api import LLMServiceAPI
 from llm_es.service.chat import ChatService
 from llm_es.service.commands import CommandSurface
+from llm_es.service.dashboard import Dashboard
 from llm_es.service.event_publisher import EventPublisher
 from llm_es.service.legacy import LegacySurface
 from llm_es.service.log_metrics import LogCounts
@@ -102,6 +104,7 @@ class Plugin:
         self.metrics = PluginMetrics()
         self._log_counts = LogCounts(self.metrics)
         self._listener: MetricsListener | None = None
+        self.dashboard: Dashboard | None = None
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -112,7 +115,10 @@ class Plugin:
         await self.store.ensure_stream()
         address = self.config.http.address
         if address is not None:
-            self._listener = MetricsListener(self.metrics, *address, refresh=self._sample_metrics)
+            self.dashboard = Dashboard(self.store, projection_positions=self._projection_positions)
+            self._listener = MetricsListener(
+                self.metrics, *address, refresh=self._sample_metrics, dashboard=self.dashboard
+            )
             await self._listener.start()
         try:
             await self._start_serving()
@@ -132,6 +138,8 @@ class Plugin:
             position = await self.views.catch_up()
         # From here on: the counters start at zero, as a Prometheus counter does.
         self._log_counts.follow(self.views)
+        if self.dashboard is not None:
+            self.dashboard.follow(self.views)
         providers = self._providers if self._providers is not None else build_providers(self.config)
         self._providers = providers
         for each in providers.values():
@@ -201,6 +209,9 @@ class Plugin:
         if retried:
             self.metrics.provider_retries.labels(provider, status).inc()
 
+    def _projection_positions(self) -> dict[str, int]:
+        return {} if self.views is None else self.views.projection_positions()
+
     async def _sample_metrics(self) -> None:
         """The gauges' values now (one stream info request for the log's size)."""
         size = await self.store.size()
@@ -263,6 +274,8 @@ class Plugin:
         log_kv(logger, "plugin_stopped")
 
     async def _stop_listener(self) -> None:
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None

@@ -19,91 +19,29 @@ import dataclasses
 from collections.abc import Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import msgspec
-
-from llm_es.domain.events import EVENT_TYPES, TokensSpent, TurnAdmitted, TurnRejected
+from llm_es.domain.audit import (
+    AUDITED_TYPES,
+    NO_VALUE,
+    AuditRow,
+    audit_body,
+    audit_group,
+    moment_of,
+)
+from llm_es.domain.events import EVENT_TYPES
+from llm_es.domain.usage_days import UsageDays
 from llm_es.store.quarantine import Quarantine
 from replay.errors import UsageError
 from replay.progress import Progress
 from replay.reading import EventLog, LogSelection, event_filter
 from replay.times import iso_z
 
+__all__ = ["GROUPINGS", "NO_VALUE", "AuditReport", "AuditRow", "run_audit"]
+
 GROUPINGS = ("day", "provider", "model", "channel", "purpose")
-AUDITED_TYPES = (TurnAdmitted.TYPE, TurnRejected.TYPE, TokensSpent.TYPE)
-NO_VALUE = "-"
-"""Group of a rejection under `--by provider|model|purpose` (no provider was asked), and of
-a service completion under `--by channel` (it has no channel)."""
 _SCHEMAS = {name: EVENT_TYPES[name].SCHEMA for name in AUDITED_TYPES}
-_DEFAULTS = {
-    name: {
-        f.name: f.default
-        for f in msgspec.structs.fields(EVENT_TYPES[name])
-        if f.default is not msgspec.NODEFAULT
-    }
-    for name in AUDITED_TYPES
-}
-"""Fields an event stored before they existed reads as (the class defaults)."""
-_ADMITTED, _REJECTED, _SPENT = AUDITED_TYPES
-
-
-@dataclass(slots=True)
-class AuditRow:
-    """Sums for one group, and the log sequences they come from."""
-
-    user: str | None
-    group: str | None
-    requests: int = 0
-    rejected: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    priced: int = 0
-    estimated: int = 0
-    events: int = 0
-    first_seq: int = 0
-    last_seq: int = 0
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def add(self, other: AuditRow) -> None:
-        self.requests += other.requests
-        self.rejected += other.rejected
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.cost += other.cost
-        self.priced += other.priced
-        self.estimated += other.estimated
-        if other.events:
-            self.first_seq = (
-                min(self.first_seq, other.first_seq) if self.events else other.first_seq
-            )
-            self.last_seq = max(self.last_seq, other.last_seq)
-        self.events += other.events
-
-    def as_dict(self) -> dict[str, Any]:
-        row: dict[str, Any] = {}
-        if self.user is not None:
-            row["user"] = self.user
-        if self.group is not None:
-            row["group"] = self.group
-        row.update(
-            requests=self.requests,
-            rejected=self.rejected,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            tokens=self.tokens,
-            cost=round(self.cost, 10) if self.priced else None,
-            estimated=self.estimated,
-            events=self.events,
-            first_seq=self.first_seq or None,
-            last_seq=self.last_seq or None,
-        )
-        return row
 
 
 @dataclass
@@ -138,9 +76,17 @@ class _Sums:
     """The aggregation loop's state: rows by group key."""
 
     def __init__(
-        self, *, per_user: bool, by: str | None, since: datetime | None, until: datetime | None
+        self,
+        *,
+        per_user: bool,
+        by: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        days: UsageDays | None = None,
     ) -> None:
         self.per_user = per_user
+        self.days = days
+        """Also folds the audited events per day (for `--plot`)."""
         self.by = by
         self.since = since
         self.until = until
@@ -151,61 +97,23 @@ class _Sums:
         event = self.quarantine.admit(seq, subject, data, stored_ns)
         if event is None or event.TYPE not in _SCHEMAS:
             return
-        body = {name: getattr(event, name) for name in event.__struct_fields__}
-        body["type"] = event.TYPE
-        body["at"] = iso_z(event.at)
-        self._count(seq, body)
+        self._count(seq, audit_body(event))
 
     def _count(self, seq: int, body: dict[str, Any]) -> None:
-        type_name = body["type"]
-        at_text = body["at"]
         if self.since is not None or self.until is not None:
-            at = _moment(at_text)
+            at = moment_of(body["at"])
             if (self.since is not None and at < self.since) or (
                 self.until is not None and at >= self.until
             ):
                 return
-        by = self.by
-        if by is None:
-            group = None
-        elif by == "day":
-            group = at_text[:10] if at_text[-1:] == "Z" else _moment(at_text).date().isoformat()
-        elif by == "channel":
-            group = body["channel"] or NO_VALUE
-        elif type_name == _REJECTED:
-            group = NO_VALUE
-        else:
-            group = body.get(by, _DEFAULTS[type_name].get(by)) or NO_VALUE
+        group = audit_group(body, self.by)
         user = body["user"] if self.per_user else None
         row = self.rows.get((user, group))
         if row is None:
-            row = self.rows[(user, group)] = AuditRow(user, group, first_seq=seq, last_seq=seq)
-        if type_name == _SPENT:
-            row.prompt_tokens += int(body["prompt_tokens"])
-            row.completion_tokens += int(body["completion_tokens"])
-            cost = body.get("cost")  # default None: unpriced
-            if cost is not None:
-                row.cost += float(cost)
-                row.priced += 1
-            if body.get("estimated"):
-                row.estimated += 1
-        elif type_name == _ADMITTED:
-            row.requests += 1
-        else:
-            row.rejected += 1
-        row.events += 1
-        # Types may be read side by side (`--all`), so sequences arrive in runs, not in order.
-        if seq > row.last_seq:
-            row.last_seq = seq
-        elif seq < row.first_seq:
-            row.first_seq = seq
-
-
-def _moment(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError("time without offset")
-    return moment.astimezone(UTC)
+            row = self.rows[(user, group)] = AuditRow(user, group)
+        row.count(seq, body)
+        if self.days is not None:
+            self.days.count(seq, body)
 
 
 async def run_audit(
@@ -217,8 +125,11 @@ async def run_audit(
     until: datetime | None = None,
     limit: int | None = None,
     progress: Progress | None = None,
+    days: UsageDays | None = None,
 ) -> AuditReport:
-    """Sum one user's usage (by group), or every user's (`user` None), ranked by tokens."""
+    """Sum one user's usage (by group), or every user's (`user` None), ranked by tokens.
+
+    With `days`, the same events are folded into it too (the per-day chart's figures)."""
     if by is not None and by not in GROUPINGS:
         raise UsageError(f"--by {by!r}: choose from {', '.join(GROUPINGS)}")
     if since is not None and until is not None and until <= since:
@@ -226,7 +137,7 @@ async def run_audit(
     end = await log.end()
     if user is not None and await log.last_seq_matching(event_filter(user=user).subject) == 0:
         raise UsageError(f"unknown user {user!r}: no event in the log names them")
-    sums = _Sums(per_user=user is None, by=by, since=since, until=until)
+    sums = _Sums(per_user=user is None, by=by, since=since, until=until, days=days)
     if user is not None:
         # One user's events are few: one consumer on `llm.ev.*.<user>.*`.
         selections = [event_filter(user=user, types=AUDITED_TYPES)]

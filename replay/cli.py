@@ -30,6 +30,7 @@ from llm_es import __version__
 from llm_es.cli_options import CommonOptions, start_logging
 from llm_es.config import Config
 from llm_es.domain.events import EVENT_TYPES
+from llm_es.domain.usage_days import USAGE_GROUPINGS, UsageDays
 from llm_es.errors import ConfigError
 from replay.audit import GROUPINGS, run_audit
 from replay.audit_output import FORMATS, render
@@ -44,10 +45,11 @@ from replay.errors import (
     UsageError,
 )
 from replay.output import LineWriter
+from replay.plot import check_plot_path, write_plot
 from replay.progress import Progress
 from replay.reading import EventLog, event_filter
 from replay.rebuild import run_rebuild
-from replay.schemas import check_schemas, current_schemas, schema_text, write_schemas
+from replay.schemas import run_schemas
 from replay.state import Moment, channel_state, render_channel, render_user, user_state
 from replay.tail import run_export, run_tail
 from replay.times import TIME_HELP, parse_moment
@@ -149,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--format", choices=FORMATS, default="table", help="default table")
     audit.add_argument("--limit", type=_positive, help="with --all: only the top N users")
+    audit.add_argument(
+        "--plot",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="also draw tokens and requests per day (the dashboard's chart) into FILE.svg or"
+        " FILE.png: the --since/--until days, else the last 30",
+    )
+    audit.add_argument(
+        "--plot-by",
+        choices=USAGE_GROUPINGS,
+        default="provider",
+        help="stack the plot's bars by provider (default) or model",
+    )
     progress_flag(audit)
 
     erase = commands.add_parser(
@@ -236,21 +251,6 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def run_schemas(args: argparse.Namespace) -> int:
-    """`schemas`: print them, write them into a directory, or check a directory."""
-    if args.write is not None:
-        for name in write_schemas(args.write):
-            print(args.write / name)
-        return EXIT_OK
-    if args.check is not None:
-        problems = check_schemas(args.check)
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        return EXIT_DIFFERENCES if problems else EXIT_OK
-    print(schema_text(current_schemas()), end="")
-    return EXIT_OK
-
-
 async def run(args: argparse.Namespace, config: Config) -> int:
     """Parse what needs no server, connect, and run the command."""
     now = datetime.now(UTC)
@@ -316,6 +316,10 @@ async def dispatch(
         await out.flush()
         return EXIT_OK
     if args.command == "audit":
+        days = None
+        if args.plot is not None:
+            check_plot_path(args.plot)
+            days = UsageDays()
         with progress("audit", 0) as bar:
             audited = await run_audit(
                 log,
@@ -325,7 +329,13 @@ async def dispatch(
                 until=times["until"],
                 limit=args.limit,
                 progress=bar,
+                days=days,
             )
+        if days is not None:
+            shown = await write_plot(
+                args.plot, days, by=args.plot_by, since=times["since"], until=times["until"]
+            )
+            print(f"plot: {args.plot} ({shown[0]} to {shown[-1]})", file=sys.stderr)
         await out.line(render(audited, args.format))
         await out.flush()
         return EXIT_OK

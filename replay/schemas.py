@@ -9,6 +9,8 @@ Older versions keep their files: the log still holds events written with them.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import orjson
 
 from llm_es.domain.events import EVENT_TYPES, Event
 from llm_es.store.log import SUBJECT_PREFIX
+from replay.errors import EXIT_DIFFERENCES, EXIT_OK
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID_BASE = "https://github.com/grobertson/Rosey-Robot/llm-es/events/"
@@ -103,3 +106,18 @@ def write_schemas(directory: Path) -> list[str]:
         (directory / name).write_text(schema_text(schema))
         written.append(name)
     return written
+
+
+def run_schemas(args: argparse.Namespace) -> int:
+    """`schemas`: print them, write them into a directory, or check a directory."""
+    if args.write is not None:
+        for name in write_schemas(args.write):
+            print(args.write / name)
+        return EXIT_OK
+    if args.check is not None:
+        problems = check_schemas(args.check)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return EXIT_DIFFERENCES if problems else EXIT_OK
+    print(schema_text(current_schemas()), end="")
+    return EXIT_OK

@@ -148,10 +148,11 @@ async def test_metrics_counts_equal_the_log_after_a_scripted_workload(
     await wait_until(published, within=15)
 
 
-async def test_metrics_listener_answers_only_get_metrics(
+async def test_metrics_listener_answers_only_get(
     start: PluginStarter, fake_llm: FakeLLMServer
 ) -> None:
-    """Another path is 404, another method 405; a plugin without http.listen opens nothing."""
+    """A path neither /metrics nor the dashboard's is 404, another method 405; a plugin
+    without http.listen opens nothing."""
     config = make_config(fake_llm.base_url)
     quiet = await start(config)
     assert quiet.metrics_address is None
@@ -159,7 +160,7 @@ async def test_metrics_listener_answers_only_get_metrics(
     assert plugin.metrics_address is not None
     host, port = plugin.metrics_address
     async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10.0) as http:
-        assert (await http.get("/")).status_code == 404
+        assert (await http.get("/favicon.ico")).status_code == 404
         assert (await http.post("/metrics", content=b"x")).status_code == 405
         assert (await http.get("/metrics?x=1")).status_code == 200
 
