@@ -42,6 +42,16 @@ _Retries = Annotated[
     int, Meta(ge=0, description="Retries after a 429, a 5xx or a connection error.")
 ]
 _Temperature = Annotated[float, Meta(ge=0, le=2, description="Sampling temperature.")]
+_Connections = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=4096,
+        description="Most HTTP connections this instance opens to the provider (its pool);"
+        " a call waiting longer than `timeout` for one fails as busy. Keep it above"
+        " `service.max_concurrent_turns_per_channel` times the channels busy at once.",
+    ),
+]
 
 
 def _safe_repr(self: object) -> str:
@@ -174,6 +184,7 @@ class OllamaConfig:
     default_model: _Model = "llama3.2"
     max_retries: _Retries = 2
     temperature: _Temperature = 0.7
+    max_connections: _Connections = 64
 
     __repr__ = _safe_repr
 
@@ -193,6 +204,7 @@ class OpenAIConfig:
     default_model: _Model = "gpt-4"
     max_retries: _Retries = 2
     temperature: _Temperature = 0.7
+    max_connections: _Connections = 64
 
     __repr__ = _safe_repr
 
@@ -213,6 +225,7 @@ class OpenRouterConfig:
     default_model: _Model = "anthropic/claude-3-sonnet"
     max_retries: _Retries = 2
     temperature: _Temperature = 0.7
+    max_connections: _Connections = 64
 
     __repr__ = _safe_repr
 

@@ -107,6 +107,7 @@ class HTTPProvider(LLMProvider):
         self._throttled_until: float | None = None
         """`time.monotonic()` until which the last 429 asked us to wait; None once answered."""
         self._http = ShardedClient(
+            max_connections=settings.max_connections,
             base_url=base_url,
             timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, MAX_CONNECT_SECONDS)),
             headers=headers,

@@ -5,7 +5,7 @@ connection count on every request (and closes "surplus idle" connections by
 counting all of them), so one pool serving 32 concurrent calls spends more CPU
 than the calls themselves (bench/turns.py, concurrency 32). Spreading requests
 over shards of at most `SHARD_CONNECTIONS` connections keeps each pool tiny
-while the total stays `shards * SHARD_CONNECTIONS`.
+while the total stays the configured `max_connections`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ class ShardedClient:
         max_connections: int = 64,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        shards = max(1, -(-max_connections // SHARD_CONNECTIONS))
-        limits = httpx.Limits(
-            max_connections=SHARD_CONNECTIONS, max_keepalive_connections=SHARD_CONNECTIONS
-        )
+        # Shards of SHARD_CONNECTIONS, the last one holding the rest: `max_connections` in all.
+        full, rest = divmod(max_connections, SHARD_CONNECTIONS)
+        sizes = [SHARD_CONNECTIONS] * full + ([rest] if rest else [])
         # One TLS context for every shard: httpx would load the CA bundle from disk
         # for each client (~40 ms of blocking I/O apiece, 0.6 s for 16 shards).
         verify = _tls_context() if urlsplit(base_url).scheme == "https" else _plain_context()
@@ -43,23 +42,24 @@ class ShardedClient:
             httpx.AsyncClient(
                 base_url=base_url,
                 timeout=timeout,
-                limits=limits,
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
                 headers=dict(headers or {}),
                 verify=verify,
             )
-            for _ in range(shards)
+            for size in sizes
         ]
-        self._in_flight = [0] * shards
+        self._free = sizes.copy()
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[httpx.AsyncClient]:
-        """The least busy shard, counted as busy until the block ends."""
-        index = min(range(len(self._clients)), key=self._in_flight.__getitem__)
-        self._in_flight[index] += 1
+        """The shard with the most free connections, one of them counted as taken until
+        the block ends (shards differ in size when `max_connections` is no multiple)."""
+        index = max(range(len(self._clients)), key=self._free.__getitem__)
+        self._free[index] -= 1
         try:
             yield self._clients[index]
         finally:
-            self._in_flight[index] -= 1
+            self._free[index] += 1
 
     async def aclose(self) -> None:
         for client in self._clients:

@@ -7,12 +7,14 @@ import asyncio
 import time
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
 from llm_es.app import Plugin
 from llm_es.domain.events import TurnAdmitted, TurnCompleted
+from llm_es.providers.pool import ShardedClient
 from tests.integration.conftest import PluginStarter
 from tests.support.fake_llm import FakeLLMServer, Messages
 from tests.support.harness import log_events, wait_until
@@ -87,3 +89,31 @@ async def test_no_cap_when_the_share_is_null(
         fake_llm.hold.set()
     answered = await asyncio.wait_for(asyncio.gather(*hung), 60)
     assert all(a["success"] is True for a in answered)
+
+
+@pytest.mark.timeout(60)
+async def test_the_provider_pool_is_as_large_as_configured(fake_llm: FakeLLMServer) -> None:
+    """A pool of `max_connections: 6` (no multiple of a shard's 4 connections) holds six
+    calls at once; a seventh waits for a connection and gives up after its pool timeout
+    (which the provider reports as busy), while the six are still held."""
+    pool = ShardedClient(
+        base_url=fake_llm.base_url, timeout=httpx.Timeout(30.0, pool=0.5), max_connections=6
+    )
+    fake_llm.hold = asyncio.Event()
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+    async def call() -> httpx.Response:
+        with pool.lease() as client:
+            return await client.post("/api/chat", json=body)
+
+    held = [asyncio.create_task(call()) for _ in range(6)]
+    try:
+        await wait_until(lambda: fake_llm.chat_count == 6, within=10)
+        with pytest.raises(httpx.PoolTimeout):
+            await call()
+        assert fake_llm.chat_count == 6
+    finally:
+        fake_llm.hold.set()
+        answers = await asyncio.gather(*held)
+        await pool.aclose()
+    assert [a.status_code for a in answers] == [200] * 6
