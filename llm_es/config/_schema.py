@@ -43,14 +43,7 @@ _Retries = Annotated[
 ]
 _Temperature = Annotated[float, Meta(ge=0, le=2, description="Sampling temperature.")]
 _Connections = Annotated[
-    int,
-    Meta(
-        ge=1,
-        le=4096,
-        description="Most HTTP connections this instance opens to the provider (its pool);"
-        " a call waiting longer than `timeout` for one fails as busy. Keep it above"
-        " `service.max_concurrent_turns_per_channel` times the channels busy at once.",
-    ),
+    int, Meta(ge=1, le=4096, description="Most HTTP connections open to the provider at once.")
 ]
 
 
