@@ -13,6 +13,7 @@ import dataclasses
 import pathlib
 from typing import Any
 
+import nats.errors
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
@@ -65,11 +66,18 @@ async def test_a_turn_ended_during_an_outage_is_answered_as_completed(
     tmp_path: pathlib.Path, fake_llm: FakeLLMServer
 ) -> None:
     """The provider answers while nats-server is down for 7 s: once it is back, the turn's
-    end is stored once and the caller gets the answer, not an append failure."""
+    end is stored once and the caller gets the answer (or, if NATS dropped it in the
+    reconnect, its retry does), never an append failure."""
     async with running_plugin(tmp_path, make_config(fake_llm.base_url)) as running:
-        answer, turn_id = await end_the_turn_during_an_outage(
-            running, fake_llm, "outage-1", OUTAGE_SECONDS
-        )
+        try:
+            answer, turn_id = await end_the_turn_during_an_outage(
+                running, fake_llm, "outage-1", OUTAGE_SECONDS
+            )
+        except nats.errors.TimeoutError:
+            # NATS core keeps no reply across a reconnect: when the plugin answers before
+            # the client's inbox is subscribed again, the answer is dropped. The caller
+            # retries with its request_id and gets the turn's outcome from the log.
+            answer, turn_id = await chat(running.client, "outage-1")
         assert answer["success"] is True, answer
         assert answer["content"] == "Hello from the fake model."
         assert turn_id is not None
@@ -78,7 +86,7 @@ async def test_a_turn_ended_during_an_outage_is_answered_as_completed(
 
 @pytest.mark.timeout(60)
 async def test_an_end_not_confirmed_by_the_deadline_is_an_unknown_outcome(
-    tmp_path: pathlib.Path, fake_llm: FakeLLMServer
+    tmp_path: pathlib.Path, fake_llm: FakeLLMServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With a 2 s turn deadline and nats-server down for 9 s, the answer says the outcome
     is not known yet and to retry with the same request_id; the retry after the restart
@@ -89,19 +97,29 @@ async def test_an_end_not_confirmed_by_the_deadline_is_an_unknown_outcome(
         config, providers=dataclasses.replace(config.providers, ollama=ollama)
     )
     async with running_plugin(tmp_path, config) as running:
-        answer, turn_id = await end_the_turn_during_an_outage(
-            running, fake_llm, "outage-2", LONG_OUTAGE_SECONDS
-        )
-        assert answer["success"] is False
-        assert turn_id is not None
-        assert answer["error"] == (
-            f"This request (turn {turn_id}) was answered, but the event log could not confirm"
-            " it in time (NATS unavailable); its outcome is not known yet. Retry with the"
-            " same request_id to get it."
-        )
+        try:
+            answer, turn_id = await end_the_turn_during_an_outage(
+                running, fake_llm, "outage-2", LONG_OUTAGE_SECONDS
+            )
+        except nats.errors.TimeoutError:
+            # The answer goes out while nats-server is still away: when the plugin's
+            # connection comes back before the client's inbox is subscribed again, the
+            # server drops it. The plugin's log line says what it answered.
+            unknown = [r for r in caplog.records if "turn_outcome_unknown" in r.getMessage()]
+            assert len(unknown) == 1
+            turn_id = None
+        else:
+            assert answer["success"] is False
+            assert turn_id is not None
+            assert answer["error"] == (
+                f"This request (turn {turn_id}) was answered, but the event log could not"
+                " confirm it in time (NATS unavailable); its outcome is not known yet. Retry"
+                " with the same request_id to get it."
+            )
         retried, retried_turn = await chat(running.client, "outage-2")
         assert retried["success"] is True, retried
         assert retried["content"] == "Hello from the fake model."
-        assert retried_turn == turn_id
-        assert await turn_ends(running.client, turn_id) == ["TurnCompleted"]
+        assert retried_turn is not None
+        assert turn_id in (None, retried_turn)
+        assert await turn_ends(running.client, retried_turn) == ["TurnCompleted"]
         assert fake_llm.chat_count == 1
