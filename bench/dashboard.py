@@ -92,7 +92,7 @@ async def main(turns: int, repeat: int) -> dict[str, Any]:
     now = datetime.now(UTC)
     history = [turn_events(n, now - timedelta(days=n % 62, seconds=n % 3600)) for n in range(turns)]
     today = [turn_events(n, now) for n in range(turns)]
-    dashboard = Dashboard(store=None, projection_positions=dict)  # type: ignore[arg-type]
+    dashboard = Dashboard(None, None, projection_positions=dict)  # type: ignore[arg-type]
     timed = [per_turn_us(dashboard, today) for _ in range(repeat)]
     per_turn_us(dashboard, history)
     with dashboard.tail.watch(TailFilter()) as queue:

@@ -115,7 +115,9 @@ class Plugin:
         await self.store.ensure_stream()
         address = self.config.http.address
         if address is not None:
-            self.dashboard = Dashboard(self.store, projection_positions=self._projection_positions)
+            self.dashboard = Dashboard(
+                self.store, self.js, projection_positions=self._projection_positions
+            )
             self._listener = MetricsListener(
                 self.metrics, *address, refresh=self._sample_metrics, dashboard=self.dashboard
             )

@@ -13,12 +13,14 @@ views' lag needs one stream-info request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
 import nats.errors
+from nats.js import JetStreamContext
 
 from llm_es import charts
 from llm_es.domain.audit import AUDITED_TYPES, audit_body
@@ -28,7 +30,9 @@ from llm_es.domain.views import EventFeed
 from llm_es.errors import LLMESError
 from llm_es.logs import log_kv
 from llm_es.service.live_tail import LiveTail
-from llm_es.store.log import EventStore, LogSize
+from llm_es.store.codec import UnknownEventError, decode_event
+from llm_es.store.follow import read_bounded
+from llm_es.store.log import READ_BUFFER, EventStore, LogSize
 
 logger = logging.getLogger("llm_es.service.dashboard")
 
@@ -41,6 +45,8 @@ FOLD_SECONDS = 1.0
 """How often the events set aside are folded when no one asks."""
 MAX_PENDING = 10_000
 """Events set aside past which they are folded at once (memory stays bounded)."""
+HISTORY_IDLE_SECONDS = 10.0
+"""Longest the history read waits for the next event it knows is there."""
 LAG_SECONDS = 2.0
 """Longest `/api/lag` waits for the log's size."""
 
@@ -55,11 +61,13 @@ class Dashboard:
     def __init__(
         self,
         store: EventStore,
+        js: JetStreamContext,
         *,
         projection_positions: Callable[[], dict[str, int]],
         today: Callable[[], date] = lambda: datetime.now(UTC).date(),
     ) -> None:
         self._store = store
+        self._js = js
         self._positions = projection_positions
         self._today = today
         self.days = UsageDays(keep_days=KEEP_DAYS)
@@ -114,8 +122,28 @@ class Dashboard:
     async def _read_history(self, position: int) -> None:
         async def read(type_name: str) -> None:
             subject = f"{self._store.prefix}.*.*.{type_name}"
-            async for recorded in self._store.read(subject, to_seq=position):
-                self.days.count(recorded.seq, audit_body(recorded.event))
+            end = min(await self._store.last_seq(subject), position)
+            if end == 0:
+                return
+            messages = read_bounded(
+                self._js,
+                self._store.stream,
+                subject,
+                after=0,
+                until=end,
+                idle_seconds=HISTORY_IDLE_SECONDS,
+                buffer=READ_BUFFER,
+            )
+            async with contextlib.aclosing(messages):
+                async for message in messages:
+                    if message is None:
+                        raise TimeoutError(f"no event of {subject} in {HISTORY_IDLE_SECONDS} s")
+                    seq, _, data = message
+                    try:
+                        event = decode_event(data)
+                    except UnknownEventError:
+                        continue  # one this version cannot read: the views skip it too
+                    self.days.count(seq, audit_body(event))
 
         try:
             await asyncio.gather(*(read(name) for name in sorted(CHARTED_TYPES)))
