@@ -350,8 +350,8 @@ class HttpConfig:
     listen: Annotated[
         str | None,
         Meta(
-            description="`HOST:PORT` serving `/metrics` (port 0 picks a free one); null: no"
-            " listener. `llm-es serve --http` overrides."
+            description="`HOST:PORT` serving `/metrics` and the dashboard `/` (port 0: a free"
+            " one); null: no listener. `llm-es serve --http` overrides."
         ),
     ] = DEFAULT_HTTP_LISTEN
 

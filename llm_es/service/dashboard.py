@@ -30,9 +30,10 @@ from llm_es.domain.views import EventFeed
 from llm_es.errors import LLMESError
 from llm_es.logs import log_kv
 from llm_es.service.live_tail import LiveTail
-from llm_es.store.codec import UnknownEventError, decode_event
+from llm_es.store.codec import UnknownEventError
 from llm_es.store.follow import read_bounded
 from llm_es.store.log import READ_BUFFER, EventStore, LogSize
+from llm_es.store.quarantine import admit_event
 
 logger = logging.getLogger("llm_es.service.dashboard")
 
@@ -138,11 +139,13 @@ class Dashboard:
                 async for message in messages:
                     if message is None:
                         raise TimeoutError(f"no event of {subject} in {HISTORY_IDLE_SECONDS} s")
-                    seq, _, data = message
+                    seq, subject_of_event, data, stored_ns = message
                     try:
-                        event = decode_event(data)
+                        event = admit_event(
+                            seq, subject_of_event, data, stored_ns, prefix=self._store.prefix
+                        )
                     except UnknownEventError:
-                        continue  # one this version cannot read: the views skip it too
+                        continue  # quarantined or unreadable: the views skip it too
                     self.days.count(seq, audit_body(event))
 
         try:
