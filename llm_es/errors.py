@@ -91,6 +91,12 @@ class AppendRefused(OperationalError):
     the same way."""
 
 
+class EventsQuarantined(OperationalError):
+    """The log stored the events, but every reader skips them: a turn's end or spend that
+    arrived after the turn was closed (recovery closed it as abandoned while the log was
+    away), which the turn rule refuses (`llm_es.domain.turn_order`)."""
+
+
 class OutcomeUnknown(OperationalError):
     """Events were sent but the log did not confirm them in time (the server away).
 

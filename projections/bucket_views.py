@@ -15,18 +15,11 @@ from collections.abc import Sequence
 import nats.errors
 import orjson
 from nats.js import JetStreamContext
-from nats.js.errors import (
-    KeyDeletedError,
-    KeyNotFoundError,
-    KeyValueError,
-)
+from nats.js.errors import KeyValueError
 from nats.js.kv import KeyValue
 
-from llm_es.domain.views import (
-    BUCKET,
-    EventListener,
-    checkpoint_key,
-)
+from llm_es.domain.turn_order import OpenTurns
+from llm_es.domain.views import BUCKET, OPEN_TURNS_FIELD, EventListener, checkpoint_key
 from llm_es.logs import log_kv
 from llm_es.store.follow import Following, follow
 from llm_es.store.kv import ensure_bucket, read_bucket
@@ -34,7 +27,12 @@ from llm_es.store.lease import KvLease, keep_single_active, open_lease
 from llm_es.store.log import EventStore
 from llm_es.tasks import finish_task
 from projections.base import Projection, View
-from projections.buckets import stored_checkpoint_seq, views_bucket_config, views_lease_key
+from projections.buckets import (
+    open_turns_at,
+    stored_checkpoints,
+    views_bucket_config,
+    views_lease_key,
+)
 from projections.memory_views import MemoryViews
 
 logger = logging.getLogger(__name__)
@@ -90,6 +88,8 @@ class BucketViews(MemoryViews):
         """Changed keys not known to be in KV -> stream sequence of their last change."""
         self._written = 0
         """Every change up to this sequence is in KV (its checkpoints may lag behind)."""
+        self._written_turns = OpenTurns()
+        """The turns open at `_written`, for its checkpoints."""
         self._persisted = 0
         self._floor = 0
         """No writes before the fold reaches it: the highest stored checkpoint at takeover."""
@@ -145,6 +145,10 @@ class BucketViews(MemoryViews):
             self._checkpoints[projection.name] = int(stored["seq"]) if stored else 0
         start = min(self._checkpoints.values(), default=0)
         self._applied = self._persisted = self._written = start
+        checkpoints = [self._values.get(checkpoint_key(p.name)) for p in self._projections]
+        first_seq = await self._store.first_seq()
+        self.quarantine.turns = open_turns_at(start, checkpoints, first_seq=first_seq)
+        self._written_turns = self._open_turns_now()
         if self._instance_id is not None:
             key, holder = views_lease_key(self._bucket_name), self._instance_id
             self._lease = await open_lease(
@@ -287,20 +291,8 @@ class BucketViews(MemoryViews):
         )
 
     async def _stored_checkpoints(self) -> dict[str, int]:
-        """Each projection's checkpoint as KV holds it now (0 when absent)."""
         assert self._kv is not None
-        kv = self._kv
-
-        async def stored(name: str) -> int:
-            try:
-                entry = await kv.get(checkpoint_key(name))
-            except (KeyNotFoundError, KeyDeletedError):
-                return 0
-            return stored_checkpoint_seq(entry.value)
-
-        names = [p.name for p in self._projections]
-        seqs = await asyncio.gather(*(stored(name) for name in names))
-        return dict(zip(names, seqs, strict=True))
+        return await stored_checkpoints(self._kv, [p.name for p in self._projections])
 
     def _forget_stored(self, stored: dict[str, int]) -> None:
         """Drop the changed keys whose last change a stored checkpoint covers."""
@@ -355,6 +347,7 @@ class BucketViews(MemoryViews):
         assert self._kv is not None
         kv = self._kv
         target = self._applied
+        turns_at_target = self._open_turns_now()
         if self._dirty:
             batch, self._dirty = self._dirty, {}
             try:
@@ -363,20 +356,27 @@ class BucketViews(MemoryViews):
                 for key, seq in batch.items():
                     self._dirty.setdefault(key, seq)
                 raise
-        self._written = max(self._written, target)
+        if target >= self._written:
+            self._written, self._written_turns = target, turns_at_target
         if self._written <= self._persisted:
             return
         due = time.monotonic() - self._last_checkpoint >= CHECKPOINT_INTERVAL_SECONDS
         if (final or self._checkpoint_now or due) and self.lease_held():
-            await self._write_checkpoints(kv, self._written)
+            await self._write_checkpoints(kv, self._written, self._written_turns)
 
-    async def _write_checkpoints(self, kv: KeyValue, target: int) -> None:
+    def _open_turns_now(self) -> OpenTurns:
+        turns = self.quarantine.turns
+        return OpenTurns(turns.snapshot() if turns is not None else {})
+
+    async def _write_checkpoints(self, kv: KeyValue, target: int, turns: OpenTurns) -> None:
+        """Checkpoints at `target`, with the turns open there (where a restart's fold
+        starts, `_open_turns_at`)."""
         for name, checkpoint in self._checkpoints.items():
             if checkpoint < target:
                 self._checkpoints[name] = target
         checkpoint_writes = []
         for name in self._checkpoints:
-            value: View = {"seq": target}
+            value: View = {"seq": target, OPEN_TURNS_FIELD: turns.snapshot()}
             self._store_value(checkpoint_key(name), value)
             checkpoint_writes.append(kv.put(checkpoint_key(name), orjson.dumps(value)))
         await asyncio.gather(*checkpoint_writes)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 import orjson
 from nats.js import JetStreamContext, api
 from nats.js.errors import (
@@ -10,11 +14,14 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from llm_es.domain.turn_order import OpenTurns
 from llm_es.domain.views import (
     ACTIVE_VIEWS_KEY,
     BUCKET,
     META_BUCKET,
+    OPEN_TURNS_FIELD,
     ActiveViews,
+    checkpoint_key,
     parse_active_views,
 )
 from llm_es.store.kv import ensure_bucket
@@ -70,3 +77,35 @@ def stored_checkpoint_seq(raw: bytes | None) -> int:
         return 0
     seq = value.get("seq") if isinstance(value, dict) else None
     return seq if type(seq) is int and seq > 0 else 0
+
+
+def open_turns_at(
+    start: int, checkpoints: Iterable[dict[str, Any] | None], *, first_seq: int
+) -> OpenTurns:
+    """The open turns where a fold resumes (`start`, the lowest checkpoint): those a
+    checkpoint at `start` recorded, or none from the log's start. When they are not
+    known (checkpoints from before 0.4 had none; retention removed events after
+    `start`: the log's `first_seq` is past it), the fold trusts unknown turns' ends for
+    a while (`OpenTurns`)."""
+    if first_seq > start + 1:
+        return OpenTurns(started_mid_log=True)
+    if start == 0:
+        return OpenTurns()
+    for stored in checkpoints:
+        if stored and int(stored["seq"]) == start and OPEN_TURNS_FIELD in stored:
+            return OpenTurns(stored[OPEN_TURNS_FIELD])
+    return OpenTurns(started_mid_log=True)
+
+
+async def stored_checkpoints(kv: KeyValue, projections: Sequence[str]) -> dict[str, int]:
+    """Each projection's checkpoint as the bucket holds it now (0 when absent)."""
+
+    async def stored(name: str) -> int:
+        try:
+            entry = await kv.get(checkpoint_key(name))
+        except (KeyNotFoundError, KeyDeletedError):
+            return 0
+        return stored_checkpoint_seq(entry.value)
+
+    seqs = await asyncio.gather(*(stored(name) for name in projections))
+    return dict(zip(projections, seqs, strict=True))

@@ -20,6 +20,7 @@ from typing import Any, cast
 from nats.aio.msg import Msg
 
 from llm_es.domain.events import Event
+from llm_es.domain.turn_order import OpenTurns
 from llm_es.domain.views import QUARANTINE_KEY, EventListener, QuarantineView, with_quarantined
 from llm_es.store.log import EventStore
 from llm_es.store.quarantine import Quarantine
@@ -49,8 +50,9 @@ class MemoryViews:
         self._checkpoints: dict[str, int] = {}
         """Projection name -> the sequence its stored views already include."""
         self._applied = 0
-        self.quarantine = Quarantine("views", prefix=store.prefix)
-        """Events this fold skipped (`llm_es.store.quarantine`): the same a rebuild skips."""
+        self.quarantine = Quarantine("views", prefix=store.prefix, turns=OpenTurns())
+        """Events this fold skipped (`llm_es.store.quarantine`): the same a rebuild skips.
+        Its open turns are those at `position` (restored from a checkpoint on start)."""
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
 
     @property

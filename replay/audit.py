@@ -1,7 +1,9 @@
 """`audit`: requests, rejections, tokens and cost per user and group, traced to log sequences.
 
-Only `TurnAdmitted` (a request), `TurnRejected` and `TokensSpent` (tokens and
-cost) are read, filtered by the server. Each counts on the UTC day of its own
+`TurnAdmitted` (a request), `TurnRejected` and `TokensSpent` (tokens and
+cost) are counted; the turns' ends are read beside them, in log order, for the
+turn rule (`llm_es.domain.turn_order`: a spend counts only on an open turn, as
+in the plugin's usage view). Each counts on the UTC day of its own
 `at`, exactly as the usage view counts `requests_today`, `rejected_today` and
 `tokens_today`, so an audit of one day equals what the plugin reported that
 day, and an audit of all time equals `total_requests` / `total_tokens`. Every
@@ -14,7 +16,6 @@ event the usage view leaves out.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Iterable
 from contextlib import aclosing
@@ -30,18 +31,21 @@ from llm_es.domain.audit import (
     audit_group,
     moment_of,
 )
-from llm_es.domain.events import EVENT_TYPES
+from llm_es.domain.events import EVENT_TYPES, TurnCompleted, TurnFailed
+from llm_es.domain.turn_order import OpenTurns
 from llm_es.domain.usage_days import UsageDays
 from llm_es.store.quarantine import Quarantine
 from replay.errors import UsageError
 from replay.progress import Progress
-from replay.reading import EventLog, LogSelection, event_filter
+from replay.reading import EventLog, event_filter
 from replay.times import iso_z
 
 __all__ = ["GROUPINGS", "NO_VALUE", "AuditReport", "AuditRow", "run_audit"]
 
 GROUPINGS = ("day", "provider", "model", "channel", "purpose")
 _SCHEMAS = {name: EVENT_TYPES[name].SCHEMA for name in AUDITED_TYPES}
+READ_TYPES = (*AUDITED_TYPES, TurnCompleted.TYPE, TurnFailed.TYPE)
+"""What an audit reads: the counted events, and the turns' ends for the turn rule."""
 
 
 @dataclass
@@ -83,6 +87,7 @@ class _Sums:
         since: datetime | None,
         until: datetime | None,
         days: UsageDays | None = None,
+        started_mid_log: bool = False,
     ) -> None:
         self.per_user = per_user
         self.days = days
@@ -91,7 +96,7 @@ class _Sums:
         self.since = since
         self.until = until
         self.rows: dict[tuple[str | None, str | None], AuditRow] = {}
-        self.quarantine = Quarantine("audit")
+        self.quarantine = Quarantine("audit", turns=OpenTurns(started_mid_log=started_mid_log))
 
     def feed(self, seq: int, subject: str, data: bytes, stored_ns: int) -> None:
         event = self.quarantine.admit(seq, subject, data, stored_ns)
@@ -137,31 +142,27 @@ async def run_audit(
     end = await log.end()
     if user is not None and await log.last_seq_matching(event_filter(user=user).subject) == 0:
         raise UsageError(f"unknown user {user!r}: no event in the log names them")
-    sums = _Sums(per_user=user is None, by=by, since=since, until=until, days=days)
-    if user is not None:
-        # One user's events are few: one consumer on `llm.ev.*.<user>.*`.
-        selections = [event_filter(user=user, types=AUDITED_TYPES)]
-    else:
-        # Every user's: one consumer per audited type, side by side, so the server
-        # skips the other events (sums do not depend on the order they arrive in).
-        selections = [event_filter(types=[t]) for t in AUDITED_TYPES]
-    reached = [0] * len(selections)
+    sums = _Sums(
+        per_user=user is None,
+        by=by,
+        since=since,
+        until=until,
+        days=days,
+        started_mid_log=await log.first() > 1,
+    )
+    # One consumer, in log order (the turn rule needs it): `llm.ev.*.<user>.*` for one
+    # user, every event for all; the types are picked by their subject's last token.
+    selection = event_filter(user=user, types=READ_TYPES)
     if progress is not None:
         progress.total = end
-
-    async def consume(index: int, selection: LogSelection) -> None:
-        selection = dataclasses.replace(selection, to_seq=end)
-        async with aclosing(log.read(selection)) as batches:
-            async for batch in batches:
-                feed = sums.feed
-                for seq, subject, data, stored_ns in batch:
-                    feed(seq, subject, data, stored_ns)
-                reached[index] = batch[-1][0]
-                if progress is not None:
-                    progress.done = min(reached)
-        reached[index] = end
-
-    await asyncio.gather(*(consume(i, s) for i, s in enumerate(selections)))
+    selection = dataclasses.replace(selection, to_seq=end)
+    feed = sums.feed
+    async with aclosing(log.read(selection)) as batches:
+        async for batch in batches:
+            for seq, subject, data, stored_ns in batch:
+                feed(seq, subject, data, stored_ns)
+            if progress is not None:
+                progress.done = batch[-1][0]
     if progress is not None:
         progress.done = end
     report = AuditReport(user=user, by=by, since=since, until=until, log_end=end)

@@ -18,6 +18,7 @@ from typing import cast
 
 from llm_es.config import Config
 from llm_es.domain.events import Event
+from llm_es.domain.turn_order import OpenTurns
 from llm_es.domain.views import QUARANTINE_KEY, QuarantineView, with_quarantined
 from llm_es.store.quarantine import Quarantine
 from projections.base import Projection, View
@@ -65,15 +66,24 @@ def select_projections(config: Config, names: Sequence[str] = ()) -> list[Projec
 class LogFold:
     """View values folded from events in log order; `position` is the last sequence seen."""
 
-    def __init__(self, projections: Sequence[Projection], *, reader: str = "replay") -> None:
+    def __init__(
+        self,
+        projections: Sequence[Projection],
+        *,
+        reader: str = "replay",
+        started_mid_log: bool = False,
+    ) -> None:
+        """`started_mid_log`: the log's first events are gone (retention), so the turns
+        open where it starts are not known (`llm_es.domain.turn_order`)."""
         self.projections = list(projections)
         self.values: dict[str, View] = {}
         self.removed: dict[str, int] = {}
         """Keys a later event deleted, with that event's sequence."""
         self.position = 0
         self.events = 0
-        self.quarantine = Quarantine(reader)
-        """Events skipped as not admissible, as the plugin's views skip them."""
+        self.quarantine = Quarantine(reader, turns=OpenTurns(started_mid_log=started_mid_log))
+        """Events skipped as not admissible, as the plugin's views skip them (the turn
+        rule included: a fold reads in log order)."""
         self.skips: list[tuple[int, str]] = []
         """The first few skipped events: (sequence, why)."""
         self._routes: dict[type[Event], list[Projection]] = {}
@@ -88,6 +98,12 @@ class LogFold:
                 if any(issubclass(event_type, wanted) for wanted in p.event_types)
             ]
         return route
+
+    @property
+    def open_turns(self) -> OpenTurns:
+        """The turns open at `position` (for the checkpoints of a rebuild)."""
+        assert self.quarantine.turns is not None
+        return self.quarantine.turns
 
     def apply(self, event: Event, seq: int) -> None:
         """Fold one event (stream sequence `seq`) into every view it concerns."""
@@ -158,9 +174,9 @@ async def fold_log(
     progress: Progress | None = None,
 ) -> LogFold:
     """Fold log sequences 1..`end` into memory (a long log is read in a child process)."""
-    fold = LogFold(projections)
     if end < 1:
-        return fold
+        return LogFold(projections)
+    fold = LogFold(projections, started_mid_log=await log.first() > 1)
     with fewer_collections():
         async with aclosing(log.read_all(LogSelection(to_seq=end))) as batches:
             async for batch in batches:

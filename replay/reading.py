@@ -28,6 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from llm_es.domain.tokens import encode_name
+from llm_es.domain.turn_order import OpenTurns
 from llm_es.store.follow import Following, OnMessage, StoredMessage, follow
 from llm_es.store.keyring import KeyRing
 from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
@@ -96,6 +97,19 @@ def event_filter(
     return LogSelection(subject=f"{prefix}.*", types=wanted)
 
 
+async def turn_rule_for(log: EventLog, selection: LogSelection) -> OpenTurns | None:
+    """The open turns a reader of `selection` follows for the turn rule, or None when the
+    selection leaves turn events out by type (the rule needs a turn's events together;
+    a channel or a user keeps them so). A read that starts after the log's first event
+    does not know the turns open there (`llm_es.domain.turn_order`)."""
+    by_type = not selection.subject.endswith((".*", ".>"))
+    if by_type or selection.types:
+        return None
+    first = await log.first()
+    mid_log = selection.new_only or selection.start_time is not None or selection.from_seq > 1
+    return OpenTurns(started_mid_log=mid_log or first > 1)
+
+
 def reads_in_child(selection: LogSelection) -> bool:
     """Whether `EventLog.read_all` reads this selection in a child (given a recipe)."""
     if selection.to_seq is None or selection.start_time is not None or selection.new_only:
@@ -134,6 +148,16 @@ class EventLog:
         except (nats.errors.Error, TimeoutError) as exc:
             raise LogUnavailable(f"cannot read stream {self.stream}: {type(exc).__name__}") from exc
         return info.state.last_seq
+
+    async def first(self) -> int:
+        """The log's first sequence still held (above 1 once retention removed events)."""
+        try:
+            info = await self.js.stream_info(self.stream)
+        except NotFoundError:
+            raise LogUnavailable.no_stream(self.stream) from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise LogUnavailable(f"cannot read stream {self.stream}: {type(exc).__name__}") from exc
+        return info.state.first_seq
 
     async def last_seq_matching(self, subject: str) -> int:
         """The last sequence of any event on the subject filter (0: none)."""

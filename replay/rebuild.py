@@ -30,7 +30,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyValueError, NotFoundError
 
 from llm_es.config import Config
-from llm_es.domain.views import ACTIVE_VIEWS_KEY, BUCKET, ActiveViews, checkpoint_key
+from llm_es.domain.views import (
+    ACTIVE_VIEWS_KEY,
+    BUCKET,
+    OPEN_TURNS_FIELD,
+    ActiveViews,
+    checkpoint_key,
+)
 from llm_es.errors import OperationalError
 from llm_es.store.stream_settings import wait_for_leader
 from projections.base import View
@@ -144,7 +150,9 @@ async def run_rebuild(
     folded_at = time.perf_counter()
 
     values: dict[str, View] = dict(fold.values)
-    checkpoints = {p.name: end for p in projections}
+    # The turns open at `end` go with the checkpoints: the plugin's fold resumes there.
+    rebuilt_checkpoint: View = {"seq": end, OPEN_TURNS_FIELD: fold.open_turns.snapshot()}
+    checkpoints = {p.name: rebuilt_checkpoint for p in projections}
     live: dict[str, bytes] | None = None
     if partial or dry_run:
         live = await load_bucket(js, active.bucket)
@@ -157,7 +165,7 @@ async def run_rebuild(
                 values[key] = orjson.loads(raw)
         for projection in kept:
             stored = live.get(checkpoint_key(projection.name))
-            checkpoints[projection.name] = int(orjson.loads(stored)["seq"]) if stored else 0
+            checkpoints[projection.name] = orjson.loads(stored) if stored else {"seq": 0}
 
     generation = active.generation + 1
     report = RebuildReport(
@@ -215,7 +223,7 @@ async def _write_generation(
     bucket: str,
     active: ActiveViews,
     values: Mapping[str, View],
-    checkpoints: Mapping[str, int],
+    checkpoints: Mapping[str, View],
     *,
     replicas: int,
 ) -> None:
@@ -232,8 +240,8 @@ async def _write_generation(
             js,
             bucket,
             (
-                (checkpoint_key(name), orjson.dumps({"seq": seq}))
-                for name, seq in checkpoints.items()
+                (checkpoint_key(name), orjson.dumps(checkpoint))
+                for name, checkpoint in checkpoints.items()
             ),
         )
     except (nats.errors.Error, KeyValueError, TimeoutError, OperationalError) as exc:

@@ -57,9 +57,9 @@ async def fold_until(
     moment: Moment,
 ) -> tuple[LogFold, datetime | None, bool]:
     """Fold the selected events up to the moment: the fold, the last event's time, any at all."""
-    fold = LogFold(projections)
+    # `first` gives a clear message when there is no log at all.
+    fold = LogFold(projections, started_mid_log=await log.first() > 1)
     last_at: datetime | None = None
-    await log.end()  # a clear message when there is no log at all
     if await log.last_seq_matching(subject) == 0:
         return fold, None, False
     selection = LogSelection(subject=subject, to_seq=moment.seq)

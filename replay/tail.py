@@ -25,7 +25,7 @@ from llm_es.store.codec import UnknownEventError, decode_event, encode_event
 from llm_es.store.keyring import KeyRing
 from llm_es.store.quarantine import Quarantine
 from replay.output import LineWriter
-from replay.reading import EventLog, LogSelection
+from replay.reading import EventLog, LogSelection, turn_rule_for
 from replay.times import iso_z
 
 TEXT_CHARS = 80
@@ -99,7 +99,7 @@ async def run_tail(
             return 0
         selection = dataclasses.replace(selection, to_seq=end)
     printed = 0
-    quarantine = Quarantine("tail")
+    quarantine = Quarantine("tail", turns=await turn_rule_for(log, selection))
     budget = MAX_EVENTS if limit is None else limit
     if budget <= 0:
         return 0
@@ -180,7 +180,7 @@ async def run_export(
     to_seq = end if selection.to_seq is None else min(selection.to_seq, end)
     selection = dataclasses.replace(selection, to_seq=to_seq)
     written = 0
-    quarantine = Quarantine("export")
+    quarantine = Quarantine("export", turns=await turn_rule_for(log, selection))
     async with aclosing(log.read(selection)) as batches:
         async for batch in batches:
             for seq, subject, data, stored_ns in batch:

@@ -4,7 +4,12 @@ Pure: the service gathers the open turns from the usage views, who runs each
 (the instance its `TurnAdmitted` names), which turns this process is running and
 whether the other instances are alive, and passes them in with the clock and the
 turns' deadline. A close is `TurnFailed(error_type="abandoned")`, so the turn's
-reservation is released.
+reservation is released. Its id is derived from the turn (`turn_event_id(turn,
+"abandoned")`), so two closes of one turn are stored once. Should the owner's
+own end still arrive after it (appended late, after a reconnect), every reader
+keeps the first end by the turn rule (`llm_es.domain.turn_order`), and the
+owner, told its end was quarantined, answers that the turn was closed. A turn
+ends once.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from llm_es.domain.events import TurnFailed
+from llm_es.domain.idempotency import turn_event_id
 
 ABANDON_GRACE_SECONDS = 30.0
 """Past its deadline, a turn whose instance still looks alive is closed after this much more."""
@@ -93,6 +99,7 @@ def decide_abandoned(
     """A `TurnFailed(abandoned)` for each abandoned turn, in the order given."""
     return [
         TurnFailed(
+            id=turn_event_id(turn.turn_id, "abandoned"),
             at=now,
             turn_id=turn.turn_id,
             channel=turn.channel,

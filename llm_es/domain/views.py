@@ -87,6 +87,11 @@ def checkpoint_key(projection: str) -> str:
     return f"checkpoint.{projection}"
 
 
+OPEN_TURNS_FIELD = "open_turns"
+"""A checkpoint's field: the turns open at its sequence (turn id -> user), where a fold
+that resumes from it starts (`llm_es.domain.turn_order.OpenTurns`)."""
+
+
 class QuarantinedEvent(TypedDict):
     seq: int
     reason: str

@@ -25,15 +25,15 @@ from nats.js import JetStreamContext
 from llm_es import charts
 from llm_es.domain.audit import AUDITED_TYPES, audit_body
 from llm_es.domain.events import Event, TurnCompleted, TurnFailed
+from llm_es.domain.turn_order import OpenTurns
 from llm_es.domain.usage_days import USAGE_GROUPINGS, UsageDays, day_range
 from llm_es.domain.views import EventFeed
 from llm_es.errors import LLMESError
 from llm_es.logs import log_kv
 from llm_es.service.live_tail import LiveTail
-from llm_es.store.codec import UnknownEventError
 from llm_es.store.follow import read_bounded
 from llm_es.store.log import READ_BUFFER, EventStore, LogSize
-from llm_es.store.quarantine import admit_event
+from llm_es.store.quarantine import Quarantine
 
 logger = logging.getLogger("llm_es.service.dashboard")
 
@@ -121,35 +121,38 @@ class Dashboard:
             self.fold_pending()
 
     async def _read_history(self, position: int) -> None:
-        async def read(type_name: str) -> None:
-            subject = f"{self._store.prefix}.*.*.{type_name}"
-            end = min(await self._store.last_seq(subject), position)
-            if end == 0:
-                return
+        """Fold the log up to `position` into the days: one ordered read, the charted
+        types picked by their subject's last token, each event admitted as the views
+        admit it (the turn rule included, so it is read in log order)."""
+        if position == 0:
+            self.loaded_up_to = position
+            return
+        prefix = self._store.prefix
+        try:
+            quarantine = Quarantine(
+                "dashboard",
+                prefix=prefix,
+                turns=OpenTurns(started_mid_log=await self._store.first_seq() > 1),
+            )
             messages = read_bounded(
                 self._js,
                 self._store.stream,
-                subject,
+                f"{prefix}.>",
                 after=0,
-                until=end,
+                until=position,
                 idle_seconds=HISTORY_IDLE_SECONDS,
                 buffer=READ_BUFFER,
             )
             async with contextlib.aclosing(messages):
                 async for message in messages:
                     if message is None:
-                        raise TimeoutError(f"no event of {subject} in {HISTORY_IDLE_SECONDS} s")
-                    seq, subject_of_event, data, stored_ns = message
-                    try:
-                        event = admit_event(
-                            seq, subject_of_event, data, stored_ns, prefix=self._store.prefix
-                        )
-                    except UnknownEventError:
-                        continue  # quarantined or unreadable: the views skip it too
-                    self.days.count(seq, audit_body(event))
-
-        try:
-            await asyncio.gather(*(read(name) for name in sorted(CHARTED_TYPES)))
+                        raise TimeoutError(f"no event in {HISTORY_IDLE_SECONDS} s")
+                    seq, subject, data, stored_ns = message
+                    if subject.rpartition(".")[2] not in CHARTED_TYPES:
+                        continue
+                    event = quarantine.admit_or_reason(seq, subject, data, stored_ns)
+                    if not isinstance(event, str):  # else quarantined: the views skip it too
+                        self.days.count(seq, audit_body(event))
         except (LLMESError, TimeoutError, nats.errors.Error) as exc:
             log_kv(logger, "dashboard_history_failed", level=logging.WARNING, error=repr(exc))
             return

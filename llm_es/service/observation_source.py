@@ -22,11 +22,13 @@ from nats.js.errors import NotFoundError
 from llm_es.config import RateLimitsConfig
 from llm_es.domain.events import Event
 from llm_es.domain.observations import Observation, ObservationFold, fold_window_start
+from llm_es.domain.turn_order import OpenTurns
 from llm_es.domain.views import EventFeed
 from llm_es.logs import log_kv
+from llm_es.store.codec import UnknownEventError
 from llm_es.store.follow import read_bounded
 from llm_es.store.log import EventStore
-from llm_es.store.quarantine import Quarantine, stored_ns_of
+from llm_es.store.quarantine import Quarantine, admit_event, stored_ns_of
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +111,12 @@ class _Following:
 
 
 async def _read_feed(
-    fold: ObservationFold, cursor: _Cursor, after: int, following: _Following
+    fold: ObservationFold, cursor: _Cursor, after: int, following: _Following, turns: OpenTurns
 ) -> AsyncGenerator[_Step | None, None]:
-    """`derive`'s steps from the views' feed, until it overflows (None when idle a while)."""
+    """`derive`'s steps from the views' feed, until it overflows (None when idle a while).
+
+    The views admitted each event (None: quarantined); `turns` follows them, so a read
+    of the log after an overflow judges the turns' ends as the views do."""
     while True:
         taken = following.take()
         if taken is None:
@@ -126,6 +131,8 @@ async def _read_feed(
         seq, event = taken
         if seq <= cursor.last:
             continue  # already read from the log
+        if event is not None:
+            turns.note(event)
         step = cursor.fold(fold, seq, event, after)
         if step is not None:
             yield step
@@ -153,7 +160,11 @@ class ObservationSource:
         publisher fell behind), the log is read again from where it stopped.
         """
         fold = ObservationFold(self._limits)
-        cursor = _Cursor(await self._fold_start(after) - 1)
+        start = await self._fold_start(after)
+        cursor = _Cursor(start - 1)
+        # The turn rule from where this fold starts: the turns open before are not known.
+        mid_log = start > 1 or await self._store.first_seq() > 1
+        turns = self.quarantine.turns = OpenTurns(started_mid_log=mid_log)
         # Bounded like the publisher's life: each round ends only on an overflow.
         while True:
             following = _Following(feed) if feed is not None and until is None else None
@@ -167,7 +178,8 @@ class ObservationSource:
                             yield step
                 if following is None:
                     return
-                async with contextlib.aclosing(_read_feed(fold, cursor, after, following)) as steps:
+                feed_steps = _read_feed(fold, cursor, after, following, turns)
+                async with contextlib.aclosing(feed_steps) as steps:
                     async for step in steps:
                         yield step
                 log_kv(logger, "event_feed_overflowed", level=logging.WARNING, seq=cursor.last)
@@ -231,5 +243,10 @@ class ObservationSource:
             return None
         if msg.data is None or msg.subject is None:
             return None
-        event = self.quarantine.admit(seq, msg.subject, msg.data, stored_ns_of(msg.time))
-        return None if event is None else event.at
+        try:  # a lookup out of order: no turn rule, and the log reads record the quarantine
+            event = admit_event(
+                seq, msg.subject, msg.data, stored_ns_of(msg.time), prefix=self._store.prefix
+            )
+        except UnknownEventError:
+            return None
+        return event.at

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from llm_es.domain.events import Event, TurnCompleted, TurnFailed
 from llm_es.domain.views import EventFeed, ViewReader
-from llm_es.errors import AppendRefused, OperationalError, OutcomeUnknown
+from llm_es.errors import AppendRefused, EventsQuarantined, OperationalError, OutcomeUnknown
 from llm_es.metrics import PluginMetrics
 from llm_es.store.log import EventStore
 
@@ -31,6 +32,8 @@ CONFIRM_RETRY_PAUSE_SECONDS = 0.5
 """Between appends again of events the log has not confirmed (no responders comes back
 at once; a timeout after 5 s): a reconnect's buffered sends may confirm them meanwhile."""
 CONFIRM_MAX_ATTEMPTS = 1000
+QUARANTINED_KEPT = 1024
+"""Recent sequences the views quarantined, remembered to tell a writer its events were."""
 CONFIRM_SECONDS = 1.0
 """How long `record` waits for the fold to show its events before it appends them again
 with acks: a message lost on the way (a reconnect) or refused by the stream would
@@ -58,6 +61,8 @@ class Recorder:
         self._ends: dict[str, list[asyncio.Future[int]]] = {}
         """Turn id -> futures resolved with the sequence of the turn's end once folded."""
         self._unfollow: Callable[[], None] | None = None
+        self._quarantined: deque[int] = deque(maxlen=QUARANTINED_KEPT)
+        """The latest sequences the views folded as quarantined (skipped)."""
 
     def _follow(self) -> None:
         if self._unfollow is None:
@@ -110,7 +115,7 @@ class Recorder:
             # Not seen: append again with acks; the ones already stored come back
             # as duplicates with their sequences, the others are stored now.
             if confirm_within is None:
-                await self.wait_for(max(await self.store.append_all(events)))
+                await self._stored(await self.store.append_all(events))
             else:
                 await self._confirm(events, folded, confirm_within)
             self.append_seconds.observe(time.perf_counter() - sent)
@@ -126,10 +131,10 @@ class Recorder:
             async with asyncio.timeout(within):
                 for _ in range(CONFIRM_MAX_ATTEMPTS):
                     try:
-                        await self.wait_for(max(await self.store.append_all(events)))
+                        await self._stored(await self.store.append_all(events))
                         return
-                    except AppendRefused:
-                        raise  # the log answered no: appending again gets the same answer
+                    except (AppendRefused, EventsQuarantined):
+                        raise  # the log answered: appending again gets the same answer
                     except OperationalError:
                         pass  # the server is away; what was sent may arrive on reconnect
                     last = folded[-1]
@@ -143,8 +148,17 @@ class Recorder:
             f" {within:.0f}s"
         )
 
+    async def _stored(self, seqs: Sequence[int]) -> None:
+        """Wait until the views include the appended `seqs`; EventsQuarantined when they
+        skipped one (stored, but not part of any view: see `EventsQuarantined`)."""
+        await self.wait_for(max(seqs))
+        skipped = sorted(set(seqs).intersection(self._quarantined))
+        if skipped:
+            raise EventsQuarantined(f"events at {skipped} were stored but quarantined")
+
     def _folded(self, seq: int, event: Event | None) -> None:
         if event is None:
+            self._quarantined.append(seq)
             return
         if self._ends and isinstance(event, TurnCompleted | TurnFailed):
             for end in self._ends.get(event.turn_id, ()):

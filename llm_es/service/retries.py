@@ -49,6 +49,16 @@ def outcome_unknown(turn_id: str, *, with_request_id: bool) -> str:
     return f"{text} If it was recorded, it is in the channel's history once NATS is back."
 
 
+def closed_meanwhile(turn_id: str) -> str:
+    """The answer to a turn whose end reached the log only after the turn was closed as
+    abandoned (the log was away past the turn's deadline): the log holds the close."""
+    return (
+        f"This request (turn {turn_id}) was answered too late: the event log was unavailable"
+        " past its deadline and the turn was closed as failed, so the answer is not in the"
+        " channel's history. Please ask again."
+    )
+
+
 async def retried_turn_outcome(
     recorder: Recorder, *, turn_id: str, user: str, decided_at: int, wait_seconds: float
 ) -> Outcome:

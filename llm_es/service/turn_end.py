@@ -16,7 +16,7 @@ from llm_es.domain import replies
 from llm_es.domain.events import TokensSpent, TurnFailed
 from llm_es.domain.idempotency import with_turn_ids
 from llm_es.domain.limits import TurnRequest
-from llm_es.errors import AppendRefused, OutcomeUnknown, ProviderError
+from llm_es.errors import AppendRefused, EventsQuarantined, OutcomeUnknown, ProviderError
 from llm_es.logs import log_kv
 from llm_es.service.fallback import failure_type
 from llm_es.service.ledger import tokens_of
@@ -52,8 +52,9 @@ async def record_failure(
         error_type=error_type,
         error=str(exc),
     )
-    # Not confirmed in time, the turn failed all the same: its answer stays the failure.
-    with contextlib.suppress(OutcomeUnknown):
+    # Not confirmed in time (or closed meanwhile), the turn failed all the same: its
+    # answer stays the failure.
+    with contextlib.suppress(OutcomeUnknown, EventsQuarantined):
         await recorder.record(
             *with_turn_ids(request.turn_id, owed, failed), confirm_within=confirm_within
         )
@@ -89,7 +90,7 @@ async def record_unstored(
         error_type="not_stored",
         error=f"the answer could not be stored: {refused}",
     )
-    with contextlib.suppress(OutcomeUnknown):
+    with contextlib.suppress(OutcomeUnknown, EventsQuarantined):
         await recorder.record(
             *with_turn_ids(request.turn_id, spends, failed), confirm_within=confirm_within
         )

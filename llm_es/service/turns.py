@@ -27,6 +27,7 @@ from llm_es.domain.messages import ChatMessage
 from llm_es.domain.prompt import prompt_length
 from llm_es.errors import (
     AppendRefused,
+    EventsQuarantined,
     OutcomeUnknown,
     PartialUsage,
     ProviderError,
@@ -49,6 +50,7 @@ from llm_es.service.outcome import Outcome
 from llm_es.service.recording import Recorder
 from llm_es.service.retries import (
     RETRY_WAIT_GRACE_SECONDS,
+    closed_meanwhile,
     outcome_unknown,
     retried_turn_outcome,
 )
@@ -368,6 +370,10 @@ class Turns:
         except OutcomeUnknown as exc:
             log_kv(logger, "turn_outcome_unknown", level=logging.WARNING, error=str(exc))
             text = outcome_unknown(request.turn_id, with_request_id=with_request_id)
+            return Outcome.error(text, turn_id=request.turn_id, provider=provider.name)
+        except EventsQuarantined as exc:
+            log_kv(logger, "turn_closed_meanwhile", level=logging.WARNING, error=str(exc))
+            text = closed_meanwhile(request.turn_id)
             return Outcome.error(text, turn_id=request.turn_id, provider=provider.name)
         observe_turn(self._metrics, started, provider_seconds)
         tokens_used = tokens_of([*owed, spent])

@@ -239,6 +239,10 @@ class EventStore:
         state = (await self._js.stream_info(self.stream)).state
         return LogSize(state.last_seq, state.messages, state.bytes)
 
+    async def first_seq(self) -> int:
+        """The first sequence the stream still holds (above 1 once retention removed some)."""
+        return int((await self._js.stream_info(self.stream)).state.first_seq)
+
     async def last_seq(self, subject_filter: str | None = None) -> int:
         """The stream's last sequence (0 when empty)."""
         info = await self._js.stream_info(self.stream)

@@ -10,6 +10,10 @@ stream, so the answer depends on the stored message alone: the live views, the
 publisher and a rebuild refuse the same events, and the views stay a pure
 function of the log.
 
+A reader that reads the log in order also gives its `Quarantine` the turns
+open where it starts (`llm_es.domain.turn_order.OpenTurns`): then an end or a
+spend must name an open turn of its user, and an admission a turn not open.
+
 An event that fails is quarantined: `Quarantine` skips it, counts it, keeps its
 sequence and logs one ERROR with the sequence and the reason (never the
 event's content).
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from llm_es.domain.events import ContextSummarized, Event
+from llm_es.domain.turn_order import OpenTurns
 from llm_es.errors import ValidationError
 from llm_es.logs import log_kv
 from llm_es.store.codec import UnknownEventError, decode_event
@@ -101,6 +106,9 @@ class Quarantine:
     """Who reads (`views`, `publisher`, `verify`, ...): named in each log line."""
     prefix: str = SUBJECT_PREFIX
     """The log's subject prefix (an `EventStore`'s)."""
+    turns: OpenTurns | None = None
+    """The open turns at the reader's position, for a reader that reads in log order and
+    meets each sequence once; None for one that reads events alone (no turn rule)."""
     count: int = 0
     sequences: list[int] = field(default_factory=list)
     """The first `MAX_LISTED` quarantined sequences, in the order met."""
@@ -117,9 +125,12 @@ class Quarantine:
     def admit_or_reason(self, seq: int, subject: str, data: bytes, stored_ns: int) -> Event | str:
         """The event, or why it is not admissible (for a caller that records it itself)."""
         try:
-            return admit_event(seq, subject, data, stored_ns, prefix=self.prefix)
+            event = admit_event(seq, subject, data, stored_ns, prefix=self.prefix)
         except UnknownEventError as exc:
             return str(exc)[:MAX_REASON_CHARS]
+        if self.turns is not None and (broken := self.turns.admit(event, stored_ns)) is not None:
+            return f"{event.TYPE}: {broken}"
+        return event
 
     def record(self, seq: int, reason: str) -> None:
         """Count `seq` as quarantined for `reason`; a sequence met again is not counted twice."""

@@ -7,14 +7,23 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 from nats.aio.client import Client as NATS
 
-from llm_es.domain.events import ContextReset, Event, PersonaSwitched
-from llm_es.domain.views import settings_key
-from llm_es.errors import OperationalError
+from llm_es.domain.events import (
+    ContextReset,
+    Event,
+    PersonaSwitched,
+    TurnAdmitted,
+    TurnCompleted,
+    TurnFailed,
+)
+from llm_es.domain.views import QUARANTINE_KEY, settings_key, usage_key
+from llm_es.errors import EventsQuarantined, OperationalError
 from llm_es.service import recording
 from llm_es.service.recording import Recorder
 from llm_es.store.log import EventStore
 from projections.runner import ViewRunner, build_view_runner
 from tests.support.harness import log_events, make_config
+
+TURN = "a" * 32
 
 
 class LosingStore(EventStore):
@@ -96,3 +105,48 @@ async def test_events_no_stream_takes_raise_operational_error(
     nowhere = EventStore(client, client.jetstream(), stream="NONE", prefix="nowhere.ev")
     with pytest.raises(OperationalError, match="no stream answers"):
         await Recorder(nowhere, views).record(ContextReset(channel="lobby", user="alice"))
+
+
+@pytest.mark.usefixtures("short_confirm")
+@pytest.mark.parametrize("confirm_within", [None, 5.0])
+async def test_an_end_arriving_after_its_turn_was_closed_is_reported_as_quarantined(
+    client: NATS, store: EventStore, views: ViewRunner, confirm_within: float | None
+) -> None:
+    """The owner's end of a turn that recovery already closed is stored but quarantined
+    by the turn rule: record says so (EventsQuarantined) instead of reporting it recorded,
+    and the views keep the first end."""
+    admitted = TurnAdmitted(
+        channel="lobby",
+        user="alice",
+        turn_id=TURN,
+        source="chat",
+        persona="default",
+        provider="ollama",
+        model="m",
+        message="hi",
+        reserved_tokens=100,
+        max_tokens=50,
+    )
+    closed = TurnFailed(
+        channel="lobby", user="alice", turn_id=TURN, error_type="abandoned", error="gone"
+    )
+    recorder = Recorder(store, views)
+    await recorder.record(admitted, closed)
+    late = TurnCompleted(
+        channel="lobby",
+        user="alice",
+        turn_id=TURN,
+        content="too late",
+        provider="ollama",
+        model="m",
+        latency_ms=1.0,
+        finish_reason="stop",
+    )
+    with pytest.raises(EventsQuarantined, match="events at \\[3\\] were stored but quarantined"):
+        await recorder.record(late, confirm_within=confirm_within)
+    quarantined = views.get(QUARANTINE_KEY)
+    assert quarantined is not None
+    assert [e["seq"] for e in quarantined["events"]] == [3]
+    usage = views.get(usage_key("alice"))
+    assert usage is not None
+    assert usage["open_turns"] == {}

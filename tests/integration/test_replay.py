@@ -200,8 +200,16 @@ async def test_rebuild_equals_the_live_views_and_the_plugin_switches_to_it(
         rebuilt = await views_in(client, "llm_data_2")
         assert without_checkpoints(rebuilt) == without_checkpoints(live)
         end = (await client.jetstream().stream_info("LLM_EVENTS")).state.last_seq
+        # Each checkpoint holds the turns open at its sequence: the crashed turn.
+        open_turns = {
+            turn: view["user"]
+            for key, view in rebuilt.items()
+            if key.startswith("usage.")
+            for turn in view["open_turns"]
+        }
+        assert len(open_turns) == 1
         assert {k: v for k, v in rebuilt.items() if k.startswith("checkpoint.")} == {
-            f"checkpoint.{name}": {"seq": end}
+            f"checkpoint.{name}": {"seq": end, "open_turns": open_turns}
             for name in ("context", "memories", "settings", "usage")
         }
         await wait_until(lambda: runner(plugin).bucket == "llm_data_2", within=10)

@@ -59,8 +59,9 @@ READ_WITHIN_SECONDS = 60.0
 
 
 def history(turns: int, *, reply: str = "Hello from the model.") -> list[Event]:
-    """Turns in three channels by three users, with memories added and forgotten,
-    persona switches and context resets among them."""
+    """Turns in three channels by three users (admission, spend, end, as the plugin
+    writes them), with memories added and forgotten, persona switches and context resets
+    among them."""
     events: list[Event] = []
     for number in range(turns):
         channel = CHANNELS[number % len(CHANNELS)]
@@ -77,14 +78,6 @@ def history(turns: int, *, reply: str = "Hello from the model.") -> list[Event]:
                 reserved_tokens=500,
                 max_tokens=400,
             ),
-            TurnCompleted(
-                **turn,
-                content=f"{reply} ({number})",
-                provider="ollama",
-                model="llama3.2",
-                latency_ms=12.5,
-                finish_reason="stop",
-            ),
             TokensSpent(
                 **turn,
                 purpose="chat",
@@ -93,6 +86,14 @@ def history(turns: int, *, reply: str = "Hello from the model.") -> list[Event]:
                 prompt_tokens=20 + number % 7,
                 completion_tokens=10 + number % 5,
                 estimated=False,
+            ),
+            TurnCompleted(
+                **turn,
+                content=f"{reply} ({number})",
+                provider="ollama",
+                model="llama3.2",
+                latency_ms=12.5,
+                finish_reason="stop",
             ),
         ]
         if number % 10 == 0:
