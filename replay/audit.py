@@ -157,7 +157,8 @@ async def run_audit(
         progress.total = end
     selection = dataclasses.replace(selection, to_seq=end)
     feed = sums.feed
-    async with aclosing(log.read(selection)) as batches:
+    # A long log is read in a child process (`EventLog.read_all`): the fold here has a core.
+    async with aclosing(log.read_all(selection)) as batches:
         async for batch in batches:
             for seq, subject, data, stored_ns in batch:
                 feed(seq, subject, data, stored_ns)
