@@ -16,21 +16,34 @@ views fold the event that records the destruction (`forget_cached`).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
 from nats.js.kv import KeyValue
 
 from llm_es.domain.events import Event
 from llm_es.domain.personal_data import ERASED, sealing_plan
 from llm_es.domain.views import ContextMessage, ContextView
+from llm_es.errors import OperationalError
 from llm_es.store.kv import ensure_bucket
 from llm_es.store.sealing import SealBroken, new_key, open_sealed, seal, sealed_key
 
 KEYS_BUCKET = "llm_keys"
+KEY_STORE_PATIENCE_SECONDS = 4.0
+"""How long a key lookup waits out a bucket without a leader (an election after a node
+was lost takes a few seconds) before the request fails with `OperationalError`."""
+KEY_STORE_RETRY_PAUSE_SECONDS = 0.2
 OPENED_CACHED = 65_536
 """Opened texts kept in memory (a channel's memories, recent messages); beyond, the oldest go."""
 
@@ -45,6 +58,10 @@ def keys_bucket_config(bucket: str = KEYS_BUCKET, *, replicas: int = 1) -> api.K
         direct=True,
         description="llm-es: keys sealing personal data in LLM_EVENTS (destroyed = erased)",
     )
+
+
+_UNAVAILABLE = (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError, APIError)
+"""What a bucket without a leader (or a server away) answers a key request with."""
 
 
 class KeyRing:
@@ -68,13 +85,23 @@ class KeyRing:
         return self._kv
 
     async def _fetch(self, name: str) -> bytes | None:
-        try:
-            # A reader does not make the bucket: without one, no text was ever sealed.
-            kv = self._kv or await self._js.key_value(self._bucket_name)
-            entry = await kv.get(name)
-        except (BucketNotFoundError, KeyNotFoundError):  # KeyDeletedError too: purged
-            return None
-        return entry.value or None
+        deadline = time.monotonic() + KEY_STORE_PATIENCE_SECONDS
+        while True:
+            try:
+                # A reader does not make the bucket: without one, no text was ever sealed.
+                kv = self._kv or await self._js.key_value(self._bucket_name)
+                entry = await kv.get(name)
+            except (BucketNotFoundError, KeyNotFoundError):  # KeyDeletedError too: purged
+                return None
+            except _UNAVAILABLE as exc:
+                if time.monotonic() >= deadline:
+                    raise self._unavailable(exc) from exc
+                await asyncio.sleep(KEY_STORE_RETRY_PAUSE_SECONDS)
+                continue
+            return entry.value or None
+
+    def _unavailable(self, exc: BaseException) -> OperationalError:
+        return OperationalError(f"key store {self._bucket_name} unavailable ({type(exc).__name__})")
 
     async def _sealing_key(self, name: str) -> bytes:
         key = self._keys.get(name)
@@ -90,6 +117,10 @@ class KeyRing:
                 key = await self._fetch(name)
                 if key is None:
                     raise
+            except _UNAVAILABLE as exc:
+                # Not retried: a create that timed out may have been stored; the next
+                # turn's lookup finds it (or creates it).
+                raise self._unavailable(exc) from exc
         self._keys[name] = key
         return key
 
