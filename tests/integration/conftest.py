@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import pathlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import nats
@@ -15,6 +16,15 @@ from llm_es.config import Config
 from llm_es.embedded import EmbeddedNatsServer
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import make_config, start_plugin, stop_plugin
+
+
+@pytest.fixture(autouse=True)
+def _collect_cycles_after_each_test() -> Iterator[None]:
+    """A socket or transport left open inside a reference cycle warns (an error, with
+    `filterwarnings = error`) in the teardown of the test that left it, not at the end
+    of the session where no one can tell which test it was."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
