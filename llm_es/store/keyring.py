@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
@@ -29,6 +29,7 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
+    NoStreamResponseError,
 )
 from nats.js.kv import KeyValue
 
@@ -60,7 +61,14 @@ def keys_bucket_config(bucket: str = KEYS_BUCKET, *, replicas: int = 1) -> api.K
     )
 
 
-_UNAVAILABLE = (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError, APIError)
+_T = TypeVar("_T")
+_UNAVAILABLE = (
+    nats.errors.NoRespondersError,
+    nats.errors.TimeoutError,
+    TimeoutError,
+    NoStreamResponseError,
+    APIError,
+)
 """What a bucket without a leader (or a server away) answers a key request with."""
 
 
@@ -85,44 +93,56 @@ class KeyRing:
         return self._kv
 
     async def _fetch(self, name: str) -> bytes | None:
-        deadline = time.monotonic() + KEY_STORE_PATIENCE_SECONDS
-        while True:
-            try:
-                # A reader does not make the bucket: without one, no text was ever sealed.
-                kv = self._kv or await self._js.key_value(self._bucket_name)
-                entry = await kv.get(name)
-            except (BucketNotFoundError, KeyNotFoundError):  # KeyDeletedError too: purged
-                return None
-            except _UNAVAILABLE as exc:
-                if time.monotonic() >= deadline:
-                    raise self._unavailable(exc) from exc
-                await asyncio.sleep(KEY_STORE_RETRY_PAUSE_SECONDS)
-                continue
-            return entry.value or None
+        """The key stored under `name`, None when there is none (never made, or destroyed)."""
+        return await self._patiently(lambda: self._lookup(name))
 
-    def _unavailable(self, exc: BaseException) -> OperationalError:
-        return OperationalError(f"key store {self._bucket_name} unavailable ({type(exc).__name__})")
+    async def _lookup(self, name: str) -> bytes | None:
+        try:
+            # A reader does not make the bucket: without one, no text was ever sealed.
+            kv = self._kv or await self._js.key_value(self._bucket_name)
+            entry = await kv.get(name)
+        except (BucketNotFoundError, KeyNotFoundError):  # KeyDeletedError too: purged
+            return None
+        return entry.value or None
 
     async def _sealing_key(self, name: str) -> bytes:
+        """The key to seal under `name`, made now when there is none."""
         key = self._keys.get(name)
         if key is not None:
             return key
-        key = await self._fetch(name)
-        if key is None:
+
+        async def fetch_or_create() -> bytes:
+            stored = await self._lookup(name)
+            if stored is not None:
+                return stored
             fresh = new_key()
             try:
                 await (await self._bucket()).create(name, fresh)
-                key = fresh
-            except KeyWrongLastSequenceError:  # another writer made it first
-                key = await self._fetch(name)
-                if key is None:
+            except KeyWrongLastSequenceError:  # another writer (or our lost try) made it first
+                stored = await self._lookup(name)
+                if stored is None:
                     raise
-            except _UNAVAILABLE as exc:
-                # Not retried: a create that timed out may have been stored; the next
-                # turn's lookup finds it (or creates it).
-                raise self._unavailable(exc) from exc
+                return stored
+            return fresh
+
+        key = await self._patiently(fetch_or_create)
         self._keys[name] = key
         return key
+
+    async def _patiently(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """`attempt()`, again while the bucket does not answer, for at most
+        `KEY_STORE_PATIENCE_SECONDS`; then OperationalError naming the store. Safe for a
+        create too: one that was stored meanwhile fails again as an existing key."""
+        deadline = time.monotonic() + KEY_STORE_PATIENCE_SECONDS
+        while True:
+            try:
+                return await attempt()
+            except _UNAVAILABLE as exc:
+                if time.monotonic() >= deadline:
+                    raise OperationalError(
+                        f"key store {self._bucket_name} unavailable ({type(exc).__name__})"
+                    ) from exc
+                await asyncio.sleep(KEY_STORE_RETRY_PAUSE_SECONDS)
 
     async def _opening_key(self, name: str, *, again: bool = False) -> bytes | None:
         if not again and name in self._keys:
