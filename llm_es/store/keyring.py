@@ -156,16 +156,40 @@ class KeyRing:
         is a summary that does not."""
         if context is None:
             return None
-        messages: list[ContextMessage] = []
-        for message in context["messages"]:
-            content = self.open_cached(message["content"])
-            if content is not None and content != ERASED:
-                messages.append({**message, "content": content})
+        messages = [
+            opened
+            for message in context["messages"]
+            if (opened := self._opened_message(message)) is not None
+        ]
+        return {**context, "messages": messages, "summary": self.opened_summary(context)}
+
+    def opened_recent(self, context: ContextView, last: int) -> list[ContextMessage]:
+        """The last `last` (>= 1) messages of `opened_context`, without opening the older ones
+        (a prompt sends the last few of a history kept for the summarizer, up to 60)."""
+        recent: list[ContextMessage] = []
+        for message in reversed(context["messages"]):
+            if len(recent) == last:
+                break
+            opened = self._opened_message(message)
+            if opened is not None:
+                recent.append(opened)
+        recent.reverse()
+        return recent
+
+    def opened_summary(self, context: ContextView) -> str | None:
+        """The context's summary opened from the caches; None when there is none, or it does
+        not open."""
         summary = context["summary"]
         if summary is not None:
             summary = self.open_cached(summary)
             summary = None if summary == ERASED else summary
-        return {**context, "messages": messages, "summary": summary}
+        return summary
+
+    def _opened_message(self, message: ContextMessage) -> ContextMessage | None:
+        content = self.open_cached(message["content"])
+        if content is None or content == ERASED:
+            return None
+        return {**message, "content": content}
 
     @staticmethod
     def context_texts(context: ContextView | None) -> list[str]:
