@@ -35,10 +35,15 @@ KEYS_BUCKET = "llm_keys"
 OPENED_CACHED = 65_536
 """Opened texts kept in memory (a channel's memories, recent messages); beyond, the oldest go."""
 
-_key_name = functools.lru_cache(maxsize=OPENED_CACHED)(sealed_key)
-"""`sealed_key`, remembered for the texts met lately: every turn asks it of each message of
-its channel's context (up to 60) three or four times, and parsing the sealed form costs
-~1.2 us a text against ~0.1 for a cache hit (bench/turns.py, c32)."""
+KEY_NAMES_CACHED = 8192
+"""Texts whose key names are remembered: the contexts of ~130 busy channels. A text past it
+is parsed again (the same answer, ~1 us slower); kept well below OPENED_CACHED, as each
+entry holds on to a sealed text the views may have dropped already."""
+
+_key_name = functools.lru_cache(maxsize=KEY_NAMES_CACHED)(sealed_key)
+"""`sealed_key`, remembered for the texts met lately: `fetch_keys` asks it of every message
+of a channel's context (up to 60) on each turn, and parsing the sealed form costs ~1.2 us a
+text against ~0.1 for a cache hit."""
 
 
 def keys_bucket_config(bucket: str = KEYS_BUCKET, *, replicas: int = 1) -> api.KeyValueConfig:
