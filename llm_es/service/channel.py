@@ -32,6 +32,7 @@ from llm_es.domain.messages import ChatMessage
 from llm_es.domain.personal_data import erased_key_names, memory_key_name
 from llm_es.domain.prompt import build_chat_prompt
 from llm_es.domain.views import (
+    ContextMessage,
     ContextView,
     MemoryView,
     SettingsView,
@@ -123,14 +124,24 @@ class Channels:
     ) -> list[ChatMessage]:
         """The prompt of a chat turn from the views as they are now (persona: an override)."""
         service = self._config.service
-        context = self.opened_context(channel)
+        window = service.max_context_messages
+        context = cast(ContextView | None, self._views.get(context_key(channel)))
+        summary: str | None = None
+        recent: list[ContextMessage] = []
+        if context is not None and self._keyring is None:
+            summary, recent = context["summary"], context["messages"][-window:]
+        elif context is not None and self._keyring is not None:
+            # What `opened_context` gives, cut to the window: the older messages (kept for
+            # the summarizer) are not opened at all.
+            summary = self._keyring.opened_summary(context)
+            recent = self._keyring.opened_recent(context, window)
         return build_chat_prompt(
             persona_prompt=self._config.personas[persona or self.persona_of(channel)],
-            summary=context["summary"] if context else None,
+            summary=summary,
             memories=rank_memories(
                 message, self.memories_of(channel), service.max_memories_in_prompt
             ),
-            recent=context["messages"][-service.max_context_messages :] if context else [],
+            recent=recent,
             user=user,
             message=message,
         )

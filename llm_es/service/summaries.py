@@ -87,11 +87,15 @@ class Summaries:
     def _plan(self, channel: str) -> SummaryPlan | None:
         """The summary the channel's history calls for now, if any."""
         service = self._config.service
-        context = (
-            self._channels.opened_context(channel)
-            if self._channels is not None
-            else cast(ContextView | None, self._views.get(context_key(channel)))
-        )
+        context = cast(ContextView | None, self._views.get(context_key(channel)))
+        threshold = service.summarize_after_messages
+        if context is None or threshold is None or len(context["messages"]) <= threshold:
+            # Opening only leaves messages out, so a history this short calls for no
+            # summary opened either; this runs after every turn, and opening a context
+            # (up to 60 messages) was most of its cost.
+            return None
+        if self._channels is not None:
+            context = self._channels.opened_context(channel)
         return plan_summary(
             channel,
             context,
