@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoKeysError, NotFoundError
 
 from llm_es.app import Plugin
 from llm_es.domain.events import ContextSummarized, TurnAdmitted, UserErased
@@ -59,7 +59,11 @@ async def every_kv_revision(client: NATS) -> list[bytes]:
         except Exception:  # nats-py raises NoKeysError on an empty bucket
             continue
         for key in keys:
-            values.extend(entry.value or b"" for entry in await kv.history(key))
+            try:
+                history = await kv.history(key)
+            except NoKeysError:  # deleted since `keys()` listed it (a lease, a view)
+                continue
+            values.extend(entry.value or b"" for entry in history)
     return values
 
 
