@@ -24,7 +24,7 @@ from datetime import datetime
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from llm_es.domain.tokens import encode_name
@@ -141,23 +141,20 @@ class EventLog:
 
     async def end(self) -> int:
         """The log's last sequence; LogUnavailable when there is no log yet."""
-        try:
-            info = await self.js.stream_info(self.stream)
-        except NotFoundError:
-            raise LogUnavailable.no_stream(self.stream) from None
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise LogUnavailable(f"cannot read stream {self.stream}: {type(exc).__name__}") from exc
-        return info.state.last_seq
+        return (await self._state()).last_seq
 
     async def first(self) -> int:
         """The log's first sequence still held (above 1 once retention removed events)."""
+        return (await self._state()).first_seq
+
+    async def _state(self) -> api.StreamState:
         try:
             info = await self.js.stream_info(self.stream)
         except NotFoundError:
             raise LogUnavailable.no_stream(self.stream) from None
         except (nats.errors.Error, TimeoutError) as exc:
             raise LogUnavailable(f"cannot read stream {self.stream}: {type(exc).__name__}") from exc
-        return info.state.first_seq
+        return info.state
 
     async def last_seq_matching(self, subject: str) -> int:
         """The last sequence of any event on the subject filter (0: none)."""
