@@ -18,7 +18,6 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyValueError
 from nats.js.kv import KeyValue
 
-from llm_es.domain.turn_order import OpenTurns
 from llm_es.domain.views import BUCKET, OPEN_TURNS_FIELD, EventListener, checkpoint_key
 from llm_es.logs import log_kv
 from llm_es.store.follow import Following, follow
@@ -88,8 +87,8 @@ class BucketViews(MemoryViews):
         """Changed keys not known to be in KV -> stream sequence of their last change."""
         self._written = 0
         """Every change up to this sequence is in KV (its checkpoints may lag behind)."""
-        self._written_turns = OpenTurns()
-        """The turns open at `_written`, for its checkpoints."""
+        self._written_turns: dict[str, str] = {}
+        """The turns open at `_written` (turn id -> user), for its checkpoints."""
         self._persisted = 0
         self._floor = 0
         """No writes before the fold reaches it: the highest stored checkpoint at takeover."""
@@ -364,19 +363,21 @@ class BucketViews(MemoryViews):
         if (final or self._checkpoint_now or due) and self.lease_held():
             await self._write_checkpoints(kv, self._written, self._written_turns)
 
-    def _open_turns_now(self) -> OpenTurns:
+    def _open_turns_now(self) -> dict[str, str]:
         turns = self.quarantine.turns
-        return OpenTurns(turns.snapshot() if turns is not None else {})
+        return turns.snapshot() if turns is not None else {}
 
-    async def _write_checkpoints(self, kv: KeyValue, target: int, turns: OpenTurns) -> None:
+    async def _write_checkpoints(
+        self, kv: KeyValue, target: int, open_turns: dict[str, str]
+    ) -> None:
         """Checkpoints at `target`, with the turns open there (where a restart's fold
-        starts, `_open_turns_at`)."""
+        starts, `projections.buckets.open_turns_at`)."""
         for name, checkpoint in self._checkpoints.items():
             if checkpoint < target:
                 self._checkpoints[name] = target
         checkpoint_writes = []
         for name in self._checkpoints:
-            value: View = {"seq": target, OPEN_TURNS_FIELD: turns.snapshot()}
+            value: View = {"seq": target, OPEN_TURNS_FIELD: open_turns}
             self._store_value(checkpoint_key(name), value)
             checkpoint_writes.append(kv.put(checkpoint_key(name), orjson.dumps(value)))
         await asyncio.gather(*checkpoint_writes)
