@@ -18,15 +18,17 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyValueError
 from nats.js.kv import KeyValue
 
-from llm_es.domain.views import BUCKET, OPEN_TURNS_FIELD, EventListener, checkpoint_key
+from llm_es.domain.views import BUCKET, EventListener, checkpoint_key
 from llm_es.logs import log_kv
 from llm_es.store.follow import Following, follow
 from llm_es.store.kv import ensure_bucket, read_bucket
 from llm_es.store.lease import KvLease, keep_single_active, open_lease
 from llm_es.store.log import EventStore
 from llm_es.tasks import finish_task
-from projections.base import Projection, View
+from projections.base import Projection
 from projections.buckets import (
+    Turns,
+    checkpoint_value,
     open_turns_at,
     stored_checkpoints,
     views_bucket_config,
@@ -87,8 +89,8 @@ class BucketViews(MemoryViews):
         """Changed keys not known to be in KV -> stream sequence of their last change."""
         self._written = 0
         """Every change up to this sequence is in KV (its checkpoints may lag behind)."""
-        self._written_turns: dict[str, str] = {}
-        """The turns open at `_written` (turn id -> user), for its checkpoints."""
+        self._written_turns: Turns = {}
+        """The turns open at `_written`, for its checkpoints (None: not known)."""
         self._persisted = 0
         self._floor = 0
         """No writes before the fold reaches it: the highest stored checkpoint at takeover."""
@@ -363,13 +365,11 @@ class BucketViews(MemoryViews):
         if (final or self._checkpoint_now or due) and self.lease_held():
             await self._write_checkpoints(kv, self._written, self._written_turns)
 
-    def _open_turns_now(self) -> dict[str, str]:
+    def _open_turns_now(self) -> Turns:
         turns = self.quarantine.turns
         return turns.snapshot() if turns is not None else {}
 
-    async def _write_checkpoints(
-        self, kv: KeyValue, target: int, open_turns: dict[str, str]
-    ) -> None:
+    async def _write_checkpoints(self, kv: KeyValue, target: int, turns: Turns) -> None:
         """Checkpoints at `target`, with the turns open there (where a restart's fold
         starts, `projections.buckets.open_turns_at`)."""
         for name, checkpoint in self._checkpoints.items():
@@ -377,7 +377,7 @@ class BucketViews(MemoryViews):
                 self._checkpoints[name] = target
         checkpoint_writes = []
         for name in self._checkpoints:
-            value: View = {"seq": target, OPEN_TURNS_FIELD: open_turns}
+            value = checkpoint_value(target, turns)
             self._store_value(checkpoint_key(name), value)
             checkpoint_writes.append(kv.put(checkpoint_key(name), orjson.dumps(value)))
         await asyncio.gather(*checkpoint_writes)

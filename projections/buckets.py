@@ -79,6 +79,18 @@ def stored_checkpoint_seq(raw: bytes | None) -> int:
     return seq if type(seq) is int and seq > 0 else 0
 
 
+Turns = dict[str, str] | None
+"""Open turns as a checkpoint records them (turn id -> user), None when not known."""
+
+
+def checkpoint_value(seq: int, open_turns: Turns) -> dict[str, Any]:
+    """A checkpoint at `seq`, with the turns open there when they are known (a fold that
+    resumes from one without them trusts unknown turns' ends for a while)."""
+    if open_turns is None:
+        return {"seq": seq}
+    return {"seq": seq, OPEN_TURNS_FIELD: open_turns}
+
+
 def open_turns_at(
     start: int, checkpoints: Iterable[dict[str, Any] | None], *, first_seq: int
 ) -> OpenTurns:

@@ -33,13 +33,13 @@ from llm_es.config import Config
 from llm_es.domain.views import (
     ACTIVE_VIEWS_KEY,
     BUCKET,
-    OPEN_TURNS_FIELD,
     ActiveViews,
     checkpoint_key,
 )
 from llm_es.errors import OperationalError
 from llm_es.store.stream_settings import wait_for_leader
 from projections.base import View
+from projections.buckets import checkpoint_value
 from projections.runner import ensure_meta_bucket, views_bucket_config
 from replay.buckets import active_views, key_kinds, load_bucket, normalized
 from replay.errors import LogUnavailable
@@ -151,7 +151,7 @@ async def run_rebuild(
 
     values: dict[str, View] = dict(fold.values)
     # The turns open at `end` go with the checkpoints: the plugin's fold resumes there.
-    rebuilt_checkpoint: View = {"seq": end, OPEN_TURNS_FIELD: fold.open_turns.snapshot()}
+    rebuilt_checkpoint = checkpoint_value(end, fold.open_turns.snapshot())
     checkpoints = {p.name: rebuilt_checkpoint for p in projections}
     live: dict[str, bytes] | None = None
     if partial or dry_run:

@@ -58,8 +58,11 @@ class OpenTurns:
     def admit(self, event: Event, stored_ns: int) -> str | None:
         """Fold `event` (appended at `stored_ns`, ns since the epoch; 0 if unknown), or
         say why it breaks the turn rule and leave the state alone."""
-        if self._started_mid_log and self._trust_until_ns is None:
-            self._trust_until_ns = stored_ns + UNKNOWN_TURN_TRUST_NS  # the first event
+        if self._started_mid_log:
+            if self._trust_until_ns is None:
+                self._trust_until_ns = stored_ns + UNKNOWN_TURN_TRUST_NS  # the first event
+            elif stored_ns > self._trust_until_ns:
+                self._started_mid_log = False  # every turn open now was seen opening
         event_type = type(event)
         if event_type is TurnAdmitted:
             assert isinstance(event, TurnAdmitted)
@@ -100,9 +103,11 @@ class OpenTurns:
             assert isinstance(event, TurnCompleted | TurnFailed)
             self._open.pop(event.turn_id, None)
 
-    def snapshot(self) -> dict[str, str]:
-        """The open turns (turn id -> user), for a checkpoint."""
-        return dict(self._open)
+    def snapshot(self) -> dict[str, str] | None:
+        """The open turns (turn id -> user), for a checkpoint; None while a reader that
+        started mid-log is still in its trust window (turns opened before its start may
+        be open, unknown to it: a checkpoint must not claim the list is whole)."""
+        return None if self._started_mid_log else dict(self._open)
 
     def __len__(self) -> int:
         return len(self._open)

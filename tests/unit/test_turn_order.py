@@ -11,7 +11,7 @@ from llm_es.domain.views import OPEN_TURNS_FIELD
 from llm_es.store.codec import encode_event
 from llm_es.store.log import subject_of
 from llm_es.store.quarantine import Quarantine
-from projections.buckets import open_turns_at
+from projections.buckets import checkpoint_value, open_turns_at
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 NOW_NS = int(NOW.timestamp() * 1e9)
@@ -181,3 +181,16 @@ def test_the_views_resume_from_the_open_turns_of_their_lowest_checkpoint() -> No
     cut = open_turns_at(5, [at_five], first_seq=8)
     for trusting in (older, cut):
         assert trusting.admit(completed("b" * 32), NOW_NS) is None
+
+
+def test_a_reader_in_its_trust_window_does_not_claim_to_know_every_open_turn() -> None:
+    """Mid-log, turns opened before the start may still be open: until an event stored
+    past the window, the snapshot is None and a checkpoint omits the open turns (so a
+    fold resuming from it trusts again); after it, the snapshot is whole."""
+    turns = OpenTurns(started_mid_log=True)
+    turns.admit(admitted(), NOW_NS)
+    assert turns.snapshot() is None
+    assert checkpoint_value(7, turns.snapshot()) == {"seq": 7}
+    turns.admit(admitted("b" * 32), NOW_NS + UNKNOWN_TURN_TRUST_NS + 1)
+    assert turns.snapshot() == {TURN: "alice", "b" * 32: "alice"}
+    assert checkpoint_value(8, turns.snapshot()) == {"seq": 8, OPEN_TURNS_FIELD: turns.snapshot()}
