@@ -142,20 +142,19 @@ async def run_audit(
     end = await log.end()
     if user is not None and await log.last_seq_matching(event_filter(user=user).subject) == 0:
         raise UsageError(f"unknown user {user!r}: no event in the log names them")
+    # One consumer, in log order (the turn rule needs it): `llm.ev.*.<user>.*` for one
+    # user, every event for all; the types are picked by their subject's last token.
+    selection = dataclasses.replace(event_filter(user=user, types=READ_TYPES), to_seq=end)
     sums = _Sums(
         per_user=user is None,
         by=by,
         since=since,
         until=until,
         days=days,
-        started_mid_log=await log.first() > 1,
+        started_mid_log=await log.starts_mid_log(selection),
     )
-    # One consumer, in log order (the turn rule needs it): `llm.ev.*.<user>.*` for one
-    # user, every event for all; the types are picked by their subject's last token.
-    selection = event_filter(user=user, types=READ_TYPES)
     if progress is not None:
         progress.total = end
-    selection = dataclasses.replace(selection, to_seq=end)
     feed = sums.feed
     # A long log is read in a child process (`EventLog.read_all`): the fold here has a core.
     async with aclosing(log.read_all(selection)) as batches:

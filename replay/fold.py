@@ -176,9 +176,10 @@ async def fold_log(
     """Fold log sequences 1..`end` into memory (a long log is read in a child process)."""
     if end < 1:
         return LogFold(projections)
-    fold = LogFold(projections, started_mid_log=await log.first() > 1)
+    selection = LogSelection(to_seq=end)
+    fold = LogFold(projections, started_mid_log=await log.starts_mid_log(selection))
     with fewer_collections():
-        async with aclosing(log.read_all(LogSelection(to_seq=end))) as batches:
+        async with aclosing(log.read_all(selection)) as batches:
             async for batch in batches:
                 fold.feed(batch)
                 if progress is not None:

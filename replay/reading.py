@@ -105,9 +105,7 @@ async def turn_rule_for(log: EventLog, selection: LogSelection) -> OpenTurns | N
     by_type = not selection.subject.endswith((".*", ".>"))
     if by_type or selection.types:
         return None
-    first = await log.first()
-    mid_log = selection.new_only or selection.start_time is not None or selection.from_seq > 1
-    return OpenTurns(started_mid_log=mid_log or first > 1)
+    return OpenTurns(started_mid_log=await log.starts_mid_log(selection))
 
 
 def reads_in_child(selection: LogSelection) -> bool:
@@ -146,6 +144,13 @@ class EventLog:
     async def first(self) -> int:
         """The log's first sequence still held (above 1 once retention removed events)."""
         return (await self._state()).first_seq
+
+    async def starts_mid_log(self, selection: LogSelection) -> bool:
+        """Whether a read of `selection` starts after the log's first event (a later
+        start, or a log whose first events retention removed): it cannot know the turns
+        open where it starts (`llm_es.domain.turn_order`)."""
+        later = selection.new_only or selection.start_time is not None or selection.from_seq > 1
+        return later or await self.first() > 1
 
     async def _state(self) -> api.StreamState:
         try:

@@ -57,12 +57,12 @@ async def fold_until(
     moment: Moment,
 ) -> tuple[LogFold, datetime | None, bool]:
     """Fold the selected events up to the moment: the fold, the last event's time, any at all."""
-    # `first` gives a clear message when there is no log at all.
-    fold = LogFold(projections, started_mid_log=await log.first() > 1)
+    selection = LogSelection(subject=subject, to_seq=moment.seq)
+    # Reads the stream's state: a clear message when there is no log at all.
+    fold = LogFold(projections, started_mid_log=await log.starts_mid_log(selection))
     last_at: datetime | None = None
     if await log.last_seq_matching(subject) == 0:
         return fold, None, False
-    selection = LogSelection(subject=subject, to_seq=moment.seq)
     async with aclosing(log.read(selection)) as batches:
         async for batch in batches:
             for seq, subject, data, stored_ns in batch:
