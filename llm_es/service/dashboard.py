@@ -2,7 +2,7 @@
 
 `Dashboard.follow` takes every event the views fold from then on (in process,
 no read of its own) and reads the older ones once, in the background, from
-the log (one consumer per charted type, filtered by the server). On the turn
+the log (one ordered read: the turn rule needs the log's order). On the turn
 path an event is only set aside; the fold runs every `FOLD_SECONDS` and before
 any answer, so answers are exact and turns do not wait for it. Both go
 through `UsageDays`, the fold `llm-replay audit` uses, so the JSON here
