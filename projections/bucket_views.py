@@ -29,6 +29,7 @@ from projections.base import Projection
 from projections.buckets import (
     Turns,
     checkpoint_value,
+    flush_linger,
     open_turns_at,
     stored_checkpoints,
     views_bucket_config,
@@ -41,11 +42,6 @@ logger = logging.getLogger(__name__)
 LOAD_TIMEOUT_SECONDS = 30.0
 FLUSH_RETRY_SECONDS = 0.5
 HEARTBEAT_SECONDS = 1.0
-FLUSH_LINGER_SECONDS = 0.05
-"""How long changes gather before a KV write batch. Reads are served from memory, so
-KV may trail by this much; in exchange a key changed by several turns meanwhile (a busy
-channel's context, a user's usage) is written once, and the writes stay out of the way
-of requests (5 ms put a batch in the middle of nearly every turn at concurrency 1)."""
 CHECKPOINT_INTERVAL_SECONDS = 1.0
 """Checkpoints are written at most this often (and at stop and takeover); values every batch."""
 DEFAULT_LEASE_TTL_SECONDS = 15.0
@@ -87,6 +83,8 @@ class BucketViews(MemoryViews):
         self._kv: KeyValue | None = None
         self._dirty: dict[str, int] = {}
         """Changed keys not known to be in KV -> stream sequence of their last change."""
+        self._keys_last_written = 0
+        """How many keys the last batch wrote (the next one gathers longer: `flush_linger`)."""
         self._written = 0
         """Every change up to this sequence is in KV (its checkpoints may lag behind)."""
         self._written_turns: Turns = {}
@@ -320,7 +318,7 @@ class BucketViews(MemoryViews):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._flush_wanted.wait()
-            await asyncio.sleep(FLUSH_LINGER_SECONDS)
+            await asyncio.sleep(flush_linger(self._keys_last_written))
             self._flush_wanted.clear()
             try:
                 await self._flush_once()
@@ -349,6 +347,7 @@ class BucketViews(MemoryViews):
         kv = self._kv
         target = self._applied
         turns_at_target = self._open_turns_now()
+        self._keys_last_written = len(self._dirty)
         if self._dirty:
             batch, self._dirty = self._dirty, {}
             try:

@@ -31,6 +31,7 @@ from llm_es.domain.events import (
 from llm_es.domain.limits import usage_numbers
 from llm_es.domain.views import UsageView, context_key, memory_key, settings_key, usage_key
 from projections.base import Projection, View
+from projections.buckets import FLUSH_LINGER_MAX_SECONDS, FLUSH_LINGER_SECONDS, flush_linger
 from projections.context import ContextProjection
 from projections.memories import MemoriesProjection
 from projections.settings import SettingsProjection
@@ -616,3 +617,12 @@ def test_reset_drops_turns_in_flight_from_the_new_context() -> None:
     view = fold(projection, events)[context_key(CHANNEL)]
     assert view["messages"] == []
     assert view["pending"] == {}
+
+
+def test_a_busy_views_bucket_gathers_its_writes_longer_within_a_bound() -> None:
+    """After a batch of few keys the next gathers for the least linger (a quiet log is in
+    KV soon); the more keys the last batch wrote, the longer the next gathers, never past
+    the maximum."""
+    assert flush_linger(0) == FLUSH_LINGER_SECONDS
+    assert FLUSH_LINGER_SECONDS < flush_linger(2) < flush_linger(20) < FLUSH_LINGER_MAX_SECONDS
+    assert flush_linger(40) == flush_linger(10_000) == FLUSH_LINGER_MAX_SECONDS
