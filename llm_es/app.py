@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -69,6 +69,15 @@ def build_providers(config: Config) -> dict[str, LLMProvider]:
             env = "OPENAI_API_KEY" if name == "openai" else "OPENROUTER_API_KEY"
             raise ConfigError(f"providers.{name}.api_key", f"required for {name} (or set {env})")
     return {name: build_provider(name, config) for name in sorted(wanted)}
+
+
+async def _stop_parts(*parts: tuple[str, Callable[[], Awaitable[None]]]) -> None:
+    """Stop each part in turn; one that fails is logged and the next still stops."""
+    for part, stopping in parts:
+        try:
+            await stopping()
+        except Exception as exc:
+            log_kv(logger, "stop_failed", level=logging.WARNING, part=part, error=repr(exc))
 
 
 class Plugin:
@@ -245,35 +254,66 @@ class Plugin:
                 log_kv(logger, "sweep_failed", level=logging.WARNING, error=repr(exc))
 
     async def stop(self) -> None:
-        if self._api is not None:
-            await self._api.stop()
-            self._api = None
-        if self.legacy is not None:
-            await self.legacy.stop()
-            self.legacy = None
-        if self._surface is not None:
-            await self._surface.stop()
-            self._surface = None
+        """Stop every part, the last started first. A part that fails to stop (its NATS
+        connection already gone, say) is logged and the rest still stop; the provider
+        pools' sockets and the HTTP listener are released even when the stop itself is
+        cut short (cancelled while in-flight commands drain)."""
+        try:
+            await _stop_parts(
+                ("service_api", self._stop_api),
+                ("legacy", self._stop_legacy),
+                ("commands", self._stop_surface),
+                ("service", self._stop_service),
+                ("registry", self._stop_registry),
+                ("event_publisher", self._stop_publisher),
+                ("views", self._stop_views),
+            )
+        finally:
+            await _stop_parts(("providers", self._close_providers), ("http", self._stop_listener))
+        log_kv(logger, "plugin_stopped")
+
+    async def _stop_api(self) -> None:
+        api, self._api = self._api, None
+        if api is not None:
+            await api.stop()
+
+    async def _stop_legacy(self) -> None:
+        legacy, self.legacy = self.legacy, None
+        if legacy is not None:
+            await legacy.stop()
+
+    async def _stop_surface(self) -> None:
+        surface, self._surface = self._surface, None
+        if surface is not None:
+            await surface.stop()
+
+    async def _stop_service(self) -> None:
         if self.service is not None:
             await self.service.aclose()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
-            self._sweeper = None
-        if self._registry is not None:
-            await self._registry.stop()
-            self._registry = None
-        if self._publisher is not None:
-            await self._publisher.stop()
-            self._publisher = None
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+
+    async def _stop_registry(self) -> None:
+        registry, self._registry = self._registry, None
+        if registry is not None:
+            await registry.stop()
+
+    async def _stop_publisher(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            await publisher.stop()
+
+    async def _stop_views(self) -> None:
         self._log_counts.stop()
-        if self.views is not None:
-            await self.views.stop()
-            self.views = None
+        views, self.views = self.views, None
+        if views is not None:
+            await views.stop()
+
+    async def _close_providers(self) -> None:
         for provider in (self._providers or {}).values():
             await provider.aclose()
-        await self._stop_listener()
-        log_kv(logger, "plugin_stopped")
 
     async def _stop_listener(self) -> None:
         if self.dashboard is not None:

@@ -116,6 +116,11 @@ class HTTPProvider(LLMProvider):
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    @property
+    def is_closed(self) -> bool:
+        """Whether `aclose` closed the connection pools."""
+        return self._http.is_closed
+
     def throttled(self) -> bool:
         """True while the wait asked by the last 429 (an HTTP status, or an error object's
         code) lasts: its Retry-After, else `THROTTLE_WITHOUT_RETRY_AFTER_SECONDS`.

@@ -65,6 +65,11 @@ class ShardedClient:
         for client in self._clients:
             await client.aclose()
 
+    @property
+    def is_closed(self) -> bool:
+        """Whether every shard is closed (its connections' sockets with it)."""
+        return all(client.is_closed for client in self._clients)
+
 
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
