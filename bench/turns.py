@@ -45,7 +45,7 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from llm_es.embedded import EmbeddedNatsServer, server_version
+from llm_es.embedded import EmbeddedNatsServer, pick_free_port, server_version
 from llm_es.headers import LLM_TURN_ID
 from llm_es.providers.pool import ShardedClient
 from llm_es.store.log import STREAM_NAME
@@ -65,6 +65,8 @@ SYSTEM_PROMPT = "You are a helpful assistant in a chat room. Answer briefly."
 USER_ROTATION_TURNS = 100
 TURN_TIMEOUT_SECONDS = 30.0
 BARE_TIMEOUT_SECONDS = 10.0
+CONNECTION_NAMES = {"plugin": "llm-es", "passthrough": "bench-passthrough", "echo": "bench-echo"}
+"""The NATS connection name of each process whose messages a cell counts (`ServerCounts`)."""
 READY_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
 MAX_OPS_PER_CELL = 1_000_000
@@ -342,7 +344,7 @@ async def serve_until_stopped(nc: NATS, max_seconds: float) -> None:
 
 async def echo_responder(url: str, max_seconds: float) -> None:
     """The bare-NATS peer: replies with the request's bytes, inline in the callback."""
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, name=CONNECTION_NAMES["echo"])
 
     async def echo(msg: Any) -> None:
         await msg.respond(msg.data)
@@ -362,7 +364,7 @@ async def passthrough_responder(url: str, llm_url: str, max_seconds: float) -> N
     request in its own task as the plugin does it. What llm-es adds beyond this
     is the price of the log, the views and the limits.
     """
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, name=CONNECTION_NAMES["passthrough"])
     # The plugin's own HTTP layer (sharded pools): one httpx pool of 64 connections
     # costs more CPU than the calls at concurrency 32, and the baseline should pay
     # for the calls, not for a pool the plugin does not use.
@@ -416,6 +418,47 @@ class CellSpec:
     kind: str  # "nats", "http", "chat", "http_stream" or "chat_stream"
     concurrency: int
     one_user: bool = False
+
+
+class ServerCounts:
+    """Messages and bytes each process's NATS connections sent and received, as nats-server
+    counts them (its monitoring endpoint `/connz`), summed by connection name: how many
+    messages a turn costs, beside the CPU it costs."""
+
+    def __init__(self, monitor_url: str) -> None:
+        self._http = httpx.AsyncClient(base_url=monitor_url, timeout=BARE_TIMEOUT_SECONDS)
+
+    async def read(self) -> dict[str, list[int]]:
+        """Process -> [messages sent, received, bytes sent, received] by its connections."""
+        connz = (await self._http.get("/connz", params={"limit": 4096})).json()
+        by_name = {name: process for process, name in CONNECTION_NAMES.items()}
+        totals: dict[str, list[int]] = {process: [0, 0, 0, 0] for process in CONNECTION_NAMES}
+        for connection in connz.get("connections", []):
+            process = by_name.get(connection.get("name", ""))
+            if process is not None:
+                # The server's "in" is what the client sent.
+                counted = ("in_msgs", "out_msgs", "in_bytes", "out_bytes")
+                for index, field in enumerate(counted):
+                    totals[process][index] += connection.get(field, 0)
+        return totals
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def nats_per_op(
+    before: dict[str, list[int]], after: dict[str, list[int]], ok: int
+) -> dict[str, dict[str, float]]:
+    """Per successful operation, what each process with traffic in the cell sent and received."""
+    fields = ("msgs_sent", "msgs_received", "bytes_sent", "bytes_received")
+    per_op: dict[str, dict[str, float]] = {}
+    for process, counts in after.items():
+        used = [a - b for a, b in zip(counts, before.get(process, [0, 0, 0, 0]), strict=True)]
+        if any(used):
+            per_op[process] = {
+                f: round(u / max(ok, 1), 2) for f, u in zip(fields, used, strict=True)
+            }
+    return per_op
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -657,6 +700,7 @@ async def run_cell(
     total_ops: int | None,
     pids: dict[str, int | None],
     think: float = 0.0,
+    counts: ServerCounts | None = None,
 ) -> dict[str, Any]:
     """Closed loop: `concurrency` workers each run op back to back (or `think` seconds
     apart, untimed) until time or ops run out."""
@@ -685,6 +729,7 @@ async def run_cell(
             else:
                 errors[outcome] += 1
 
+    nats_before = await counts.read() if counts is not None else None
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     machine_before = machine_busy_seconds()
     client_before = time.process_time()
@@ -693,6 +738,7 @@ async def run_cell(
     wall = time.perf_counter() - started
     client_cpu = time.process_time() - client_before
     machine_after = machine_busy_seconds()
+    nats_after = await counts.read() if counts is not None else None
     ok = len(latencies)
     latencies.sort()
     cell: dict[str, Any] = {
@@ -720,6 +766,8 @@ async def run_cell(
         cpu_cores["machine"] = round((machine_after - machine_before) / wall, 2)
     cell["cpu_ms_per_op"] = cpu_ms
     cell["cpu_cores"] = cpu_cores
+    if nats_before is not None and nats_after is not None:
+        cell["nats_per_op"] = nats_per_op(nats_before, nats_after, ok)
     if errors:
         cell["error_kinds"] = dict(errors.most_common(5))
     return cell
@@ -929,10 +977,15 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
             "watch_dashboard": args.watch_dashboard,
         },
     }
-    server = EmbeddedNatsServer(workdir / "nats", port=0)
+    monitor_port = pick_free_port("127.0.0.1")
+    server = EmbeddedNatsServer(
+        workdir / "nats", port=0, extra_arguments=("--http_port", str(monitor_port))
+    )
     async with contextlib.AsyncExitStack() as stack:
         url = await server.start()
         stack.push_async_callback(server.stop)
+        counts = ServerCounts(f"http://127.0.0.1:{monitor_port}")
+        stack.push_async_callback(counts.aclose)
         result["env"]["nats_server"] = await server_version(server.binary)
         progress(f"nats-server {result['env']['nats_server']} at {url}, data {server.data_dir}")
 
@@ -1029,6 +1082,7 @@ async def run(args: argparse.Namespace, workdir: pathlib.Path) -> dict[str, Any]
                     seconds=args.seconds,
                     total_ops=args.turns,
                     pids=pids,
+                    counts=counts,
                     think=args.think_ms / 1000,
                 )
                 measured[spec.name] = cell
