@@ -71,9 +71,12 @@ def build_providers(config: Config) -> dict[str, LLMProvider]:
     return {name: build_provider(name, config) for name in sorted(wanted)}
 
 
-async def _stop_parts(*parts: tuple[str, Callable[[], Awaitable[None]]]) -> None:
-    """Stop each part in turn; one that fails is logged and the next still stops."""
+async def _stop_parts(*parts: tuple[str, Callable[[], Awaitable[None]] | None]) -> None:
+    """Stop each part in turn (None: not running); one that fails is logged and the next
+    still stops."""
     for part, stopping in parts:
+        if stopping is None:
+            continue
         try:
             await stopping()
         except Exception as exc:
@@ -258,34 +261,24 @@ class Plugin:
         connection already gone, say) is logged and the rest still stop; the provider
         pools' sockets and the HTTP listener are released even when the stop itself is
         cut short (cancelled while in-flight commands drain)."""
+        api, legacy, surface = self._api, self.legacy, self._surface
+        registry, publisher, views = self._registry, self._publisher, self.views
+        self._api, self.legacy, self._surface = None, None, None
+        self._registry, self._publisher, self.views = None, None, None
         try:
             await _stop_parts(
-                ("service_api", self._stop_api),
-                ("legacy", self._stop_legacy),
-                ("commands", self._stop_surface),
+                ("service_api", None if api is None else api.stop),
+                ("legacy", None if legacy is None else legacy.stop),
+                ("commands", None if surface is None else surface.stop),
                 ("service", self._stop_service),
-                ("registry", self._stop_registry),
-                ("event_publisher", self._stop_publisher),
-                ("views", self._stop_views),
+                ("registry", None if registry is None else registry.stop),
+                ("event_publisher", None if publisher is None else publisher.stop),
+                ("log_counts", self._stop_log_counts),
+                ("views", None if views is None else views.stop),
             )
         finally:
             await _stop_parts(("providers", self._close_providers), ("http", self._stop_listener))
         log_kv(logger, "plugin_stopped")
-
-    async def _stop_api(self) -> None:
-        api, self._api = self._api, None
-        if api is not None:
-            await api.stop()
-
-    async def _stop_legacy(self) -> None:
-        legacy, self.legacy = self.legacy, None
-        if legacy is not None:
-            await legacy.stop()
-
-    async def _stop_surface(self) -> None:
-        surface, self._surface = self._surface, None
-        if surface is not None:
-            await surface.stop()
 
     async def _stop_service(self) -> None:
         if self.service is not None:
@@ -295,21 +288,8 @@ class Plugin:
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
 
-    async def _stop_registry(self) -> None:
-        registry, self._registry = self._registry, None
-        if registry is not None:
-            await registry.stop()
-
-    async def _stop_publisher(self) -> None:
-        publisher, self._publisher = self._publisher, None
-        if publisher is not None:
-            await publisher.stop()
-
-    async def _stop_views(self) -> None:
+    async def _stop_log_counts(self) -> None:
         self._log_counts.stop()
-        views, self.views = self.views, None
-        if views is not None:
-            await views.stop()
 
     async def _close_providers(self) -> None:
         for provider in (self._providers or {}).values():

@@ -52,6 +52,8 @@ the key store's patience (4 s), so a turn that waits out its election is answere
 RECOVERY_SECONDS = 20.0
 """Longest the service may stay out after the leader is killed."""
 RECOVERY_ATTEMPTS = 1000
+SETTLE_SECONDS = 15.0
+"""Longest the started plugin may take to be answering through another node of the cluster."""
 
 try:
     find_nats_server_binary()
@@ -135,7 +137,7 @@ async def stream_leader(client: NATS) -> str:
     return info.cluster.leader
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 async def test_killing_the_log_leader_loses_no_acknowledged_turn(
     cluster: NatsCluster, fake_llm: FakeLLMServer
 ) -> None:
@@ -152,6 +154,14 @@ async def test_killing_the_log_leader_loses_no_acknowledged_turn(
     try:
         await plugin.start()
         chats = Chats(client)
+        # The plugin's subscriptions reach the client's node over the cluster's routes a
+        # moment after start (a CI run saw no responders there): wait, bounded, for one
+        # answer before the turns that must all succeed.
+        async with asyncio.timeout(SETTLE_SECONDS):
+            for _ in range(RECOVERY_ATTEMPTS):
+                if await chats.send():
+                    break
+                await asyncio.sleep(0.1)
         for _ in range(5):
             assert await chats.send(), chats.failed[-3:]
         js = client.jetstream()
