@@ -52,8 +52,8 @@ the key store's patience (4 s), so a turn that waits out its election is answere
 RECOVERY_SECONDS = 20.0
 """Longest the service may stay out after the leader is killed."""
 RECOVERY_ATTEMPTS = 1000
-SETTLE_SECONDS = 15.0
-"""Longest the started plugin may take to be answering through another node of the cluster."""
+SETTLE_SECONDS = 30.0
+"""Longest the started plugin may take to answer five turns through another node."""
 
 try:
     find_nats_server_binary()
@@ -80,6 +80,20 @@ class Chats:
     failed: list[str] = dataclasses.field(default_factory=list)
     last_success_at: float = 0.0
     _count: int = 0
+
+    async def answer(self, count: int, *, within: float) -> None:
+        """Send turns until `count` more are answered; fail after `within` seconds."""
+        goal = len(self.answered) + count
+        try:
+            async with asyncio.timeout(within):
+                for _ in range(RECOVERY_ATTEMPTS):
+                    if not await self.send():
+                        await asyncio.sleep(0.1)
+                    if len(self.answered) >= goal:
+                        return
+        except TimeoutError:
+            pass
+        pytest.fail(f"{count} turns not answered within {within}s: {self.failed[-3:]}")
 
     async def send(self) -> bool:
         self._count += 1
@@ -154,16 +168,11 @@ async def test_killing_the_log_leader_loses_no_acknowledged_turn(
     try:
         await plugin.start()
         chats = Chats(client)
-        # The plugin's subscriptions reach the client's node over the cluster's routes a
-        # moment after start (a CI run saw no responders there): wait, bounded, for one
-        # answer before the turns that must all succeed.
-        async with asyncio.timeout(SETTLE_SECONDS):
-            for _ in range(RECOVERY_ATTEMPTS):
-                if await chats.send():
-                    break
-                await asyncio.sleep(0.1)
-        for _ in range(5):
-            assert await chats.send(), chats.failed[-3:]
+        # Five turns answered before the kill, tolerating what is not its subject: the
+        # plugin's subscriptions reach the client's node a moment after start, and on a
+        # starved 2-core machine the raft groups may re-elect by themselves (a CI run saw
+        # no responders through both).
+        await chats.answer(5, within=SETTLE_SECONDS)
         js = client.jetstream()
         for stream in REPLICATED:  # the key bucket is made with the first sealed text
             assert (await js.stream_info(stream)).config.num_replicas == 3, stream
