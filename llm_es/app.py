@@ -277,7 +277,11 @@ class Plugin:
                 ("views", None if views is None else views.stop),
             )
         finally:
-            await _stop_parts(("providers", self._close_providers), ("http", self._stop_listener))
+            providers = (self._providers or {}).items()
+            await _stop_parts(
+                *((f"provider {name}", provider.aclose) for name, provider in providers),
+                ("http", self._stop_listener),
+            )
         log_kv(logger, "plugin_stopped")
 
     async def _stop_service(self) -> None:
@@ -290,10 +294,6 @@ class Plugin:
 
     async def _stop_log_counts(self) -> None:
         self._log_counts.stop()
-
-    async def _close_providers(self) -> None:
-        for provider in (self._providers or {}).values():
-            await provider.aclose()
 
     async def _stop_listener(self) -> None:
         if self.dashboard is not None:
