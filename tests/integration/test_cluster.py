@@ -24,7 +24,7 @@ from nats.js import api
 
 from llm_es.app import Plugin
 from llm_es.config import Config, NatsConfig
-from llm_es.domain.events import TurnAdmitted, TurnCompleted
+from llm_es.domain.events import Event, TurnAdmitted, TurnCompleted
 from llm_es.embedded import EmbeddedServerError, find_nats_server_binary
 from llm_es.store.connection import connect
 from llm_es.store.kv import ensure_bucket
@@ -145,6 +145,19 @@ async def wait_for_leaders(client: NATS, lost: str) -> None:
             await asyncio.sleep(0.1)
 
 
+async def read_log_patiently(client: NATS) -> list[tuple[int, Event]]:
+    """The whole log as stored, read again from its start when a read request goes
+    unanswered: after the kill a CI run saw a consumer create time out (5 s) with every
+    stream led, the cluster's meta group still settling on 2 starved cores."""
+    async with asyncio.timeout(SETTLE_SECONDS):
+        for _ in range(RECOVERY_ATTEMPTS):
+            try:
+                return await log_events(client, sealed=True)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError):
+                await asyncio.sleep(0.5)
+    raise AssertionError("unreachable: the timeout above ends the loop")
+
+
 async def stream_leader(client: NATS) -> str:
     info = await client.jetstream().stream_info(STREAM_NAME)
     assert info.cluster is not None
@@ -201,7 +214,7 @@ async def test_killing_the_log_leader_loses_no_acknowledged_turn(
         )
 
         # As stored (personal text sealed), as the views fold it.
-        events = await log_events(client, sealed=True)
+        events = await read_log_patiently(client)
         admitted = Counter(e.turn_id for _, e in events if isinstance(e, TurnAdmitted))
         completed = Counter(e.turn_id for _, e in events if isinstance(e, TurnCompleted))
         for turn_id in chats.answered:
