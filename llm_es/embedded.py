@@ -20,7 +20,7 @@ import sys
 import sysconfig
 from collections.abc import Mapping
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
 from llm_es.errors import EmbeddedServerError
 
@@ -205,7 +205,7 @@ class EmbeddedNatsServer:
         ]
         # The logger writes to --log; stderr catches what comes before it is
         # set up (bad options, an unwritable log file) and Go panics.
-        stderr_sink = await asyncio.to_thread(self._open_log_for_append)
+        stderr_sink = await asyncio.to_thread(self.log_file.open, "ab")
         try:
             self._process = await asyncio.create_subprocess_exec(
                 self.binary,
@@ -234,9 +234,6 @@ class EmbeddedNatsServer:
             self.store_dir,
             self.log_file,
         )
-
-    def _open_log_for_append(self) -> IO[bytes]:
-        return self.log_file.open("ab")
 
     async def _wait_until_ready(self, ready_timeout: float) -> None:
         loop = asyncio.get_running_loop()

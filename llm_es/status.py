@@ -339,7 +339,7 @@ def _text_lines(report: Report) -> list[tuple[str, str]]:
             ("stream sequences", f"{stream['first_seq']}..{stream['last_seq']}"),
             ("stream bytes", str(stream["bytes"])),
             ("stream storage", f"{stream['storage']}, replicas {stream['replicas']}"),
-            ("stream allow_atomic", _yes_no(stream["allow_atomic"])),
+            ("stream allow_atomic", "yes" if stream["allow_atomic"] else "no"),
             ("stream duplicate window", f"{stream['duplicate_window_seconds']:g}s"),
         ]
         types = stream["event_types"]
@@ -391,7 +391,3 @@ def _quarantine_text(quarantine: Report) -> str:
     more = count - min(count, MAX_SEQUENCES_SHOWN)
     extra = f" and {more} more" if more > 0 else ""
     return f"{count} (seq {shown}{extra}; llm-replay export --quarantined shows them)"
-
-
-def _yes_no(value: object) -> str:
-    return "yes" if value else "no"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, cast
+from typing import cast
 
 import msgspec
 
@@ -234,7 +234,8 @@ class Channels:
         if event is None:
             return Outcome.ok(replies.nothing_recalled(query), memories=[], count=0)
         await self._recorder.record(event)
-        listed = [public_memory(m) for m in found]
+        # Callers see no internal sequence numbers.
+        listed = [{k: v for k, v in m.items() if k != "seq"} for m in found]
         return Outcome.ok(replies.recalled(query, found), memories=listed, count=len(listed))
 
     async def forget(self, *, channel: str, user: str | None, memory_id: str) -> Outcome:
@@ -255,8 +256,3 @@ class Channels:
             await self._keyring.destroy(memory_key_name(channel, normalized))
         await self._recorder.record(event)
         return Outcome.ok(replies.forgot(normalized), memory_id=normalized)
-
-
-def public_memory(memory: MemoryView) -> dict[str, Any]:
-    """A memory as callers see it (no internal sequence numbers)."""
-    return {k: v for k, v in memory.items() if k != "seq"}

@@ -290,7 +290,7 @@ class EventPublisher:
             position = self._first_position
             # `create` also replaces a delete marker; it fails if another holder got here first.
             self._position_revision = await self._positions.create(
-                POSITION_KEY, self._position_value(position)
+                POSITION_KEY, position_value(position, self.instance_id)
             )
         else:
             position = position_of(entry.value)
@@ -298,19 +298,16 @@ class EventPublisher:
                 # Nobody wrote it since this instance did: what it published since counts.
                 position = max(position, self._published)
             self._position_revision = await self._positions.update(
-                POSITION_KEY, self._position_value(position), last=entry.revision
+                POSITION_KEY, position_value(position, self.instance_id), last=entry.revision
             )
         self._published = self._saved = position
         self._last_save = time.monotonic()
         return position
 
-    def _position_value(self, seq: int) -> bytes:
-        return position_value(seq, self.instance_id)
-
     async def _save_position(self) -> None:
         assert self._positions is not None
         target = self._published
-        value = self._position_value(target)
+        value = position_value(target, self.instance_id)
         try:
             revision = await self._positions.update(
                 POSITION_KEY, value, last=self._position_revision

@@ -10,10 +10,6 @@ from llm_es.domain.limits import usage_numbers
 from llm_es.domain.views import UsageView, ViewReader, usage_key
 
 
-def usage_of(views: ViewReader, user: str) -> UsageView | None:
-    return cast(UsageView | None, views.get(usage_key(user)))
-
-
 def usage_report(
     views: ViewReader, limits: RateLimitsConfig, user: str, now: datetime
 ) -> dict[str, Any]:
@@ -22,7 +18,7 @@ def usage_report(
     A limit that is switched off has no entry: the seed's `UsageResponse`
     declares the figures as integers.
     """
-    numbers = usage_numbers(usage_of(views, user), now)
+    numbers = usage_numbers(cast(UsageView | None, views.get(usage_key(user))), now)
     remaining = {
         name: max(0, limit - used)
         for name, limit, used in (
