@@ -137,10 +137,6 @@ class LLMServiceAPI:
             "usage": (self._usage_endpoint, USAGE_ERROR),
         }
 
-    @property
-    def healthy(self) -> bool:
-        return self._health.healthy
-
     async def start(self) -> None:
         await self._health.start()
         self._micro = await add_service(
@@ -315,7 +311,7 @@ class LLMServiceAPI:
         requests_today, tokens_today = self._chat.totals_today()
         return Reply(
             {
-                "healthy": self.healthy,
+                "healthy": self._health.healthy,
                 "provider": self._config.default_provider,
                 "model": self._config.provider.default_model,
                 "requests_today": requests_today,

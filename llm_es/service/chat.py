@@ -264,10 +264,6 @@ class ChatService:
             text=text, max_words=max_words, style=style, user=user, request_id=request_id
         )
 
-    async def summarize_channel(self, channel: str) -> bool:
-        """Summarize a channel's old messages through the provider; True when recorded."""
-        return await self.summaries.summarize_channel(channel)
-
     async def aclose(self, grace_seconds: float = 10.0) -> None:
         """Let background summaries finish (bounded), then cancel what is left."""
         await self.summaries.aclose(grace_seconds)

@@ -58,7 +58,6 @@ from llm_es.service.publisher_position import (
 from llm_es.store.lease import KvLease, holder_of, keep_single_active, open_lease
 from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
-from llm_es.store.quarantine import Quarantine
 from llm_es.tasks import finish_task
 
 logger = logging.getLogger("llm_es.service.event_publisher")
@@ -135,11 +134,6 @@ class EventPublisher:
         """Whether the last attempt to publish died of an unexpected error (and no later
         one has got going since): `rosey.llm.status` is not healthy meanwhile."""
         return self._crashed
-
-    @property
-    def quarantine(self) -> Quarantine:
-        """Log events this publisher skipped (`llm_es.store.quarantine`)."""
-        return self._source.quarantine
 
     @property
     def position(self) -> int:
