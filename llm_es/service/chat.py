@@ -21,7 +21,6 @@ after the views include its events (read-your-writes).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from llm_es.config import Config
@@ -39,7 +38,6 @@ from llm_es.service.recording import RecordedViews, Recorder
 from llm_es.service.recovery import IsAlive, Recovery
 from llm_es.service.summaries import Summaries
 from llm_es.service.turns import SERVICE_USER, Turns, new_turn_id
-from llm_es.store.keyring import KeyRing
 from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
 from llm_es.store.sealed_log import SealingEventStore
@@ -57,21 +55,17 @@ class ChatService:
         views: RecordedViews,
         providers: Mapping[str, LLMProvider],
         *,
-        clock: Callable[[], datetime] | None = None,
         instance_id: str | None = None,
         turn_ids: Callable[[], str] = new_turn_id,
         memory_ids: Callable[[], str] = random_memory_id,
         metrics: PluginMetrics | None = None,
-        keyring: KeyRing | None = None,
     ) -> None:
-        """`metrics`: where the turn path's timings go (a registry of its own when None);
-        `keyring`: opens the personal text a sealing store sealed (None: the store's own, if
-        it seals)."""
-        if keyring is None and isinstance(store, SealingEventStore):
-            keyring = store.keyring
+        """`metrics`: where the turn path's timings go (a registry of its own when None).
+        A sealing store's keyring opens the personal text it sealed."""
+        keyring = store.keyring if isinstance(store, SealingEventStore) else None
         self._config = config
         self._views = views
-        self._clock = clock or utc_now
+        self._clock = utc_now
         self.instance_id = instance_id or new_instance_id()
         self.metrics = metrics or PluginMetrics()
         recorder = Recorder(store, views, self.metrics)
