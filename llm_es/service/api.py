@@ -112,8 +112,8 @@ class LLMServiceAPI:
         store: EventStore,
         config: Config,
         *,
-        readers: Mapping[str, ReaderCheck] | None = None,
-        views_position: Callable[[], int] | None = None,
+        readers: Mapping[str, ReaderCheck],
+        views_position: Callable[[], int],
     ) -> None:
         """`readers` and `views_position` tell `status` when a reader of the log is down."""
         self._nc = nc
@@ -122,8 +122,9 @@ class LLMServiceAPI:
         self._micro: Service | None = None
         self._pool = TaskPool(MAX_IN_FLIGHT)
         self._started = time.monotonic()
-        views = None if views_position is None else ViewsStall(views_position)
-        self._health = HealthProbe(service, store, readers=readers, views=views)
+        self._health = HealthProbe(
+            service, store, readers=readers, views=ViewsStall(views_position)
+        )
         self._endpoints: dict[str, tuple[Handler, dict[str, Any]]] = {
             "chat": (self._chat_endpoint, CHAT_ERROR),
             "complete": (self._complete_endpoint, COMPLETION_ERROR),

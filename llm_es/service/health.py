@@ -52,15 +52,14 @@ class HealthProbe:
         chat: ChatService,
         store: EventStore,
         *,
-        readers: Mapping[str, ReaderCheck] | None = None,
-        views: ViewsStall | None = None,
+        readers: Mapping[str, ReaderCheck],
+        views: ViewsStall,
     ) -> None:
         self._chat = chat
         self._store = store
-        self._readers = dict(readers or {})
+        self._readers = dict(readers)
         self._views = views
-        if views is not None:
-            self._readers.setdefault("views", views)
+        self._readers.setdefault("views", views)
         self._provider_ok = False
         self._log_ok = False
         self._task: asyncio.Task[None] | None = None
@@ -95,8 +94,7 @@ class HealthProbe:
             self._log_ok = False
             return
         self._log_ok = True
-        if self._views is not None:
-            self._views.observe(log_end)
+        self._views.observe(log_end)
         down = self.readers_down()
         if down:
             log_kv(logger, "log_readers_down", level=logging.ERROR, readers=",".join(down))
