@@ -46,9 +46,9 @@ class Summaries:
         *,
         clock: Callable[[], datetime],
         turn_ids: Callable[[], str] = new_turn_id,
-        channels: Channels | None = None,
+        channels: Channels,
     ) -> None:
-        """`channels`: the channels' contexts with their text opened (None: as stored)."""
+        """`channels`: the channels' contexts with their text opened."""
         self._config = config
         self._channels = channels
         self._recorder = recorder
@@ -94,8 +94,7 @@ class Summaries:
             # summary opened either; this runs after every turn, and opening a context
             # (up to 60 messages) was most of its cost.
             return None
-        if self._channels is not None:
-            context = self._channels.opened_context(channel)
+        context = self._channels.opened_context(channel)
         return plan_summary(
             channel,
             context,
@@ -120,8 +119,7 @@ class Summaries:
         both fold the same messages. The provider call's tokens are recorded
         either way: they were spent.
         """
-        if self._channels is not None:
-            await self._channels.fetch_keys(channel)
+        await self._channels.fetch_keys(channel)
         plan = self._plan(channel)
         if plan is None:
             return False
