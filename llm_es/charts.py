@@ -27,6 +27,8 @@ PALETTE = (
 WIDTH = 760
 PANEL_HEIGHT = 240
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 150, 34, 34
+PLOT_WIDTH = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
+PLOT_HEIGHT = PANEL_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
 FONT = 'font-family="sans-serif" font-size="11"'
 TITLE_FONT = 'font-family="sans-serif" font-size="13"'
 
@@ -52,28 +54,26 @@ def _number(value: float) -> str:
 
 def _frame(title: str, top: float, days: Sequence[str], ceiling: float, unit: str) -> list[str]:
     """Title, horizontal grid with the y labels, and every few days' label."""
-    plot_width = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
-    plot_height = PANEL_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-    bottom = top + MARGIN_TOP + plot_height
+    bottom = top + MARGIN_TOP + PLOT_HEIGHT
     parts = [
         f'<text x="{MARGIN_LEFT}" y="{top + 18}" {TITLE_FONT} font-weight="bold">'
         f"{escape(title)}</text>"
     ]
     for tick in range(5):
         value = ceiling * tick / 4
-        y = bottom - plot_height * tick / 4
+        y = bottom - PLOT_HEIGHT * tick / 4
         parts.append(
-            f'<line x1="{MARGIN_LEFT}" y1="{y:.1f}" x2="{MARGIN_LEFT + plot_width}" '
+            f'<line x1="{MARGIN_LEFT}" y1="{y:.1f}" x2="{MARGIN_LEFT + PLOT_WIDTH}" '
             f'y2="{y:.1f}" stroke="#ddd"/>'
             f'<text x="{MARGIN_LEFT - 6}" y="{y + 4:.1f}" {FONT} text-anchor="end">'
             f"{_number(value)}</text>"
         )
     parts.append(
-        f'<text x="12" y="{top + MARGIN_TOP + plot_height / 2:.1f}" {FONT} '
-        f'transform="rotate(-90 12 {top + MARGIN_TOP + plot_height / 2:.1f})" '
+        f'<text x="12" y="{top + MARGIN_TOP + PLOT_HEIGHT / 2:.1f}" {FONT} '
+        f'transform="rotate(-90 12 {top + MARGIN_TOP + PLOT_HEIGHT / 2:.1f})" '
         f'text-anchor="middle">{escape(unit)}</text>'
     )
-    slot = plot_width / max(len(days), 1)
+    slot = PLOT_WIDTH / max(len(days), 1)
     every = max(1, math.ceil(len(days) / 8))
     for index, day in enumerate(days):
         last = index == len(days) - 1
@@ -107,10 +107,8 @@ def stacked_bars(
     totals = [sum(values[i] for values in series.values()) for i in range(len(days))]
     ceiling = nice_ceiling(max(totals, default=0))
     parts = _frame(title, top, days, ceiling, unit)
-    plot_width = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
-    plot_height = PANEL_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-    bottom = top + MARGIN_TOP + plot_height
-    slot = plot_width / max(len(days), 1)
+    bottom = top + MARGIN_TOP + PLOT_HEIGHT
+    slot = PLOT_WIDTH / max(len(days), 1)
     bar = max(slot * 0.7, 1.0)
     for index in range(len(days)):
         base = bottom
@@ -118,7 +116,7 @@ def stacked_bars(
             value = values[index]
             if value <= 0:
                 continue
-            height = plot_height * value / ceiling
+            height = PLOT_HEIGHT * value / ceiling
             base -= height
             parts.append(
                 f'<rect class="bar" x="{MARGIN_LEFT + slot * index + (slot - bar) / 2:.1f}" '
@@ -142,10 +140,8 @@ def lines(
     values = [v for each in series.values() for v in each if v is not None]
     ceiling = nice_ceiling(max(values, default=0))
     parts = _frame(title, top, days, ceiling, unit)
-    plot_width = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
-    plot_height = PANEL_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-    bottom = top + MARGIN_TOP + plot_height
-    slot = plot_width / max(len(days), 1)
+    bottom = top + MARGIN_TOP + PLOT_HEIGHT
+    slot = PLOT_WIDTH / max(len(days), 1)
     for number, (name, points) in enumerate(series.items()):
         colour = PALETTE[number % len(PALETTE)]
         runs: list[list[str]] = [[]]
@@ -154,7 +150,7 @@ def lines(
                 runs.append([])  # a day without a turn breaks the line
                 continue
             x = MARGIN_LEFT + slot * (index + 0.5)
-            y = bottom - plot_height * value / ceiling
+            y = bottom - PLOT_HEIGHT * value / ceiling
             runs[-1].append(f"{x:.1f},{y:.1f}")
             parts.append(
                 f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}">'
@@ -171,7 +167,7 @@ def lines(
 
 
 def _empty(top: float) -> str:
-    x = MARGIN_LEFT + (WIDTH - MARGIN_LEFT - MARGIN_RIGHT) / 2
+    x = MARGIN_LEFT + PLOT_WIDTH / 2
     y = top + PANEL_HEIGHT / 2
     return f'<text x="{x:.1f}" y="{y:.1f}" {FONT} text-anchor="middle" fill="#888">no data</text>'
 
