@@ -125,12 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run_status(config, args.nats_url, as_json=args.json))
     except KeyboardInterrupt:
         return 130
-    except (ConfigError, ServerVersionError) as exc:
-        print(f"llm-es: {exc}", file=sys.stderr)
-        return 2
     except LLMESError as exc:
         print(f"llm-es: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, ConfigError | ServerVersionError) else 1
 
 
 def how_clients_connect(access: EmbeddedAccess, data_dir: pathlib.Path) -> str:
