@@ -225,9 +225,7 @@ class ObservationSource:
         info = await self._js.stream_info(self._store.stream)
         low, high = max(info.state.first_seq, 1), after + 1
         # Binary search on event time (nearly sorted; the skew margin absorbs the rest).
-        for _ in range(64):
-            if low >= high:
-                break
+        while low < high:
             middle = (low + high) // 2
             at = await self._event_time(middle)
             if at is None or at < start:
