@@ -17,14 +17,13 @@ import stat
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import nats
 import nats.errors
 import orjson
 from nats.aio.client import Client as NATS
 
-from llm_es.config import Config
+from llm_es.config import Config, redact_url
 from llm_es.service.commands import COMMAND_SUBJECT
 from llm_es.store.connection import DEFAULT_LOCAL_URL, connect
 
@@ -48,19 +47,6 @@ ReadLine = Callable[[], Awaitable[str]]
 # ------------------------------------------------------------------ connecting
 
 
-def display_servers(url: str) -> str:
-    """The server URL(s) without user-info, so a password in a URL is never printed."""
-    shown = []
-    for server in url.split(","):
-        parts = urlsplit(server.strip() if "://" in server else f"nats://{server.strip()}")
-        try:
-            port = f":{parts.port}" if parts.port else ""
-        except ValueError:
-            port = ""
-        shown.append(f"{parts.scheme}://{parts.hostname or '?'}{port}")
-    return ",".join(shown)
-
-
 async def connect_from_terminal(config: Config, nats_url: str | None, name: str) -> NATS:
     """Connect for a terminal command: a few quick attempts, no endless reconnecting."""
     url = nats_url or config.nats.url or DEFAULT_LOCAL_URL
@@ -71,7 +57,7 @@ def cannot_connect(config: Config, nats_url: str | None, exc: BaseException) -> 
     """The one-line message for a failed connect."""
     url = nats_url or config.nats.url or DEFAULT_LOCAL_URL
     reason = str(exc) or type(exc).__name__
-    return f"llm-es: cannot connect to NATS at {display_servers(url)}: {reason}"
+    return f"llm-es: cannot connect to NATS at {redact_url(url)}: {reason}"
 
 
 def connected_server(nc: NATS) -> str:

@@ -123,7 +123,7 @@ async def test_unreachable_nats_exits_1_without_echoing_the_password(
     url = f"nats://operator:hunter2@127.0.0.1:{_closed_port()}"
     result = await run_cli(*subcommand, "--nats-url", url, stdin=b"hello\n")
     assert result.returncode == 1
-    assert "cannot connect to NATS at nats://127.0.0.1:" in result.stderr
+    assert "cannot connect to NATS at nats://operator:***@127.0.0.1:" in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
     assert result.stdout == ""
 
