@@ -144,11 +144,11 @@ async def read_in_child(
         _widen_pipe(receiver)
         await _start(child, sender)
         # The pipe is read by the event loop (non-blocking); the Connection only carried
-        # the file descriptor to the child and closes it at the end.
+        # the file descriptor to the child and closes it at the end (so `closefd=False`).
         reader = asyncio.StreamReader(limit=PIPE_BYTES)
         transport, _ = await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader),
-            _read_end(receiver),
+            io.FileIO(receiver.fileno(), "r", closefd=False),
         )
         if meanwhile is not None:
             async with aclosing(meanwhile) as batches:
@@ -219,11 +219,6 @@ async def _start(child: BaseProcess, sender: Connection) -> None:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
         sender.close()
-
-
-def _read_end(receiver: Connection) -> io.FileIO:
-    """The pipe's read end as a file for the event loop (the Connection keeps the descriptor)."""
-    return io.FileIO(receiver.fileno(), "r", closefd=False)
 
 
 def _widen_pipe(receiver: Connection) -> None:
