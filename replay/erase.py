@@ -65,8 +65,6 @@ async def _events(log: EventLog, selection: LogSelection) -> list[Event]:
     async with aclosing(log.read(selection)) as batches:
         async for batch in batches:
             for seq, subject, data, stored_ns in batch:
-                if selection.types and subject.rpartition(".")[2] not in selection.types:
-                    continue
                 try:
                     found.append(admit_event(seq, subject, data, stored_ns))
                 except UnknownEventError:
