@@ -234,12 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     start_logging(args.log_level, default="WARNING", closes_own_connection=True)
     if args.command == "schemas":
         return run_schemas(args)
+    recipe = ConnectRecipe(args.config, args.nats_url, args.data_dir)
     try:
-        config = ConnectRecipe(args.config, args.nats_url, args.data_dir).load_config()
+        config = recipe.load_config()
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     try:
-        return asyncio.run(run(args, config))
+        return asyncio.run(run(args, recipe, config))
     except KeyboardInterrupt:
         return 130
     except ReplayError as exc:
@@ -251,7 +252,7 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-async def run(args: argparse.Namespace, config: Config) -> int:
+async def run(args: argparse.Namespace, recipe: ConnectRecipe, config: Config) -> int:
     """Parse what needs no server, connect, and run the command."""
     now = datetime.now(UTC)
 
@@ -260,10 +261,9 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         return None if text is None else parse_moment(text, now=now, option=f"--{option}")
 
     times = {name: moment(name) for name in ("since", "until", "at")}
-    # Rebuild and verify read a long log in a child process that connects the same way.
-    recipe = ConnectRecipe(args.config, args.nats_url, args.data_dir)
     nc = await connect(config, recipe)
     try:
+        # Rebuild and verify read a long log in a child process that connects the same way.
         return await dispatch(args, config, EventLog(nc, recipe=recipe), times)
     except (nats.errors.Error, TimeoutError) as exc:
         return _fail(f"NATS failed: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE)
