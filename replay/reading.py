@@ -24,12 +24,12 @@ from datetime import datetime
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import api
 from nats.js.errors import NotFoundError
 
 from llm_es.domain.tokens import encode_name
 from llm_es.domain.turn_order import OpenTurns
-from llm_es.store.follow import Following, OnMessage, StoredMessage, follow
+from llm_es.store.follow import StoredMessage, follow
 from llm_es.store.keyring import KeyRing
 from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
 from replay.connecting import ConnectRecipe
@@ -247,7 +247,20 @@ class EventLog:
                 ready, batch = batch, []
                 await queue.put((ready, past_end))
 
-        following = await _follow_from(self.js, self.stream, selection, take)
+        try:
+            following = await follow(
+                self.js,
+                self.stream,
+                selection.subject,
+                take,
+                after=selection.from_seq - 1,
+                start_time=selection.start_time,
+                new_only=selection.new_only,
+            )
+        except NotFoundError:
+            raise LogUnavailable.no_stream(self.stream) from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise LogUnavailable(f"cannot read stream {self.stream}: {exc}") from exc
         try:
             for _ in range(MAX_BATCHES):
                 ready, finished = await queue.get()
@@ -257,22 +270,3 @@ class EventLog:
                     return
         finally:
             await following.stop()
-
-
-async def _follow_from(
-    js: JetStreamContext, stream: str, selection: LogSelection, take: OnMessage
-) -> Following:
-    try:
-        return await follow(
-            js,
-            stream,
-            selection.subject,
-            take,
-            after=selection.from_seq - 1,
-            start_time=selection.start_time,
-            new_only=selection.new_only,
-        )
-    except NotFoundError:
-        raise LogUnavailable.no_stream(stream) from None
-    except (nats.errors.Error, TimeoutError) as exc:
-        raise LogUnavailable(f"cannot read stream {stream}: {exc}") from exc
