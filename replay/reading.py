@@ -141,16 +141,12 @@ class EventLog:
         """The log's last sequence; LogUnavailable when there is no log yet."""
         return (await self._state()).last_seq
 
-    async def first(self) -> int:
-        """The log's first sequence still held (above 1 once retention removed events)."""
-        return (await self._state()).first_seq
-
     async def starts_mid_log(self, selection: LogSelection) -> bool:
         """Whether a read of `selection` starts after the log's first event (a later
         start, or a log whose first events retention removed): it cannot know the turns
         open where it starts (`llm_es.domain.turn_order`)."""
         later = selection.new_only or selection.start_time is not None or selection.from_seq > 1
-        return later or await self.first() > 1
+        return later or (await self._state()).first_seq > 1
 
     async def _state(self) -> api.StreamState:
         try:
@@ -198,13 +194,7 @@ class EventLog:
             idle_timeout=idle_timeout,
         )
 
-    def read_all(
-        self,
-        selection: LogSelection,
-        *,
-        batch_size: int = BATCH_SIZE,
-        idle_timeout: float = IDLE_TIMEOUT_SECONDS,
-    ) -> AsyncGenerator[list[RawEvent], None]:
+    def read_all(self, selection: LogSelection) -> AsyncGenerator[list[RawEvent], None]:
         """`read` without `follow`, mostly in a child process when that pays.
 
         It does with a `recipe`, for a range of `CHILD_READER_MIN_EVENTS` sequences
@@ -221,11 +211,11 @@ class EventLog:
                 self.recipe,
                 dataclasses.replace(selection, from_seq=split),
                 stream=self.stream,
-                batch_size=batch_size,
-                idle_timeout=idle_timeout,
-                meanwhile=self.read(head, batch_size=batch_size, idle_timeout=idle_timeout),
+                batch_size=BATCH_SIZE,
+                idle_timeout=IDLE_TIMEOUT_SECONDS,
+                meanwhile=self.read(head),
             )
-        return self.read(selection, batch_size=batch_size, idle_timeout=idle_timeout)
+        return self.read(selection)
 
     async def _follow(
         self, selection: LogSelection, batch_size: int
