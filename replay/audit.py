@@ -31,7 +31,7 @@ from llm_es.domain.audit import (
     audit_group,
     moment_of,
 )
-from llm_es.domain.events import EVENT_TYPES, TurnCompleted, TurnFailed
+from llm_es.domain.events import TurnCompleted, TurnFailed
 from llm_es.domain.turn_order import OpenTurns
 from llm_es.domain.usage_days import UsageDays
 from llm_es.store.quarantine import Quarantine
@@ -43,7 +43,6 @@ from replay.times import iso_z
 __all__ = ["GROUPINGS", "NO_VALUE", "AuditReport", "AuditRow", "run_audit"]
 
 GROUPINGS = ("day", "provider", "model", "channel", "purpose")
-_SCHEMAS = {name: EVENT_TYPES[name].SCHEMA for name in AUDITED_TYPES}
 READ_TYPES = (*AUDITED_TYPES, TurnCompleted.TYPE, TurnFailed.TYPE)
 """What an audit reads: the counted events, and the turns' ends for the turn rule."""
 
@@ -100,11 +99,9 @@ class _Sums:
 
     def feed(self, seq: int, subject: str, data: bytes, stored_ns: int) -> None:
         event = self.quarantine.admit(seq, subject, data, stored_ns)
-        if event is None or event.TYPE not in _SCHEMAS:
+        if event is None or event.TYPE not in AUDITED_TYPES:
             return
-        self._count(seq, audit_body(event))
-
-    def _count(self, seq: int, body: dict[str, Any]) -> None:
+        body = audit_body(event)
         if self.since is not None or self.until is not None:
             at = moment_of(body["at"])
             if (self.since is not None and at < self.since) or (

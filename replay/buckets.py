@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -57,8 +58,4 @@ def normalized(value: View) -> Any:
 
 def key_kinds(keys: Iterable[str]) -> dict[str, int]:
     """Keys counted by their first part (`messages`, `memories`, ...)."""
-    counts: dict[str, int] = {}
-    for key in keys:
-        kind = key.partition(".")[0]
-        counts[kind] = counts.get(kind, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(key.partition(".")[0] for key in keys).items()))

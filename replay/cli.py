@@ -234,12 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     start_logging(args.log_level, default="WARNING", closes_own_connection=True)
     if args.command == "schemas":
         return run_schemas(args)
+    recipe = ConnectRecipe(args.config, args.nats_url, args.data_dir)
     try:
-        config = ConnectRecipe(args.config, args.nats_url, args.data_dir).load_config()
+        config = recipe.load_config()
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     try:
-        return asyncio.run(run(args, config))
+        return asyncio.run(run(args, recipe, config))
     except KeyboardInterrupt:
         return 130
     except ReplayError as exc:
@@ -251,7 +252,7 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-async def run(args: argparse.Namespace, config: Config) -> int:
+async def run(args: argparse.Namespace, recipe: ConnectRecipe, config: Config) -> int:
     """Parse what needs no server, connect, and run the command."""
     now = datetime.now(UTC)
 
@@ -260,10 +261,9 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         return None if text is None else parse_moment(text, now=now, option=f"--{option}")
 
     times = {name: moment(name) for name in ("since", "until", "at")}
-    # Rebuild and verify read a long log in a child process that connects the same way.
-    recipe = ConnectRecipe(args.config, args.nats_url, args.data_dir)
     nc = await connect(config, recipe)
     try:
+        # Rebuild and verify read a long log in a child process that connects the same way.
         return await dispatch(args, config, EventLog(nc, recipe=recipe), times)
     except (nats.errors.Error, TimeoutError) as exc:
         return _fail(f"NATS failed: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE)
@@ -278,12 +278,13 @@ async def dispatch(
     log: EventLog,
     times: dict[str, datetime | None],
 ) -> int:
-    out = LineWriter()
+    """Run the command: one report written at the end, or `tail`'s and `export`'s lines."""
     show_progress = not getattr(args, "no_progress", True)
 
     def progress(label: str, total: int) -> Progress:
         return Progress(label, total, enabled=show_progress)
 
+    code = EXIT_OK
     if args.command == "rebuild":
         report = await run_rebuild(
             log,
@@ -292,30 +293,23 @@ async def dispatch(
             dry_run=args.dry_run,
             progress=progress,
         )
-        await out.line(_json(report.as_dict()) if args.json else report.render())
-        await out.flush()
-        return EXIT_OK
-    if args.command == "verify":
+        text = _json(report.as_dict()) if args.json else report.render()
+    elif args.command == "verify":
         checked = await run_verify(log, config, progress=progress)
-        await out.line(_json(checked.as_dict()) if args.json else checked.render(args.max_diffs))
-        await out.flush()
-        return EXIT_OK if checked.ok else EXIT_DIFFERENCES
-    if args.command == "state":
+        text = _json(checked.as_dict()) if args.json else checked.render(args.max_diffs)
+        code = EXIT_OK if checked.ok else EXIT_DIFFERENCES
+    elif args.command == "state":
         when = Moment(seq=args.seq, at=times["at"])
         if args.channel is not None:
             found = await channel_state(log, config, args.channel, when)
-            await out.line(_json(found) if args.json else render_channel(found))
+            text = _json(found) if args.json else render_channel(found)
         else:
             found = await user_state(log, config, args.user, when)
-            await out.line(_json(found) if args.json else render_user(found))
-        await out.flush()
-        return EXIT_OK
-    if args.command == "erase":
+            text = _json(found) if args.json else render_user(found)
+    elif args.command == "erase":
         erased = await run_erase(log, args.user)
-        await out.line(_json(erased.as_dict()) if args.json else erased.render())
-        await out.flush()
-        return EXIT_OK
-    if args.command == "audit":
+        text = _json(erased.as_dict()) if args.json else erased.render()
+    elif args.command == "audit":
         days = None
         if args.plot is not None:
             check_plot_path(args.plot)
@@ -336,9 +330,20 @@ async def dispatch(
                 args.plot, days, by=args.plot_by, since=times["since"], until=times["until"]
             )
             print(f"plot: {args.plot} ({shown[0]} to {shown[-1]})", file=sys.stderr)
-        await out.line(render(audited, args.format))
-        await out.flush()
+        text = render(audited, args.format)
+    else:
+        await _tail_or_export(args, log, times)
         return EXIT_OK
+    out = LineWriter()
+    await out.line(text)
+    await out.flush()
+    return code
+
+
+async def _tail_or_export(
+    args: argparse.Namespace, log: EventLog, times: dict[str, datetime | None]
+) -> None:
+    """`tail` or `export` (argparse admits no other command here): lines written as read."""
     selection = dataclasses.replace(
         event_filter(channel=args.channel, user=args.user, types=args.type),
         from_seq=args.from_seq or 1,
@@ -349,33 +354,30 @@ async def dispatch(
         await run_tail(
             log,
             selection,
-            out,
+            LineWriter(),
             as_json=args.json,
             since=times["since"],
             limit=args.limit,
             follow=not args.no_follow,
         )
-        return EXIT_OK
-    if args.command == "export":
-        if times["since"] and times["until"] and times["until"] <= times["since"]:
-            raise UsageError("--until must be after --since")
-        if args.to_seq is not None:
-            selection = dataclasses.replace(selection, to_seq=args.to_seq)
-        stream = None if args.output is None else await asyncio.to_thread(_open_output, args.output)
-        try:
-            await run_export(
-                log,
-                selection,
-                LineWriter(stream),
-                since=times["since"],
-                until=times["until"],
-                quarantined=args.quarantined,
-            )
-        finally:
-            if stream is not None:
-                await asyncio.to_thread(stream.close)
-        return EXIT_OK
-    raise UsageError(f"unknown command {args.command!r}")
+        return
+    if times["since"] and times["until"] and times["until"] <= times["since"]:
+        raise UsageError("--until must be after --since")
+    if args.to_seq is not None:
+        selection = dataclasses.replace(selection, to_seq=args.to_seq)
+    stream = None if args.output is None else await asyncio.to_thread(_open_output, args.output)
+    try:
+        await run_export(
+            log,
+            selection,
+            LineWriter(stream),
+            since=times["since"],
+            until=times["until"],
+            quarantined=args.quarantined,
+        )
+    finally:
+        if stream is not None:
+            await asyncio.to_thread(stream.close)
 
 
 def _open_output(path: pathlib.Path) -> TextIO:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from llm_es.domain.events import Event, MemoryAdded, MemoryForgotten, UserErased
@@ -42,13 +42,7 @@ class Erasure:
     """Sequence of the `UserErased` event."""
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "user": self.user,
-            "channels": list(self.channels),
-            "facts": self.facts,
-            "keys_destroyed": self.keys_destroyed,
-            "seq": self.seq,
-        }
+        return asdict(self)  # `channels` stays a tuple: JSON writes it as a list all the same
 
     def render(self) -> str:
         channels = ", ".join(self.channels) or "none"
@@ -71,8 +65,6 @@ async def _events(log: EventLog, selection: LogSelection) -> list[Event]:
     async with aclosing(log.read(selection)) as batches:
         async for batch in batches:
             for seq, subject, data, stored_ns in batch:
-                if selection.types and subject.rpartition(".")[2] not in selection.types:
-                    continue
                 try:
                     found.append(admit_event(seq, subject, data, stored_ns))
                 except UnknownEventError:

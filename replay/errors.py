@@ -28,9 +28,7 @@ class UsageError(ReplayError):
 
 
 class LogUnavailable(ReplayError):
-    """NATS, the event log or the views could not be read or written."""
-
-    exit_code = EXIT_UNAVAILABLE
+    """NATS, the event log or the views could not be read or written (ReplayError's exit 3)."""
 
     @classmethod
     def no_stream(cls, stream: str) -> LogUnavailable:

@@ -17,17 +17,16 @@ CHUNK_CHARS = 256 * 1024
 class LineWriter:
     """Buffered lines to a text stream (stdout by default), written off the loop."""
 
-    def __init__(self, stream: TextIO | None = None, *, chunk_chars: int = CHUNK_CHARS) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
         self._lines: list[str] = []
         self._size = 0
-        self._chunk_chars = chunk_chars
 
     async def line(self, text: str) -> None:
         """Queue one line; writes when enough has gathered."""
         self._lines.append(text)
         self._size += len(text) + 1
-        if self._size >= self._chunk_chars:
+        if self._size >= CHUNK_CHARS:
             await self.flush()
 
     async def flush(self) -> None:

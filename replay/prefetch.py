@@ -8,7 +8,8 @@ batch down a one-way pipe as one frame; the parent only splits frames back
 into `RawEvent`s (well under 1 µs an event). The pipe is the backpressure: a
 child that is ahead of the parent blocks in its send.
 
-Frames are a length (u32) and a body; a body starts with a tag byte:
+Frames are `Connection.send_bytes` messages: a length (i32, big-endian; for a body
+over 2 GiB, -1 then a u64) and a body; a body starts with a tag byte:
 
     B  a batch: the count n (u32), n sequences (i64), n append times (i64, ns),
        n payload sizes (u32),
@@ -55,7 +56,10 @@ BATCH = b"B"
 END = b"E"
 FAILED = b"X"
 _BATCH_HEAD = struct.Struct("<cI")
-_LENGTH = struct.Struct("<I")
+_LENGTH = struct.Struct("!i")
+_LONG_LENGTH = struct.Struct("!Q")
+"""The length after a -1, for a body over 2 GiB: a batch of `BATCH_SIZE` (1000) events is
+that big only where the server's `max_payload` is raised past 2 MiB, but then it can be."""
 
 STARTUP_SECONDS = 60.0
 """Added to the idle timeout for the first frame: process start, imports, reading the
@@ -140,11 +144,11 @@ async def read_in_child(
         _widen_pipe(receiver)
         await _start(child, sender)
         # The pipe is read by the event loop (non-blocking); the Connection only carried
-        # the file descriptor to the child and closes it at the end.
+        # the file descriptor to the child and closes it at the end (so `closefd=False`).
         reader = asyncio.StreamReader(limit=PIPE_BYTES)
         transport, _ = await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader),
-            _read_end(receiver),
+            io.FileIO(receiver.fileno(), "r", closefd=False),
         )
         if meanwhile is not None:
             async with aclosing(meanwhile) as batches:
@@ -156,6 +160,8 @@ async def read_in_child(
             try:
                 async with asyncio.timeout(wait):
                     (size,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+                    if size == -1:
+                        (size,) = _LONG_LENGTH.unpack(await reader.readexactly(_LONG_LENGTH.size))
                     frame = await reader.readexactly(size)
             except asyncio.IncompleteReadError:
                 await _stop(child, grace=STOP_SECONDS)
@@ -215,11 +221,6 @@ async def _start(child: BaseProcess, sender: Connection) -> None:
         sender.close()
 
 
-def _read_end(receiver: Connection) -> io.FileIO:
-    """The pipe's read end as a file for the event loop (the Connection keeps the descriptor)."""
-    return io.FileIO(receiver.fileno(), "r", closefd=False)
-
-
 def _widen_pipe(receiver: Connection) -> None:
     """Ask for a bigger pipe buffer (Linux only; the default works, only slower)."""
     if sys.platform == "linux":
@@ -251,22 +252,6 @@ def _log_levels() -> tuple[str, str]:
 # ------------------------------------------------------------------ in the child
 
 
-class _FrameWriter:
-    """Writes length-prefixed frames to the pipe (blocking: called in a thread, or at the end)."""
-
-    def __init__(self, sender: Connection) -> None:
-        self._out = io.BufferedWriter(io.FileIO(sender.fileno(), "w", closefd=False))
-
-    def write(self, body: bytes) -> None:
-        self._out.write(_LENGTH.pack(len(body)))
-        self._out.write(body)
-        self._out.flush()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._out.close()
-
-
 def _read_into_pipe(
     sender: Connection,
     recipe: ConnectRecipe,
@@ -282,27 +267,25 @@ def _read_into_pipe(
     root_level, nats_level = log_levels
     configure_logging(root_level)
     logging.getLogger("llm_es.nats").setLevel(nats_level)
-    out = _FrameWriter(sender)
     try:
         config = recipe.load_config()
         asyncio.run(
-            _send_selection(out, config, recipe, selection, stream, batch_size, idle_timeout)
+            _send_selection(sender, config, recipe, selection, stream, batch_size, idle_timeout)
         )
     except (BrokenPipeError, ConnectionResetError):
         return  # the parent stopped reading: nobody to tell
     except (ReplayError, ConfigError) as exc:
-        _send_failure(out, str(exc))
+        _send_failure(sender, str(exc))
     except (nats.errors.Error, TimeoutError) as exc:
-        _send_failure(out, f"NATS failed: {type(exc).__name__}: {exc}")
+        _send_failure(sender, f"NATS failed: {type(exc).__name__}: {exc}")
     except Exception as exc:
-        _send_failure(out, f"the log reader process failed: {type(exc).__name__}: {exc}")
+        _send_failure(sender, f"the log reader process failed: {type(exc).__name__}: {exc}")
     finally:
-        out.close()
         sender.close()
 
 
 async def _send_selection(
-    out: _FrameWriter,
+    sender: Connection,
     config: Config,
     recipe: ConnectRecipe,
     selection: LogSelection,
@@ -320,13 +303,13 @@ async def _send_selection(
         async with aclosing(read) as batches:
             async for batch in batches:
                 # In a thread: while the parent drains the pipe, this loop keeps reading NATS.
-                await asyncio.to_thread(out.write, encode_batch(batch))
+                await asyncio.to_thread(sender.send_bytes, encode_batch(batch))
     finally:
         with contextlib.suppress(nats.errors.Error, OSError):
             await nc.close()
-    await asyncio.to_thread(out.write, END)
+    await asyncio.to_thread(sender.send_bytes, END)
 
 
-def _send_failure(out: _FrameWriter, reason: str) -> None:
+def _send_failure(sender: Connection, reason: str) -> None:
     with contextlib.suppress(OSError):
-        out.write(FAILED + reason.encode("utf-8", "replace"))
+        sender.send_bytes(FAILED + reason.encode("utf-8", "replace"))

@@ -28,7 +28,6 @@ class Progress:
         *,
         enabled: bool = True,
         stream: TextIO | None = None,
-        interval: float | None = None,
     ) -> None:
         self.label = label
         self.total = max(total, 0)
@@ -36,7 +35,7 @@ class Progress:
         self._stream = stream or sys.stderr
         self._enabled = enabled
         self._tty = self._stream.isatty()
-        self._interval = interval or (TTY_INTERVAL_SECONDS if self._tty else PLAIN_INTERVAL_SECONDS)
+        self._interval = TTY_INTERVAL_SECONDS if self._tty else PLAIN_INTERVAL_SECONDS
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = time.monotonic()

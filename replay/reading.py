@@ -24,12 +24,12 @@ from datetime import datetime
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import api
 from nats.js.errors import NotFoundError
 
 from llm_es.domain.tokens import encode_name
 from llm_es.domain.turn_order import OpenTurns
-from llm_es.store.follow import Following, OnMessage, StoredMessage, follow
+from llm_es.store.follow import StoredMessage, follow
 from llm_es.store.keyring import KeyRing
 from llm_es.store.log import STREAM_NAME, SUBJECT_PREFIX
 from replay.connecting import ConnectRecipe
@@ -141,16 +141,12 @@ class EventLog:
         """The log's last sequence; LogUnavailable when there is no log yet."""
         return (await self._state()).last_seq
 
-    async def first(self) -> int:
-        """The log's first sequence still held (above 1 once retention removed events)."""
-        return (await self._state()).first_seq
-
     async def starts_mid_log(self, selection: LogSelection) -> bool:
         """Whether a read of `selection` starts after the log's first event (a later
         start, or a log whose first events retention removed): it cannot know the turns
         open where it starts (`llm_es.domain.turn_order`)."""
         later = selection.new_only or selection.start_time is not None or selection.from_seq > 1
-        return later or await self.first() > 1
+        return later or (await self._state()).first_seq > 1
 
     async def _state(self) -> api.StreamState:
         try:
@@ -198,13 +194,7 @@ class EventLog:
             idle_timeout=idle_timeout,
         )
 
-    def read_all(
-        self,
-        selection: LogSelection,
-        *,
-        batch_size: int = BATCH_SIZE,
-        idle_timeout: float = IDLE_TIMEOUT_SECONDS,
-    ) -> AsyncGenerator[list[RawEvent], None]:
+    def read_all(self, selection: LogSelection) -> AsyncGenerator[list[RawEvent], None]:
         """`read` without `follow`, mostly in a child process when that pays.
 
         It does with a `recipe`, for a range of `CHILD_READER_MIN_EVENTS` sequences
@@ -221,11 +211,11 @@ class EventLog:
                 self.recipe,
                 dataclasses.replace(selection, from_seq=split),
                 stream=self.stream,
-                batch_size=batch_size,
-                idle_timeout=idle_timeout,
-                meanwhile=self.read(head, batch_size=batch_size, idle_timeout=idle_timeout),
+                batch_size=BATCH_SIZE,
+                idle_timeout=IDLE_TIMEOUT_SECONDS,
+                meanwhile=self.read(head),
             )
-        return self.read(selection, batch_size=batch_size, idle_timeout=idle_timeout)
+        return self.read(selection)
 
     async def _follow(
         self, selection: LogSelection, batch_size: int
@@ -247,7 +237,20 @@ class EventLog:
                 ready, batch = batch, []
                 await queue.put((ready, past_end))
 
-        following = await _follow_from(self.js, self.stream, selection, take)
+        try:
+            following = await follow(
+                self.js,
+                self.stream,
+                selection.subject,
+                take,
+                after=selection.from_seq - 1,
+                start_time=selection.start_time,
+                new_only=selection.new_only,
+            )
+        except NotFoundError:
+            raise LogUnavailable.no_stream(self.stream) from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise LogUnavailable(f"cannot read stream {self.stream}: {exc}") from exc
         try:
             for _ in range(MAX_BATCHES):
                 ready, finished = await queue.get()
@@ -257,22 +260,3 @@ class EventLog:
                     return
         finally:
             await following.stop()
-
-
-async def _follow_from(
-    js: JetStreamContext, stream: str, selection: LogSelection, take: OnMessage
-) -> Following:
-    try:
-        return await follow(
-            js,
-            stream,
-            selection.subject,
-            take,
-            after=selection.from_seq - 1,
-            start_time=selection.start_time,
-            new_only=selection.new_only,
-        )
-    except NotFoundError:
-        raise LogUnavailable.no_stream(stream) from None
-    except (nats.errors.Error, TimeoutError) as exc:
-        raise LogUnavailable(f"cannot read stream {stream}: {exc}") from exc

@@ -153,11 +153,8 @@ async def run_rebuild(
     # The turns open at `end` go with the checkpoints: the plugin's fold resumes there.
     rebuilt_checkpoint = checkpoint_value(end, fold.open_turns.snapshot())
     checkpoints = {p.name: rebuilt_checkpoint for p in projections}
-    live: dict[str, bytes] | None = None
-    if partial or dry_run:
-        live = await load_bucket(js, active.bucket)
+    live = await load_bucket(js, active.bucket) if partial or dry_run else {}
     if partial:
-        assert live is not None
         chosen = {p.name for p in projections}
         kept = [p for p in every_projection if p.name not in chosen]
         for key, raw in live.items():
@@ -182,7 +179,6 @@ async def run_rebuild(
     )
     report.seconds["fold"] = round(folded_at - started, 3)
     if dry_run:
-        assert live is not None
         report.changes = compare_with_live(values, live, [p.key_prefix for p in projections])
         report.seconds["total"] = round(time.perf_counter() - started, 3)
         return report
@@ -262,8 +258,6 @@ async def publish_values(
 
 
 async def _settle(pending: list[asyncio.Future[Any]]) -> None:
-    if not pending:
-        return
     async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
         await asyncio.gather(*pending)
 

@@ -215,7 +215,9 @@ def render_user(state: dict[str, Any]) -> str:
     limits = state["rate_limits"]
     remaining = state["rate_limits_remaining"]
 
-    def limit_line(name: str, used: int, limit: int | None, left: int | None) -> str:
+    def limit_line(kind: str, period: str, used: int) -> str:
+        name = f"{kind}/{period}"
+        limit, left = limits[f"{kind}_per_{period}"], remaining[f"{kind}_{period}"]
         if limit is None:
             return f"  {name:<18} {used:>8,} (no limit)"
         return f"  {name:<18} {used:>8,} of {limit:,} ({left:,} left)"
@@ -225,30 +227,10 @@ def render_user(state: dict[str, Any]) -> str:
         f"(last event: sequence {as_of['seq'] or '-'}, {as_of['at'] or 'none yet'})",
         f"limits judged at {state['limits_judged_at']}"
         + ("  RATE LIMITED" if state["rate_limited"] else ""),
-        limit_line(
-            "requests/minute",
-            state["requests_last_minute"],
-            limits["requests_per_minute"],
-            remaining["requests_minute"],
-        ),
-        limit_line(
-            "requests/hour",
-            state["requests_last_hour"],
-            limits["requests_per_hour"],
-            remaining["requests_hour"],
-        ),
-        limit_line(
-            "requests/day",
-            state["requests_today"],
-            limits["requests_per_day"],
-            remaining["requests_day"],
-        ),
-        limit_line(
-            "tokens/day",
-            state["tokens_today"] + state["reserved_tokens"],
-            limits["tokens_per_day"],
-            remaining["tokens_day"],
-        ),
+        limit_line("requests", "minute", state["requests_last_minute"]),
+        limit_line("requests", "hour", state["requests_last_hour"]),
+        limit_line("requests", "day", state["requests_today"]),
+        limit_line("tokens", "day", state["tokens_today"] + state["reserved_tokens"]),
         f"  reserved by open turns: {state['reserved_tokens']:,} tokens",
         f"rejected today: {usage.get('rejected_today', 0):,}",
         f"all time: {usage.get('total_requests', 0):,} requests, "

@@ -166,10 +166,7 @@ def _app_token(name: str) -> str:
 
 
 def _optional(env: Environment, key: str) -> str | None:
-    value = env.get(key)
-    if value is None or not value.strip():
-        return None
-    return value.strip()
+    return (env.get(key) or "").strip() or None
 
 
 def _parsed(env: Environment, key: str, parse: Callable[[str], T], meaning: str, default: T) -> T:

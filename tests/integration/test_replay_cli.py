@@ -121,7 +121,8 @@ async def test_state_prints_a_channel_and_a_user(
     plugin: Plugin, client: NATS, nats_server: EmbeddedNatsServer
 ) -> None:
     """`state --channel` shows context and memories (a forgotten one, as of before its
-    forget, reads `[erased]`: its key is gone); `state --user --json` usage and limits."""
+    forget, reads `[erased]`: its key is gone); `state --user --json` usage and limits,
+    and `state --user` the same as lines, each limit as used, of, left."""
     await history(client)
     channel = await replay("state", "--channel", "a", url=nats_server.url)
     assert channel.returncode == 0, channel.stderr
@@ -138,6 +139,22 @@ async def test_state_prints_a_channel_and_a_user(
     assert user.returncode == 0, user.stderr
     assert user.json()["usage"]["total_requests"] == 2
     assert user.json()["rate_limits_remaining"]["requests_minute"] == 8
+    as_text = await replay("state", "--user", "alice", url=nats_server.url)
+    assert as_text.returncode == 0, as_text.stderr
+    # The first two lines carry the times of the last event and of the run.
+    heading, judged, *rest = as_text.stdout.splitlines()
+    assert heading.startswith("user 'alice' as of now (last event: sequence ")
+    assert judged.startswith("limits judged at ")
+    assert rest == [
+        "  requests/minute           2 of 10 (8 left)",
+        "  requests/hour             2 of 100 (98 left)",
+        "  requests/day              2 of 500 (498 left)",
+        "  tokens/day               90 of 50,000 (49,910 left)",
+        "  reserved by open turns: 0 tokens",
+        "rejected today: 0",
+        "all time: 2 requests, 90 tokens",
+        "open turns: 0",
+    ]
 
 
 async def test_audit_prints_table_json_and_csv_with_equal_totals(
