@@ -25,7 +25,7 @@ from llm_es.domain.views import (
     checkpoint_key,
     parse_active_views,
 )
-from llm_es.store.kv import ensure_bucket
+from llm_es.store.kv import bucket_config, ensure_bucket
 
 FLUSH_LINGER_SECONDS = 0.05
 """How long changes gather before a KV write batch, at the least. Reads are served from
@@ -53,27 +53,18 @@ def flush_linger(keys_last_written: int) -> float:
 
 def views_bucket_config(bucket: str, *, replicas: int = 1) -> api.KeyValueConfig:
     """Settings of a views bucket (the live one and every blue/green generation)."""
-    return api.KeyValueConfig(
-        bucket=bucket,
-        history=1,
-        storage=api.StorageType.FILE,
-        direct=True,
-        description="llm-es views, folded from the LLM_EVENTS log",
-        replicas=replicas,
-    )
+    return bucket_config(bucket, "llm-es views, folded from the LLM_EVENTS log", replicas=replicas)
 
 
 async def ensure_meta_bucket(js: JetStreamContext, *, replicas: int = 1) -> KeyValue:
     """The pointer bucket, created on first use (replicas raised to `replicas`)."""
     return await ensure_bucket(
         js,
-        api.KeyValueConfig(
-            bucket=META_BUCKET,
-            history=5,
-            storage=api.StorageType.FILE,
-            direct=True,
-            description="llm-es: which views bucket is live (blue/green)",
+        bucket_config(
+            META_BUCKET,
+            "llm-es: which views bucket is live (blue/green)",
             replicas=replicas,
+            history=5,
         ),
     )
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import orjson
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from llm_es.domain.observations import iso_utc
 from llm_es.errors import OperationalError
-from llm_es.store.kv import ensure_bucket
+from llm_es.store.kv import bucket_config, ensure_bucket
 
 POSITION_BUCKET = "llm_publisher"
 POSITION_KEY = "position"
@@ -27,12 +27,9 @@ async def ensure_position_bucket(js: JetStreamContext, *, replicas: int = 1) -> 
     """The bucket holding the publisher's position (no TTL: it must outlive every instance)."""
     return await ensure_bucket(
         js,
-        api.KeyValueConfig(
-            bucket=POSITION_BUCKET,
-            history=1,
-            storage=api.StorageType.FILE,
-            direct=True,
-            description="llm-es: last log sequence published on rosey.event.llm.*",
+        bucket_config(
+            POSITION_BUCKET,
+            "llm-es: last log sequence published on rosey.event.llm.*",
             replicas=replicas,
         ),
     )

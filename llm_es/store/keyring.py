@@ -38,7 +38,7 @@ from llm_es.domain.events import Event
 from llm_es.domain.personal_data import ERASED, sealing_plan
 from llm_es.domain.views import ContextMessage, ContextView
 from llm_es.errors import OperationalError
-from llm_es.store.kv import ensure_bucket
+from llm_es.store.kv import bucket_config, ensure_bucket
 from llm_es.store.sealing import SealBroken, new_key, open_sealed, seal, sealed_key
 
 KEYS_BUCKET = "llm_keys"
@@ -62,13 +62,10 @@ text against ~0.1 for a cache hit."""
 
 def keys_bucket_config(bucket: str = KEYS_BUCKET, *, replicas: int = 1) -> api.KeyValueConfig:
     """The key bucket's settings: one revision a key, so a purge leaves nothing behind."""
-    return api.KeyValueConfig(
+    return bucket_config(
+        bucket,
+        "llm-es: keys sealing personal data in LLM_EVENTS (destroyed = erased)",
         replicas=replicas,
-        bucket=bucket,
-        history=1,
-        storage=api.StorageType.FILE,
-        direct=True,
-        description="llm-es: keys sealing personal data in LLM_EVENTS (destroyed = erased)",
     )
 
 

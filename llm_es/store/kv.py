@@ -29,6 +29,27 @@ from llm_es.headers import KV_OPERATION
 from llm_es.store.stream_settings import wait_for_leader
 
 
+def bucket_config(
+    bucket: str,
+    description: str,
+    *,
+    replicas: int,
+    history: int = 1,
+    ttl: float | None = None,
+) -> api.KeyValueConfig:
+    """Settings of a bucket of the plugin: on file, read with direct gets, `history` revisions
+    a key (the latest only by default) and no expiry unless a `ttl` in seconds."""
+    return api.KeyValueConfig(
+        bucket=bucket,
+        description=description,
+        history=history,
+        ttl=ttl,
+        storage=api.StorageType.FILE,
+        direct=True,
+        replicas=replicas,
+    )
+
+
 async def ensure_bucket(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
     """The bucket `config.bucket`, created with `config` if it does not exist yet.
 

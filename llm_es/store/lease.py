@@ -20,13 +20,13 @@ from datetime import UTC, datetime
 
 import nats.errors
 import orjson
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyValueError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from llm_es.errors import OperationalError
 from llm_es.logs import log_kv
-from llm_es.store.kv import ensure_bucket
+from llm_es.store.kv import bucket_config, ensure_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -38,30 +38,20 @@ LEASE_VALID_FRACTION = 0.75
 before the server can have expired the lease and let another instance take it."""
 
 
-async def ensure_lease_bucket(
-    js: JetStreamContext, ttl_seconds: float, *, replicas: int = 1
-) -> KeyValue:
-    """The leases bucket (created with `max_age = ttl_seconds` on first use)."""
-    return await ensure_bucket(
-        js,
-        api.KeyValueConfig(
-            bucket=LEASE_BUCKET,
-            history=1,
-            ttl=ttl_seconds,
-            storage=api.StorageType.FILE,
-            direct=True,
-            description="llm-es leases: single active workers across instances",
-            replicas=replicas,
-        ),
-    )
-
-
 async def open_lease(
     js: JetStreamContext, key: str, holder: str, ttl_seconds: float, *, replicas: int = 1
 ) -> KvLease:
     """A lease on `key` for `holder`, with the TTL of the leases bucket (created if needed,
-    at `replicas` copies)."""
-    leases = await ensure_lease_bucket(js, ttl_seconds, replicas=replicas)
+    with `max_age = ttl_seconds`, at `replicas` copies)."""
+    leases = await ensure_bucket(
+        js,
+        bucket_config(
+            LEASE_BUCKET,
+            "llm-es leases: single active workers across instances",
+            replicas=replicas,
+            ttl=ttl_seconds,
+        ),
+    )
     ttl = (await leases.status()).ttl
     if not ttl:
         raise OperationalError(

@@ -16,13 +16,13 @@ import uuid
 
 import nats.errors
 import orjson
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyValueError
 from nats.js.kv import KeyValue
 
 from llm_es.domain.tokens import encode_name
 from llm_es.logs import log_kv
-from llm_es.store.kv import ensure_bucket
+from llm_es.store.kv import bucket_config, ensure_bucket
 
 logger = logging.getLogger("llm_es.store.liveness")
 
@@ -53,12 +53,9 @@ class InstanceRegistry:
     async def start(self) -> None:
         self._kv = await ensure_bucket(
             self._js,
-            api.KeyValueConfig(
-                bucket=INSTANCES_BUCKET,
-                history=1,
-                storage=api.StorageType.FILE,
-                direct=True,
-                description="llm-es instance heartbeats (who may still own a turn)",
+            bucket_config(
+                INSTANCES_BUCKET,
+                "llm-es instance heartbeats (who may still own a turn)",
                 replicas=self._replicas,
             ),
         )
