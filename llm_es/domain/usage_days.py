@@ -10,6 +10,8 @@ Fed bodies as `audit_body` makes them, in any order; `keep_days` bounds memory.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = tuple(LATENCY_RATIO**i for i in range(80
 """Upper bounds, 1 ms to about 15 minutes, each 19% above the last: a quantile read from
 them is off by at most that. A slower turn counts in the last bucket."""
 _COMPLETED, _FAILED = TurnCompleted.TYPE, TurnFailed.TYPE
+_CHARTED = frozenset((*AUDITED_TYPES, _COMPLETED, _FAILED))
 
 
 def day_range(last: date, days: int) -> list[str]:
@@ -34,29 +37,18 @@ def day_range(last: date, days: int) -> list[str]:
 
 
 def latency_bucket(latency_ms: float) -> int:
-    """Index of the first bucket whose bound is at or above `latency_ms`."""
-    low, high = 0, len(LATENCY_BUCKETS_MS) - 1
-    while low < high:
-        middle = (low + high) // 2
-        if LATENCY_BUCKETS_MS[middle] >= latency_ms:
-            high = middle
-        else:
-            low = middle + 1
-    return low
+    """Index of the first bucket whose bound is at or above `latency_ms` (the last bucket
+    for a slower turn)."""
+    return min(bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms), len(LATENCY_BUCKETS_MS) - 1)
 
 
 def bucket_quantile(counts: Sequence[int], quantile: float) -> float | None:
     """The bound of the bucket holding the `quantile` rank (None: no turn)."""
-    total = sum(counts)
-    if total == 0:
+    seen = list(itertools.accumulate(counts))
+    if not seen or seen[-1] == 0:
         return None
-    rank = max(1, round(quantile * total))
-    seen = 0
-    for index, count in enumerate(counts):
-        seen += count
-        if seen >= rank:
-            return LATENCY_BUCKETS_MS[index]
-    return LATENCY_BUCKETS_MS[-1]
+    index = bisect.bisect_left(seen, max(1, round(quantile * seen[-1])))
+    return LATENCY_BUCKETS_MS[index] if index < len(seen) else LATENCY_BUCKETS_MS[-1]
 
 
 @dataclass(slots=True)
@@ -85,27 +77,21 @@ class UsageDays:
     def count(self, seq: int, body: Mapping[str, Any]) -> None:
         """Fold one event's body (types the dashboard does not chart are ignored)."""
         type_name = body["type"]
-        if type_name in AUDITED_TYPES:
-            day = self._day(body)
-            if day is None:
-                return
+        if type_name not in _CHARTED:
+            return
+        day = self._day(body)
+        if day is None:
+            return
+        if type_name == _COMPLETED:
+            day.latency[latency_bucket(float(body["latency_ms"]))] += 1
+        elif type_name == _FAILED:
+            day.errors[body["error_type"]] += 1
+        else:
             for by in USAGE_GROUPINGS:
                 self._row(day, by, audit_group(body, by)).count(seq, body)
             self._row(day, "user", body["user"]).count(seq, body)
             if type_name == REJECTED:
                 day.errors[f"rejected_{body['window']}"] += 1
-        elif type_name == _FAILED:
-            day = self._day(body)
-            if day is None:
-                return
-            day.errors[body["error_type"]] += 1
-        elif type_name == _COMPLETED:
-            day = self._day(body)
-            if day is None:
-                return
-            day.latency[latency_bucket(float(body["latency_ms"]))] += 1
-        else:
-            return
         self.events += 1
         self.last_seq = max(self.last_seq, seq)
 
@@ -149,18 +135,16 @@ class UsageDays:
                 for group in self.days[name].rows[by]
             }
         )
+        rows_of_days = [self.days[name].rows[by] if name in self.days else {} for name in days]
         series: dict[str, dict[str, list[int]]] = {
-            "tokens": {g: [] for g in groups},
-            "requests": {g: [] for g in groups},
-            "rejected": {g: [] for g in groups},
+            measure: {
+                group: [
+                    getattr(rows[group], measure) if group in rows else 0 for rows in rows_of_days
+                ]
+                for group in groups
+            }
+            for measure in ("tokens", "requests", "rejected")
         }
-        for name in days:
-            rows = self.days[name].rows[by] if name in self.days else {}
-            for group in groups:
-                row = rows.get(group)
-                series["tokens"][group].append(row.tokens if row else 0)
-                series["requests"][group].append(row.requests if row else 0)
-                series["rejected"][group].append(row.rejected if row else 0)
         return {"by": by, "days": list(days), "groups": groups, **series}
 
     def top_users(self, days: Iterable[str], limit: int) -> list[AuditRow]:
