@@ -65,30 +65,8 @@ from llm_es.store.liveness import new_instance_id
 from llm_es.store.log import EventStore
 from llm_es.store.quarantine import Quarantine
 from projections.base import Projection, View
-from projections.bucket_views import (
-    CHECKPOINT_INTERVAL_SECONDS,
-    DEFAULT_LEASE_TTL_SECONDS,
-    HEARTBEAT_SECONDS,
-    BucketViews,
-)
-from projections.buckets import (
-    ensure_meta_bucket,
-    read_active_views,
-    views_bucket_config,
-    views_lease_key,
-)
-
-__all__ = [  # the buckets' helpers are also reached from here (llm-replay, tests)
-    "CHECKPOINT_INTERVAL_SECONDS",
-    "BucketViews",
-    "ViewRunner",
-    "build_view_runner",
-    "default_projections",
-    "ensure_meta_bucket",
-    "read_active_views",
-    "views_bucket_config",
-    "views_lease_key",
-]
+from projections.bucket_views import DEFAULT_LEASE_TTL_SECONDS, HEARTBEAT_SECONDS, BucketViews
+from projections.buckets import read_active_views
 from projections.context import ContextProjection
 from projections.memories import MemoriesProjection
 from projections.settings import SettingsProjection

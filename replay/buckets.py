@@ -15,7 +15,7 @@ from nats.js.errors import BucketNotFoundError
 from llm_es.domain.views import ActiveViews
 from llm_es.store.kv import read_bucket
 from projections.base import View
-from projections.runner import read_active_views
+from projections.buckets import read_active_views
 from replay.errors import LogUnavailable
 
 LOAD_TIMEOUT_SECONDS = 120.0

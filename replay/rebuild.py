@@ -39,8 +39,7 @@ from llm_es.domain.views import (
 from llm_es.errors import OperationalError
 from llm_es.store.stream_settings import wait_for_leader
 from projections.base import View
-from projections.buckets import checkpoint_value
-from projections.runner import ensure_meta_bucket, views_bucket_config
+from projections.buckets import checkpoint_value, ensure_meta_bucket, views_bucket_config
 from replay.buckets import active_views, key_kinds, load_bucket, normalized
 from replay.errors import LogUnavailable
 from replay.fold import fold_log, select_projections

@@ -36,7 +36,8 @@ from llm_es.embedded import EmbeddedNatsServer
 from llm_es.store.codec import UPCASTERS, encode_event
 from llm_es.store.kv import read_bucket
 from llm_es.store.log import EventStore
-from projections.runner import ViewRunner, read_active_views
+from projections.buckets import read_active_views
+from projections.runner import ViewRunner
 from replay import (
     EventLog,
     Moment,

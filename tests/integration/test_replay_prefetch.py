@@ -40,7 +40,7 @@ from llm_es.embedded import EmbeddedNatsServer
 from llm_es.store.codec import encode_event
 from llm_es.store.kv import read_bucket
 from llm_es.store.log import EventStore
-from projections.runner import read_active_views
+from projections.buckets import read_active_views
 from replay import EventLog, LogSelection, LogUnavailable, reading, run_rebuild, run_verify
 from replay.connecting import ConnectRecipe
 from replay.prefetch import read_in_child

@@ -20,12 +20,9 @@ from llm_es.embedded import EmbeddedNatsServer
 from llm_es.store.lease import LEASE_BUCKET, STANDBY_POLL_SECONDS, KvLease, open_lease
 from llm_es.store.log import STREAM_NAME
 from projections.base import View
-from projections.runner import (
-    CHECKPOINT_INTERVAL_SECONDS,
-    ViewRunner,
-    default_projections,
-    views_lease_key,
-)
+from projections.bucket_views import CHECKPOINT_INTERVAL_SECONDS
+from projections.buckets import views_lease_key
+from projections.runner import ViewRunner, default_projections
 from replay.fold import LogFold
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.harness import (
