@@ -17,7 +17,7 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from llm_es import headers
@@ -96,10 +96,6 @@ class EventStore:
         """Copies the log is kept at (`nats.replicas`); llm-es keeps its KV buckets at as many."""
         return self._replicas
 
-    def stream_config(self) -> api.StreamConfig:
-        """The stream's settings (DESIGN.md: file storage, atomic, no delete/purge)."""
-        return event_log_config(self.stream, self.prefix, replicas=self._replicas)
-
     async def ensure_stream(self) -> None:
         """Create the stream, or fit an existing one's settings up (`fitted_stream_config`).
 
@@ -107,7 +103,7 @@ class EventStore:
         leaves a stream scaled to R3 at R3.
         """
         require_server_version(self._nc)
-        config = self.stream_config()
+        config = event_log_config(self.stream, self.prefix, replicas=self._replicas)
         try:
             info = await self._js.stream_info(self.stream)
         except NotFoundError:
@@ -167,25 +163,17 @@ class EventStore:
         nats-server checks `expected_last_seq` before the id: a retry whose user
         has moved on gets IntegrityError first, and its duplicate once decided again.
         """
-        hdrs = {headers.MSG_ID: event.id}
+        message = self._message(event)
         if expected_last_seq is not None:
-            hdrs[headers.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected_last_seq)
+            message.headers[headers.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected_last_seq)
             if boundary is not None:
-                hdrs[headers.EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = boundary
-        message = OutgoingMessage(self.subject_for(event), encode_event(event), hdrs)
+                message.headers[headers.EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = boundary
         ack = await request_ack(self._nc, message, stream=self.stream)
         return Appended(self._sequence_from(ack), bool(ack.get("duplicate")))
 
     async def append_all(self, events: Sequence[Event]) -> list[int]:
         """Append several events in order, pipelined (each idempotent, not atomic)."""
-        return list(
-            await asyncio.gather(
-                *(
-                    self._publish(self.subject_for(e), encode_event(e), {headers.MSG_ID: e.id})
-                    for e in events
-                )
-            )
-        )
+        return list(await asyncio.gather(*(self._publish(self._message(e)) for e in events)))
 
     async def send(self, events: Sequence[Event]) -> None:
         """Publish events in order without asking for acks (each idempotent by its id).
@@ -209,17 +197,20 @@ class EventStore:
         """Append events as one atomic batch: all are stored or none is."""
         if not events:
             return []
-        messages = [
-            OutgoingMessage(self.subject_for(e), encode_event(e), {headers.MSG_ID: e.id})
-            for e in events
-        ]
+        messages = [self._message(e) for e in events]
         ack = await request_atomic_ack(self._nc, messages, stream=self.stream)
         seq = self._sequence_from(ack)
         last = len(events)
         return list(range(seq - last + 1, seq + 1))
 
-    async def _publish(self, subject: str, payload: bytes, hdrs: dict[str, str]) -> int:
-        message = OutgoingMessage(subject, payload, hdrs)
+    def _message(self, event: Event) -> OutgoingMessage:
+        """The message storing `event`, with its id as `Nats-Msg-Id`: the stream stores a
+        retry within the duplicate window once."""
+        return OutgoingMessage(
+            self.subject_for(event), encode_event(event), {headers.MSG_ID: event.id}
+        )
+
+    async def _publish(self, message: OutgoingMessage) -> int:
         ack = await request_ack(self._nc, message, stream=self.stream)
         return self._sequence_from(ack)
 
