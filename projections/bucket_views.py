@@ -90,6 +90,8 @@ class BucketViews(MemoryViews):
         self._written_turns: Turns = {}
         """The turns open at `_written`, for its checkpoints (None: not known)."""
         self._persisted = 0
+        """Last stream sequence whose views and checkpoints are in KV: the writer's own; a
+        standby's is the lowest checkpoint it last read."""
         self._floor = 0
         """No writes before the fold reaches it: the highest stored checkpoint at takeover."""
         self._last_checkpoint = 0.0
@@ -107,14 +109,6 @@ class BucketViews(MemoryViews):
         self._halt = asyncio.Event()
 
     # ------------------------------------------------------------ who writes
-
-    @property
-    def persisted(self) -> int:
-        """Last stream sequence whose views and checkpoints are in KV.
-
-        The writer's own; a standby reports the lowest checkpoint it last read.
-        """
-        return self._persisted
 
     def projection_positions(self) -> dict[str, int]:
         """How far each projection's views include the log (a stored checkpoint ahead of the

@@ -16,13 +16,13 @@ for: read-your-writes) moves as soon as an event is folded. Every instance
 folds the log itself, so each one has read-your-writes without waiting for
 another's KV writes.
 
-Writing to KV is single-active and off the request path: the holder of the
-lease `views.<bucket>` (KV bucket `llm_leases`) writes changed keys in
-pipelined batches a few milliseconds later, and the checkpoints at most once a
-second (`persisted`). The other instances stand by: they remember which keys
-they changed since the stored checkpoints, and the one that takes the lease
-over (when the holder stops, or dies and its lease expires) writes those, so
-nothing is lost. A crash between values and checkpoints only means the next
+Writing to KV is single-active and off the request path: the holder of the lease
+`views.<bucket>` (KV bucket `llm_leases`) writes changed keys in pipelined
+batches a few milliseconds later, and the checkpoints at most once a second
+(`CHECKPOINT_INTERVAL_SECONDS`). The other instances stand by: they remember
+which keys they changed since the stored checkpoints, and the one that takes the
+lease over (when the holder stops, or dies and its lease expires) writes those,
+so nothing is lost. A crash between values and checkpoints only means the next
 start folds a few events again, which the per-value `seq` makes harmless.
 
 Blue/green: which bucket holds the live views is named by the key
@@ -148,11 +148,6 @@ class ViewRunner:
     @property
     def position(self) -> int:
         return self.views.position
-
-    @property
-    def persisted(self) -> int:
-        """Last stream sequence whose views and checkpoints are in KV (see `BucketViews`)."""
-        return self.views.persisted
 
     def lease_held(self) -> bool:
         """Whether this instance writes the live views bucket now."""
