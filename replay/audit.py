@@ -32,13 +32,13 @@ from llm_es.domain.audit import (
     moment_of,
 )
 from llm_es.domain.events import TurnCompleted, TurnFailed
+from llm_es.domain.events import iso_utc as iso_z
 from llm_es.domain.turn_order import OpenTurns
 from llm_es.domain.usage_days import UsageDays
 from llm_es.store.quarantine import Quarantine
 from replay.errors import UsageError
 from replay.progress import Progress
 from replay.reading import EventLog, event_filter
-from replay.times import iso_z
 
 __all__ = ["GROUPINGS", "NO_VALUE", "AuditReport", "AuditRow", "run_audit"]
 

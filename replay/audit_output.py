@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import orjson
 
+from llm_es.domain.events import iso_utc as iso_z
 from replay.audit import NO_VALUE, AuditReport, AuditRow
-from replay.times import iso_z
 
 FORMATS = ("table", "json", "csv")
 NO_USER = "(no user)"

@@ -30,6 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyValueError, NotFoundError
 
 from llm_es.config import Config
+from llm_es.domain.events import iso_utc as iso_z
 from llm_es.domain.views import (
     ACTIVE_VIEWS_KEY,
     BUCKET,
@@ -45,7 +46,6 @@ from replay.errors import LogUnavailable
 from replay.fold import fold_log, select_projections
 from replay.progress import Progress
 from replay.reading import EventLog
-from replay.times import iso_z
 
 WRITE_WINDOW = 2000
 """KV writes in flight at once (pipelined publishes, acks awaited per window)."""

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from llm_es.config import Config
+from llm_es.domain.events import iso_utc as iso_z
 from llm_es.domain.limits import usage_numbers
 from llm_es.domain.views import (
     ContextView,
@@ -30,7 +31,6 @@ from projections.base import Projection
 from replay.errors import UsageError
 from replay.fold import LogFold, select_projections
 from replay.reading import EventLog, LogSelection, event_filter
-from replay.times import iso_z
 
 TEXT_CHARS = 160
 

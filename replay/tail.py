@@ -20,13 +20,13 @@ import msgspec
 import orjson
 
 from llm_es.domain.events import Event
+from llm_es.domain.events import iso_utc as iso_z
 from llm_es.domain.personal_data import SEALED_PREFIX
 from llm_es.store.codec import UnknownEventError, decode_event, encode_event
 from llm_es.store.keyring import KeyRing
 from llm_es.store.quarantine import Quarantine
 from replay.output import LineWriter
 from replay.reading import EventLog, LogSelection, turn_rule_for
-from replay.times import iso_z
 
 TEXT_CHARS = 80
 MAX_EVENTS = 10**12

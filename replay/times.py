@@ -40,8 +40,3 @@ def parse_moment(text: str, *, now: datetime, option: str = "time") -> datetime:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
-
-
-def iso_z(moment: datetime) -> str:
-    """`2024-05-17T12:00:00Z`-style text of a moment (UTC)."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -16,7 +16,14 @@ from typing import Any
 
 import msgspec
 
-from llm_es.domain.events import EVENT_TYPES, Event, TokensSpent, TurnAdmitted, TurnRejected
+from llm_es.domain.events import (
+    EVENT_TYPES,
+    Event,
+    TokensSpent,
+    TurnAdmitted,
+    TurnRejected,
+    iso_utc,
+)
 
 AUDITED_TYPES = (TurnAdmitted.TYPE, TurnRejected.TYPE, TokensSpent.TYPE)
 ADMITTED, REJECTED, SPENT = AUDITED_TYPES
@@ -38,13 +45,8 @@ def audit_body(event: Event) -> dict[str, Any]:
     """An event's fields as the audit reads them (`type` added, `at` as ISO text)."""
     body = msgspec.structs.asdict(event)
     body["type"] = event.TYPE
-    body["at"] = iso_day_text(event.at)
+    body["at"] = iso_utc(event.at)
     return body
-
-
-def iso_day_text(moment: datetime) -> str:
-    """`2024-05-17T12:00:00Z`-style text of a moment (UTC): its first 10 characters are the day."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def moment_of(text: str) -> datetime:

@@ -27,6 +27,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with `Z` (`2024-05-17T12:00:00Z`): the `Llm-Timestamp` of every
+    published event and the audit's `at`, whose first 10 characters are the day."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 EventId = Annotated[str, Meta(description="uuid4 hex; also the Nats-Msg-Id of the append")]
 # A stored time without an offset would be read as local time: `tz` refuses one.
 EventTime = Annotated[

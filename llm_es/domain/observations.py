@@ -39,6 +39,7 @@ from llm_es.domain.events import (
     TurnCompleted,
     TurnFailed,
     TurnRejected,
+    iso_utc,
 )
 from llm_es.domain.limits import day_of, new_day
 from llm_es.domain.personal_data import text_length
@@ -72,11 +73,6 @@ MAX_TRACKED_TURNS = 10_000
 MAX_TRACKED_USERS = 100_000
 _USER_IDLE_SECONDS = 86_400 + CLOCK_SKEW_MARGIN.total_seconds()
 """A user silent this long has no usage left in any window: forgetting them changes nothing."""
-
-
-def iso_utc(moment: datetime) -> str:
-    """ISO 8601 in UTC with `Z`: the `Llm-Timestamp` of every published event."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def fold_window_start(moment: datetime) -> datetime:

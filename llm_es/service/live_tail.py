@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from llm_es.domain.audit import iso_day_text
 from llm_es.domain.events import (
     Event,
     MemoryAdded,
@@ -26,6 +25,7 @@ from llm_es.domain.events import (
     TurnCompleted,
     TurnFailed,
     TurnRejected,
+    iso_utc,
 )
 
 RECENT_LINES = 200
@@ -44,7 +44,7 @@ def tail_line(seq: int, event: Event) -> dict[str, Any]:
     line: dict[str, Any] = {
         "seq": seq,
         "type": event.TYPE,
-        "at": iso_day_text(event.at),
+        "at": iso_utc(event.at),
         "channel": event.channel_name,
         "user": event.user_name,
     }

@@ -15,7 +15,7 @@ import orjson
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from llm_es.domain.observations import iso_utc
+from llm_es.domain.events import iso_utc
 from llm_es.errors import OperationalError
 from llm_es.store.kv import bucket_config, ensure_bucket
 
