@@ -89,7 +89,7 @@ class HTTPProvider(LLMProvider):
         self,
         settings: ProviderSettings,
         *,
-        retry_policy: RetryPolicy | None,
+        retry_policy: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,
         secrets: Sequence[str] = (),
     ) -> None:

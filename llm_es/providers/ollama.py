@@ -6,13 +6,11 @@ import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Unpack
 
-from llm_es.config import OllamaConfig
 from llm_es.domain.messages import ChatMessage
 from llm_es.errors import PartialUsage, ProviderBadResponse, ProviderError
 from llm_es.providers.base import CallOptions, CompletionResult, token_count
 from llm_es.providers.framing import read_out
 from llm_es.providers.http import HTTPProvider
-from llm_es.providers.retry import RetryPolicy
 
 CHAT_PATH = "/api/chat"
 GENERATE_PATH = "/api/generate"
@@ -24,9 +22,6 @@ class OllamaProvider(HTTPProvider):
     name = "ollama"
     label = "Ollama"
     models_path = "/api/tags"
-
-    def __init__(self, config: OllamaConfig, *, retry_policy: RetryPolicy | None = None) -> None:
-        super().__init__(config, retry_policy=retry_policy)
 
     async def chat(
         self, messages: Sequence[ChatMessage], **options: Unpack[CallOptions]
