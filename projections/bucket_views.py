@@ -131,7 +131,8 @@ class BucketViews(MemoryViews):
 
     async def start(self) -> None:
         """Load the bucket, try for the lease, follow the log from the lowest checkpoint."""
-        self._kv = await self._ensure_bucket()
+        config = views_bucket_config(self._bucket_name, replicas=self._store.replicas)
+        self._kv = await ensure_bucket(self._js, config)
         await self._load_bucket()
         for projection in self._projections:
             stored = self._values.get(checkpoint_key(projection.name))
@@ -207,10 +208,6 @@ class BucketViews(MemoryViews):
     @property
     def bucket(self) -> str:
         return self._bucket_name
-
-    async def _ensure_bucket(self) -> KeyValue:
-        config = views_bucket_config(self._bucket_name, replicas=self._store.replicas)
-        return await ensure_bucket(self._js, config)
 
     async def _load_bucket(self) -> None:
         async with asyncio.timeout(LOAD_TIMEOUT_SECONDS):
