@@ -72,15 +72,11 @@ class KvLease:
 
     def __init__(self, kv: KeyValue, key: str, holder: str, ttl_seconds: float) -> None:
         self._kv = kv
-        self._key = key
+        self.key = key
         self.holder = holder
         self.ttl_seconds = ttl_seconds
         self._revision: int | None = None
         self._valid_until = 0.0
-
-    @property
-    def key(self) -> str:
-        return self._key
 
     def held(self) -> bool:
         return self._revision is not None and time.monotonic() < self._valid_until
@@ -93,7 +89,7 @@ class KvLease:
         """Take the lease if nobody holds it, or if its value names this holder."""
         sent = time.monotonic()
         try:
-            self._revision = await self._kv.create(self._key, self._value())
+            self._revision = await self._kv.create(self.key, self._value())
         except KeyWrongLastSequenceError:
             self._revision = await self._retake_own()
         except (KeyValueError, APIError, nats.errors.Error):
@@ -109,7 +105,7 @@ class KvLease:
             return False
         sent = time.monotonic()
         try:
-            self._revision = await self._kv.update(self._key, self._value(), last=self._revision)
+            self._revision = await self._kv.update(self.key, self._value(), last=self._revision)
         except KeyWrongLastSequenceError:
             self._revision = await self._retake_own()
             if self._revision is None:
@@ -125,10 +121,10 @@ class KvLease:
         unseen by the holder, whose revision is then stale: without this it would count the
         lease lost and stand by until the lease it still holds expires (the TTL, 15 s)."""
         try:
-            entry = await self._kv.get(self._key)
+            entry = await self._kv.get(self.key)
             if holder_of(entry.value) != self.holder:
                 return None
-            return await self._kv.update(self._key, self._value(), last=entry.revision)
+            return await self._kv.update(self.key, self._value(), last=entry.revision)
         except (KeyValueError, APIError, nats.errors.Error):
             return None
 
@@ -137,12 +133,12 @@ class KvLease:
         if revision is None:
             return
         with contextlib.suppress(KeyValueError, APIError, nats.errors.Error):
-            await self._kv.delete(self._key, last=revision)
+            await self._kv.delete(self.key, last=revision)
 
     async def current_holder(self) -> str | None:
         """Who holds the lease as the bucket says now (None: nobody, or unreadable)."""
         try:
-            entry = await self._kv.get(self._key)
+            entry = await self._kv.get(self.key)
         except (KeyValueError, APIError, nats.errors.Error):
             return None
         return holder_of(entry.value)

@@ -87,14 +87,10 @@ class EventStore:
         self._js = js
         self.stream = stream
         self.prefix = prefix
-        self._replicas = replicas
+        self.replicas = replicas
+        """Copies the log is kept at (`nats.replicas`); llm-es keeps its KV buckets at as many."""
         self.quarantine = Quarantine("store", prefix=prefix)
         """Events `read` and `event_at` skipped (`llm_es.store.quarantine`)."""
-
-    @property
-    def replicas(self) -> int:
-        """Copies the log is kept at (`nats.replicas`); llm-es keeps its KV buckets at as many."""
-        return self._replicas
 
     async def ensure_stream(self) -> None:
         """Create the stream, or fit an existing one's settings up (`fitted_stream_config`).
@@ -103,7 +99,7 @@ class EventStore:
         leaves a stream scaled to R3 at R3.
         """
         require_server_version(self._nc)
-        config = event_log_config(self.stream, self.prefix, replicas=self._replicas)
+        config = event_log_config(self.stream, self.prefix, replicas=self.replicas)
         try:
             info = await self._js.stream_info(self.stream)
         except NotFoundError:
