@@ -100,10 +100,6 @@ class KeyRing:
             )
         return self._kv
 
-    async def _fetch(self, name: str) -> bytes | None:
-        """The key stored under `name`, None when there is none (never made, or destroyed)."""
-        return await self._patiently(lambda: self._lookup(name))
-
     async def _lookup(self, name: str) -> bytes | None:
         try:
             # A reader does not make the bucket: without one, no text was ever sealed.
@@ -153,9 +149,11 @@ class KeyRing:
                 await asyncio.sleep(KEY_STORE_RETRY_PAUSE_SECONDS)
 
     async def _opening_key(self, name: str, *, again: bool = False) -> bytes | None:
+        """The key stored under `name`, None when there is none (never made, or destroyed):
+        the cached one if any and not `again`, else the bucket's answer (the cache follows it)."""
         if not again and name in self._keys:
             return self._keys[name]
-        key = await self._fetch(name)
+        key = await self._patiently(lambda: self._lookup(name))
         if key is None:
             self._keys.pop(name, None)
         else:
