@@ -63,20 +63,16 @@ class OpenTurns:
                 self._trust_until_ns = stored_ns + UNKNOWN_TURN_TRUST_NS  # the first event
             elif stored_ns > self._trust_until_ns:
                 self._started_mid_log = False  # every turn open now was seen opening
-        event_type = type(event)
-        if event_type is TurnAdmitted:
-            assert isinstance(event, TurnAdmitted)
+        if type(event) is TurnAdmitted:
             if event.turn_id in self._open:
                 return "admits a turn that is already open"
             self._open[event.turn_id] = event.user or ""
             return None
-        if event_type is TokensSpent:
-            assert isinstance(event, TokensSpent)
+        if type(event) is TokensSpent:
             if event.user is None and event.purpose == SUMMARY_PURPOSE:
                 return None
             return self._names_open_turn(event.turn_id, event.user, stored_ns, "charges")
-        if event_type is TurnCompleted or event_type is TurnFailed:
-            assert isinstance(event, TurnCompleted | TurnFailed)
+        if type(event) is TurnCompleted or type(event) is TurnFailed:
             reason = self._names_open_turn(event.turn_id, event.user, stored_ns, "ends")
             if reason is None:
                 self._open.pop(event.turn_id, None)
@@ -97,10 +93,8 @@ class OpenTurns:
     def note(self, event: Event) -> None:
         """Fold an event another reader of the same log already admitted (no judgement)."""
         if type(event) is TurnAdmitted:
-            assert isinstance(event, TurnAdmitted)
             self._open[event.turn_id] = event.user or ""
         elif type(event) is TurnCompleted or type(event) is TurnFailed:
-            assert isinstance(event, TurnCompleted | TurnFailed)
             self._open.pop(event.turn_id, None)
 
     def snapshot(self) -> dict[str, str] | None:
