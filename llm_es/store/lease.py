@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyValueError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from llm_es.domain.events import iso_utc
 from llm_es.errors import OperationalError
 from llm_es.logs import log_kv
 from llm_es.store.kv import bucket_config, ensure_bucket
@@ -82,8 +83,7 @@ class KvLease:
         return self._revision is not None and time.monotonic() < self._valid_until
 
     def _value(self) -> bytes:
-        renewed_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        return orjson.dumps({"holder": self.holder, "renewed_at": renewed_at})
+        return orjson.dumps({"holder": self.holder, "renewed_at": iso_utc(datetime.now(UTC))})
 
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it, or if its value names this holder."""
