@@ -31,8 +31,7 @@ from llm_es.domain.audit import (
     audit_group,
     moment_of,
 )
-from llm_es.domain.events import TurnCompleted, TurnFailed
-from llm_es.domain.events import iso_utc as iso_z
+from llm_es.domain.events import TurnCompleted, TurnFailed, iso_utc
 from llm_es.domain.turn_order import OpenTurns
 from llm_es.domain.usage_days import UsageDays
 from llm_es.store.quarantine import Quarantine
@@ -65,8 +64,8 @@ class AuditReport:
         return {
             "scope": {"user": self.user} if self.user is not None else {"all": True},
             "by": self.by,
-            "since": iso_z(self.since) if self.since else None,
-            "until": iso_z(self.until) if self.until else None,
+            "since": iso_utc(self.since) if self.since else None,
+            "until": iso_utc(self.until) if self.until else None,
             "log_end": self.log_end,
             "skipped_events": self.skipped,
             "quarantined": {"count": self.skipped, "sequences": self.quarantined},
@@ -135,7 +134,7 @@ async def run_audit(
     if by is not None and by not in GROUPINGS:
         raise UsageError(f"--by {by!r}: choose from {', '.join(GROUPINGS)}")
     if since is not None and until is not None and until <= since:
-        raise UsageError(f"--until ({iso_z(until)}) must be after --since ({iso_z(since)})")
+        raise UsageError(f"--until ({iso_utc(until)}) must be after --since ({iso_utc(since)})")
     end = await log.end()
     if user is not None and await log.last_seq_matching(event_filter(user=user).subject) == 0:
         raise UsageError(f"unknown user {user!r}: no event in the log names them")

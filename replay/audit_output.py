@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from llm_es.domain.events import iso_utc as iso_z
+from llm_es.domain.events import iso_utc
 from replay.audit import NO_VALUE, AuditReport, AuditRow
 
 FORMATS = ("table", "json", "csv")
@@ -61,8 +61,8 @@ def render_csv(report: AuditReport) -> str:
 def render_table(report: AuditReport) -> str:
     scope = f"user {report.user!r}" if report.user is not None else "all users"
     period = (
-        f"{iso_z(report.since) if report.since else 'the start'} .. "
-        f"{iso_z(report.until) if report.until else 'now'}"
+        f"{iso_utc(report.since) if report.since else 'the start'} .. "
+        f"{iso_utc(report.until) if report.until else 'now'}"
     )
     title = f"audit of {scope}" + (f" by {report.by}" if report.by else "")
     columns = _columns(report)

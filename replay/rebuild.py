@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyValueError, NotFoundError
 
 from llm_es.config import Config
-from llm_es.domain.events import iso_utc as iso_z
+from llm_es.domain.events import iso_utc
 from llm_es.domain.views import (
     ACTIVE_VIEWS_KEY,
     BUCKET,
@@ -283,7 +283,7 @@ async def _switch(
             "generation": report.generation,
             "seq": report.log_end,
             "projections": report.projections,
-            "switched_at": iso_z(datetime.now(UTC)),
+            "switched_at": iso_utc(datetime.now(UTC)),
         }
     )
     try:

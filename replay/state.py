@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from llm_es.config import Config
-from llm_es.domain.events import iso_utc as iso_z
+from llm_es.domain.events import iso_utc
 from llm_es.domain.limits import usage_numbers
 from llm_es.domain.views import (
     ContextView,
@@ -46,7 +46,7 @@ class Moment:
         if self.seq is not None:
             return f"sequence {self.seq:,}"
         if self.at is not None:
-            return iso_z(self.at)
+            return iso_utc(self.at)
         return "now"
 
 
@@ -148,7 +148,7 @@ async def user_state(log: EventLog, config: Config, user: str, moment: Moment) -
     return {
         "user": user,
         "as_of": _as_of(moment, fold, last_at),
-        "limits_judged_at": iso_z(now),
+        "limits_judged_at": iso_utc(now),
         "requests_last_minute": numbers.requests_minute,
         "requests_last_hour": numbers.requests_hour,
         "requests_today": numbers.requests_today,
@@ -170,7 +170,7 @@ def _as_of(moment: Moment, fold: LogFold, last_at: datetime | None) -> dict[str,
     return {
         "requested": moment.describe(),
         "seq": fold.position or None,
-        "at": iso_z(last_at) if last_at else None,
+        "at": iso_utc(last_at) if last_at else None,
         "events": fold.events,
     }
 

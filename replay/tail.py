@@ -19,8 +19,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from llm_es.domain.events import Event
-from llm_es.domain.events import iso_utc as iso_z
+from llm_es.domain.events import Event, iso_utc
 from llm_es.domain.personal_data import SEALED_PREFIX
 from llm_es.store.codec import UnknownEventError, decode_event, encode_event
 from llm_es.store.keyring import KeyRing
@@ -43,7 +42,7 @@ def describe_event(seq: int, event: Event) -> str:
     """One readable line: sequence, time, channel, user, type and the event's own fields."""
     channel = event.channel_name or "-"
     user = event.user_name or "-"
-    parts = [f"#{seq}", iso_z(event.at), channel, user, event.TYPE]
+    parts = [f"#{seq}", iso_utc(event.at), channel, user, event.TYPE]
     for item in msgspec.structs.fields(event):
         if item.name in _COMMON_FIELDS:
             continue
