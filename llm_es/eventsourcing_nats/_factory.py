@@ -78,15 +78,17 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
         )
         return self._prepared(cls(self.datastore))
 
+    def env_create_table(self) -> bool:
+        """CREATE_TABLE (default yes): whether recorders create, or fit, the stream they need."""
+        return create_stream(self.env)
+
     def close(self) -> None:
         """Close the NATS connection and stop its thread (idempotent)."""
         self.datastore.close()
 
     def _prepared(self, recorder: R) -> R:
-        # CREATE_TABLE (default yes): the recorders' stream is created, or fitted, once per
-        # datastore (the library's `create_table`).
-        if create_stream(self.env):
-            self.datastore.ensure_stream()
+        if self.env_create_table():
+            recorder.create_stream()
         return recorder
 
     def _recorder_class(self, key: str, default: type[R], base: type[R]) -> type[R]:

@@ -63,6 +63,10 @@ class JetStreamRecorder(Recorder):
         self.purpose = purpose
         self._sequence_prefix = f"{datastore.prefix}.{_token(purpose)}."
 
+    def create_stream(self) -> None:
+        """Create the stream if it does not exist (the library's `create_table`)."""
+        self.datastore.ensure_stream()
+
     def aggregate_subject(self, originator_id: UUID | str) -> str:
         """The subject of one aggregate sequence."""
         return self._sequence_prefix + _token(str(originator_id))
