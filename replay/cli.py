@@ -344,6 +344,7 @@ async def _tail_or_export(
     args: argparse.Namespace, log: EventLog, times: dict[str, datetime | None]
 ) -> None:
     """`tail` or `export` (argparse admits no other command here): lines written as read."""
+    assert args.command in ("tail", "export"), args.command
     selection = dataclasses.replace(
         event_filter(channel=args.channel, user=args.user, types=args.type),
         from_seq=args.from_seq or 1,
