@@ -261,7 +261,9 @@ class Turns:
                     with_request_id=retried,
                 )
         finally:
-            self.in_flight -= Counter((request.turn_id,))  # in place; drops it at zero
+            self.in_flight.subtract((request.turn_id,))  # O(1); `-=` walks every turn
+            if self.in_flight[request.turn_id] <= 0:  # gone at zero: not running here
+                del self.in_flight[request.turn_id]
 
     async def _answer(
         self,
