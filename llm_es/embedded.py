@@ -36,6 +36,8 @@ READY_POLL_INTERVAL = 0.05
 # is not nats-server holds the port and never sends INFO.
 INFO_READ_TIMEOUT = 1.0
 VERSION_TIMEOUT = 10.0
+STOP_GRACE_SECONDS = 10.0
+"""How long `stop` waits after SIGTERM before SIGKILL."""
 ADDRESS_IN_USE_MARKERS = ("address already in use", "only one usage of each socket address")
 
 
@@ -118,7 +120,6 @@ class EmbeddedNatsServer:
         data_dir: pathlib.Path,
         host: str = "127.0.0.1",
         port: int = 4222,
-        binary: str | None = None,
         extra_arguments: tuple[str, ...] = (),
         environment: Mapping[str, str] | None = None,
     ) -> None:
@@ -126,7 +127,7 @@ class EmbeddedNatsServer:
         self.host = host
         self.requested_port = port
         self.port = port
-        self.binary = binary if binary is not None else find_nats_server_binary()
+        self.binary = find_nats_server_binary()
         # The readiness probe compares this name with the INFO it reads, so a
         # different server already on the port is never taken for ours.
         self.server_name = f"llm-es-{secrets.token_hex(6)}"
@@ -305,10 +306,10 @@ class EmbeddedNatsServer:
 
         return await asyncio.to_thread(read_tail)
 
-    # timeout is the grace period before SIGKILL, which a caller's
-    # asyncio.timeout cannot express: cancelling would leave the server running.
-    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
-        """Stop the server: SIGTERM, which flushes JetStream, then SIGKILL after timeout.
+    async def stop(self) -> None:
+        """Stop the server: SIGTERM, which flushes JetStream, then SIGKILL after
+        `STOP_GRACE_SECONDS` (a caller's asyncio.timeout cannot express that grace:
+        cancelling would leave the server running).
 
         Stopping a stopped server does nothing.
         """
@@ -319,7 +320,7 @@ class EmbeddedNatsServer:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), timeout)
+                await asyncio.wait_for(process.wait(), STOP_GRACE_SECONDS)
             except asyncio.CancelledError:
                 # The caller gave up waiting; do not leave an orphan behind.
                 with contextlib.suppress(ProcessLookupError):
@@ -329,7 +330,7 @@ class EmbeddedNatsServer:
                 logger.warning(
                     "nats_server_kill pid=%s reason=no_exit_after_sigterm timeout_s=%s",
                     process.pid,
-                    timeout,
+                    STOP_GRACE_SECONDS,
                 )
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
