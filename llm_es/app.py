@@ -236,7 +236,7 @@ class Plugin:
                 log_last_seq=size.last_seq,
                 log_messages=size.messages,
                 log_bytes=size.bytes,
-                projection_positions=views.projection_positions() if views is not None else {},
+                projection_positions=self._projection_positions(),
                 views_lease_held=views is not None and views.lease_held(),
                 publisher_lease_held=self._publisher is not None and self._publisher.is_leader,
                 heartbeat_age_seconds=None if last_beat is None else time.monotonic() - last_beat,
