@@ -69,29 +69,20 @@ async def request_atomic_ack(
     conditions when the commit arrives and answers only then.
     """
     batch_id = uuid.uuid4().hex
-    for number, message in enumerate(messages[:-1], start=1):
-        await nc.publish(
+    *first, final = (
+        OutgoingMessage(
             message.subject,
             message.payload,
-            headers={
-                **message.headers,
-                headers.BATCH_ID: batch_id,
-                headers.BATCH_SEQUENCE: str(number),
-            },
+            {**message.headers, headers.BATCH_ID: batch_id, headers.BATCH_SEQUENCE: str(number)},
         )
-    final = messages[-1]
-    commit_headers = {
-        **final.headers,
-        headers.BATCH_ID: batch_id,
-        headers.BATCH_SEQUENCE: str(len(messages)),
-        headers.BATCH_COMMIT: "1",
-    }
-    return await request_ack(
-        nc,
-        OutgoingMessage(final.subject, final.payload, commit_headers),
-        wait_seconds=wait_seconds,
-        stream=stream,
+        for number, message in enumerate(messages, start=1)
     )
+    for message in first:
+        await nc.publish(message.subject, message.payload, headers=message.headers)
+    commit = OutgoingMessage(
+        final.subject, final.payload, {**final.headers, headers.BATCH_COMMIT: "1"}
+    )
+    return await request_ack(nc, commit, wait_seconds=wait_seconds, stream=stream)
 
 
 def actual_last_seq(description: str) -> int | None:
