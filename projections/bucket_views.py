@@ -134,12 +134,11 @@ class BucketViews(MemoryViews):
         config = views_bucket_config(self._bucket_name, replicas=self._store.replicas)
         self._kv = await ensure_bucket(self._js, config)
         await self._load_bucket()
-        for projection in self._projections:
-            stored = self._values.get(checkpoint_key(projection.name))
+        checkpoints = [self._values.get(checkpoint_key(p.name)) for p in self._projections]
+        for projection, stored in zip(self._projections, checkpoints, strict=True):
             self._checkpoints[projection.name] = int(stored["seq"]) if stored else 0
         start = min(self._checkpoints.values(), default=0)
         self._applied = self._persisted = self._written = start
-        checkpoints = [self._values.get(checkpoint_key(p.name)) for p in self._projections]
         first_seq = await self._store.first_seq()
         self.quarantine.turns = open_turns_at(start, checkpoints, first_seq=first_seq)
         self._written_turns = self._open_turns_now()
