@@ -361,14 +361,12 @@ class BucketViews(MemoryViews):
     async def _write_checkpoints(self, kv: KeyValue, target: int, turns: Turns) -> None:
         """Checkpoints at `target`, with the turns open there (where a restart's fold
         starts, `projections.buckets.open_turns_at`)."""
-        for name, checkpoint in self._checkpoints.items():
-            if checkpoint < target:
-                self._checkpoints[name] = target
         checkpoint_writes = []
-        for name in self._checkpoints:
-            value = checkpoint_value(target, turns)
-            self._store_value(checkpoint_key(name), value)
-            checkpoint_writes.append(kv.put(checkpoint_key(name), orjson.dumps(value)))
+        for name, checkpoint in self._checkpoints.items():
+            self._checkpoints[name] = max(checkpoint, target)
+            key, value = checkpoint_key(name), checkpoint_value(target, turns)
+            self._store_value(key, value)
+            checkpoint_writes.append(kv.put(key, orjson.dumps(value)))
         await asyncio.gather(*checkpoint_writes)
         self._persisted = target
         self._last_checkpoint = time.monotonic()
