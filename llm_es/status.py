@@ -388,6 +388,6 @@ def _quarantine_text(quarantine: Report) -> str:
     if not count:
         return "0"
     shown = ", ".join(map(str, quarantine["sequences"][:MAX_SEQUENCES_SHOWN]))
-    more = count - min(count, MAX_SEQUENCES_SHOWN)
+    more = count - MAX_SEQUENCES_SHOWN
     extra = f" and {more} more" if more > 0 else ""
     return f"{count} (seq {shown}{extra}; llm-replay export --quarantined shows them)"
