@@ -301,13 +301,9 @@ class BucketViews(MemoryViews):
 
     async def _flush_loop(self) -> None:
         while not self._stopping:
-            wait = self._checkpoint_wait()
-            if wait is None:
-                await self._flush_wanted.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._flush_wanted.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._checkpoint_wait()):  # None: no time limit
+                    await self._flush_wanted.wait()
             await asyncio.sleep(flush_linger(self._keys_last_written))
             self._flush_wanted.clear()
             try:
