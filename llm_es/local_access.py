@@ -91,19 +91,6 @@ def _generated_password() -> str:
     return "pw" + secrets.token_hex(24)
 
 
-def _client_permissions(reply_prefixes: tuple[str, ...]) -> Permissions:
-    return LOCAL_CLIENT.merged(
-        Permissions(publish=(), subscribe=tuple(f"{p}.>" for p in reply_prefixes))
-    )
-
-
-def _plugin_permissions(inbox_prefix: str, reply_prefixes: tuple[str, ...]) -> Permissions:
-    # `_INBOX.>` too: a `!chat` sent without a reply subject names its `reply_to` in the
-    # payload, which works with every local bot today.
-    answers = ("_INBOX.>", *(f"{p}.>" for p in reply_prefixes))
-    return PLUGIN.merged(Permissions(publish=answers, subscribe=(f"{inbox_prefix}.>",)))
-
-
 def prepare_embedded_access(config: Config, data_dir: pathlib.Path) -> EmbeddedAccess:
     """Write the embedded server's users (generating the plugin's password on first
     start) and say how the plugin connects. Blocking file I/O: run it off the loop."""
@@ -126,11 +113,18 @@ def prepare_embedded_access(config: Config, data_dir: pathlib.Path) -> EmbeddedA
         user = PLUGIN_USER
         password = stored["password"] if stored else _generated_password()
     inbox_prefix = nats.inbox_prefix or PLUGIN_INBOX
-    prefixes = config.service.reply_prefixes
+    replies = tuple(f"{prefix}.>" for prefix in config.service.reply_prefixes)
+    # `_INBOX.>` too: a `!chat` sent without a reply subject names its `reply_to` in the
+    # payload, which works with every local bot today.
+    answers = ("_INBOX.>", *replies)
+    plugin_permissions = PLUGIN.merged(
+        Permissions(publish=answers, subscribe=(f"{inbox_prefix}.>",))
+    )
+    client_permissions = LOCAL_CLIENT.merged(Permissions(publish=(), subscribe=replies))
     users = [
-        User(user, json.dumps(password), _plugin_permissions(inbox_prefix, prefixes)),
+        User(user, json.dumps(password), plugin_permissions),
         # Its password is never used: clients without credentials become this user.
-        User(CLIENT_USER, json.dumps(_generated_password()), _client_permissions(prefixes)),
+        User(CLIENT_USER, json.dumps(_generated_password()), client_permissions),
     ]
     _write_private(server_config, render_users(users, no_auth_user=CLIENT_USER))
     plugin = dataclasses.replace(
