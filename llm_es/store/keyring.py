@@ -8,8 +8,9 @@ revision, so the bucket's stream keeps no copy. A key that is missing, or one th
 no longer opens a value (destroyed, then made again under the same name), means the
 text is erased: readers show `ERASED`, never fail.
 
-Keys are cached in memory, and opened texts too (a prompt ranks every memory of the
-channel on each turn: AES-GCM plus base64 cost ~3 us a value, a dict lookup 40 ns).
+Keys are cached in memory, and opened texts too, with the texts sealed here (a prompt
+ranks every memory of the channel on each turn: AES-GCM plus base64 cost ~3 us a value,
+a dict lookup 40 ns).
 Destroying a key here drops both caches; another instance drops its own when its
 views fold the event that records the destruction (`forget_cached`).
 """
@@ -163,8 +164,12 @@ class KeyRing:
     # ---------------------------------------------------------------- writing
 
     async def seal_text(self, key_name: str, text: str) -> str:
-        """`text` sealed under the key `key_name` (made now if it does not exist)."""
-        return seal(await self._sealing_key(key_name), key_name, text)
+        """`text` sealed under the key `key_name` (made now if it does not exist), and
+        remembered opened: a turn's words come back in its channel's next prompt, which
+        would otherwise open them again (two AES-GCM opens a turn, ~30 us with the parse)."""
+        sealed = seal(await self._sealing_key(key_name), key_name, text)
+        self._remember(sealed, text)
+        return sealed
 
     async def seal_event(self, event: Event) -> Event:
         """`event` with its personal text sealed (`sealing_plan`); the same event when none."""
