@@ -166,7 +166,8 @@ class KeyRing:
     async def seal_text(self, key_name: str, text: str) -> str:
         """`text` sealed under the key `key_name` (made now if it does not exist), and
         remembered opened: a turn's words come back in its channel's next prompt, which
-        would otherwise open them again (two AES-GCM opens a turn, ~30 us with the parse)."""
+        would otherwise open them again (two AES-GCM opens and parses a turn: `fetch_keys` took
+        56-64 us a turn at concurrency 1 with them, ~20 without)."""
         sealed = seal(await self._sealing_key(key_name), key_name, text)
         self._remember(sealed, text)
         return sealed
